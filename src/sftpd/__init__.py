@@ -1,0 +1,91 @@
+"""sftpd: an embeddable, asyncio-native SFTP server with pluggable storage.
+
+    import sftpd
+
+    async with sftpd.Server(
+        backend=sftpd.MemoryBackend(),
+        auth={"dev": "dev"},
+        system_dir="ssh_keys",
+        port=2222,
+    ) as server:
+        ...
+"""
+
+from ._config import ServerConfig
+from ._server import Server, run
+from ._session import Peer, Session
+from .auth import (
+    Authenticator,
+    Disconnect,
+    StaticPasswords,
+    decode_authorized_key,
+    fingerprint,
+)
+from .backend import (
+    AttrChanges,
+    Backend,
+    DirEntry,
+    FileAttrs,
+    FileType,
+    SpaceInfo,
+    Writer,
+    directory_info,
+    file_info,
+)
+from .backends.memory import MemoryBackend
+from .errors import (
+    ConfigError,
+    DirectoryNotEmpty,
+    Failure,
+    FileAlreadyExists,
+    InvalidFilename,
+    InvalidParameter,
+    IsADirectory,
+    NoSpace,
+    NoSuchFile,
+    NotADirectory,
+    PermissionDenied,
+    SftpdError,
+    StorageError,
+    Unsupported,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttrChanges",
+    "Authenticator",
+    "Backend",
+    "ConfigError",
+    "DirEntry",
+    "DirectoryNotEmpty",
+    "Disconnect",
+    "Failure",
+    "FileAlreadyExists",
+    "FileAttrs",
+    "FileType",
+    "InvalidFilename",
+    "InvalidParameter",
+    "IsADirectory",
+    "MemoryBackend",
+    "NoSpace",
+    "NoSuchFile",
+    "NotADirectory",
+    "Peer",
+    "PermissionDenied",
+    "Server",
+    "ServerConfig",
+    "Session",
+    "SftpdError",
+    "SpaceInfo",
+    "StaticPasswords",
+    "StorageError",
+    "Unsupported",
+    "Writer",
+    "__version__",
+    "decode_authorized_key",
+    "directory_info",
+    "file_info",
+    "fingerprint",
+    "run",
+]

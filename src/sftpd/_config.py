@@ -1,0 +1,139 @@
+"""ServerConfig: what a server is asked to do, validated before anything starts."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from .auth import Authenticator, StaticPasswords, as_authenticator
+from .backend import bind_backend
+from .errors import ConfigError
+
+__all__ = ["ServerConfig", "load_host_keys"]
+
+HOST_KEY_GLOB = "ssh_host_*_key"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Everything a :class:`~sftpd.Server` needs, checked in ``__post_init__``.
+
+    Attributes:
+        backend: The storage; any object implementing :class:`sftpd.backend.Backend`.
+        auth: An authenticator, or a ``{"user": "password"}`` mapping for static users.
+        system_dir: Directory holding the host keys (``ssh_host_*_key`` files, as
+            ``ssh-keygen`` writes them); every private key in it is served.
+        host_keys: Host keys given directly (paths or asyncssh keys), instead of or as
+            well as ``system_dir``.
+        host: Address to listen on.
+        port: TCP port; 0 picks a free one (read it from ``Server.port``).
+        max_sessions: Most authenticated sessions at once; more are refused at login.
+        open_timeout: Seconds a file open may take at the backend.
+        close_timeout: Seconds committing an upload at close may take.
+        shutdown_grace: Seconds a graceful stop waits for open files and requests.
+        login_timeout: Seconds a client has to authenticate before it is dropped.
+        server_version: Text after ``SSH-2.0-`` in the server's greeting.
+    """
+
+    backend: Any
+    auth: Authenticator | Mapping[str, str]
+    system_dir: str | os.PathLike[str] | None = None
+    host_keys: Sequence[str | os.PathLike[str] | asyncssh.SSHKey] = ()
+    host: str = "127.0.0.1"
+    port: int = 2222
+    max_sessions: int = 10
+    open_timeout: float = 30.0
+    close_timeout: float = 30.0
+    shutdown_grace: float = 10.0
+    login_timeout: float = 120.0
+    server_version: str = "sftpd"
+    authenticator: Authenticator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or isinstance(self.port, bool):
+            raise ConfigError(f"port must be an integer, got {self.port!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError("host must be an address to listen on, such as '127.0.0.1'")
+        if (
+            not isinstance(self.max_sessions, int)
+            or isinstance(self.max_sessions, bool)
+            or self.max_sessions < 1
+        ):
+            raise ConfigError(f"max_sessions must be a positive integer, got {self.max_sessions!r}")
+        for name in ("open_timeout", "close_timeout", "shutdown_grace", "login_timeout"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.backend is None:
+            raise ConfigError("backend is required, e.g. backend=sftpd.MemoryBackend()")
+        if isinstance(self.backend, type):
+            raise ConfigError(
+                f"backend must be an instance, not the class {self.backend.__name__}; "
+                f"write backend={self.backend.__name__}()"
+            )
+        bind_backend(self.backend)  # raises ConfigError naming missing methods
+        object.__setattr__(self, "authenticator", as_authenticator(self.auth))
+        if self.system_dir is None and not self.host_keys:
+            raise ConfigError(
+                "no host keys: pass system_dir='DIR' with ssh_host_*_key files "
+                "(ssh-keygen -t ed25519 -N '' -f DIR/ssh_host_ed25519_key)"
+            )
+
+    @property
+    def static_users(self) -> list[str]:
+        """Names of the static password users, if ``auth`` is a static mapping."""
+        auth = self.authenticator
+        return sorted(auth.users) if isinstance(auth, StaticPasswords) else []
+
+
+def load_host_keys(config: ServerConfig) -> list[asyncssh.SSHKey]:
+    """Read every host private key the configuration names.
+
+    Raises:
+        ConfigError: the directory is missing or holds no keys, or a key cannot be read;
+            the message names the path and says how to fix it.
+    """
+    keys: list[asyncssh.SSHKey] = []
+    if config.system_dir is not None:
+        directory = Path(config.system_dir)
+        if not directory.exists():
+            raise ConfigError(
+                f"host key directory {directory} does not exist; create it with "
+                f"ssh-keygen -t ed25519 -N '' -f {directory}/ssh_host_ed25519_key"
+            )
+        if not directory.is_dir():
+            raise ConfigError(f"system_dir {directory} is not a directory")
+        files = sorted(p for p in directory.glob(HOST_KEY_GLOB) if p.is_file())
+        if not files:
+            raise ConfigError(
+                f"host key directory {directory} has no ssh_host_*_key files; create one with "
+                f"ssh-keygen -t ed25519 -N '' -f {directory}/ssh_host_ed25519_key"
+            )
+        for file in files:
+            keys.append(_read_key(file))
+    for key in config.host_keys:
+        keys.append(key if isinstance(key, asyncssh.SSHKey) else _read_key(Path(key)))
+    return keys
+
+
+def _read_key(path: Path) -> asyncssh.SSHKey:
+    try:
+        return asyncssh.read_private_key(str(path))
+    except (OSError, asyncssh.KeyImportError) as exc:
+        raise ConfigError(
+            f"cannot read host key {path}: {exc}; it must be an unencrypted OpenSSH or "
+            "PEM private key (rsa, ecdsa or ed25519)"
+        ) from exc

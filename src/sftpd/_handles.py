@@ -1,0 +1,303 @@
+"""Open files: how reads and writes on one SFTP handle reach the backend.
+
+Reads use the backend's ``read_range`` when it has one, else one whole-file read per
+handle. Writes go to the backend's streaming :class:`~sftpd.backend.Writer` when it has
+one, else to a spool (memory, then a temporary file) that is written whole at close.
+Either way the file becomes visible only when the handle is closed and the commit
+succeeds; a failed or abandoned upload is aborted and leaves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .backend import AttrChanges, BoundBackend, FileAttrs, FileType
+from .errors import Failure, InvalidParameter, PermissionDenied
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+__all__ = ["FileHandle", "OpenMode"]
+
+log = logging.getLogger("sftpd")
+
+SPOOL_MEMORY_LIMIT = 8 << 20
+"""Bytes a buffered upload keeps in memory before it spills to a temporary file."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMode:
+    """What an open request asked for, in plain words."""
+
+    read: bool
+    write: bool
+    append: bool
+    create: bool
+    truncate: bool
+    exclusive: bool
+
+    @property
+    def label(self) -> str:
+        """``read``, ``write`` or ``read_write``."""
+        if self.read and self.write:
+            return "read_write"
+        return "write" if self.write else "read"
+
+
+class _Spool:
+    """A buffered upload for backends without streaming writes.
+
+    It keeps writes in memory up to :data:`SPOOL_MEMORY_LIMIT`, then in an anonymous
+    temporary file, and hands the whole content to ``write_file`` at commit.
+    """
+
+    def __init__(self, backend: BoundBackend, path: str, session: Session, initial: bytes):
+        self._backend = backend
+        self._path = path
+        self._session = session
+        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_LIMIT)  # noqa: SIM115
+        self._size = 0
+        if initial:
+            self._file.write(initial)
+            self._size = len(initial)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        self._file.seek(offset)
+        self._file.write(data)
+        self._size = max(self._size, offset + len(data))
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self._file.seek(offset)
+        return self._file.read(max(0, min(length, self._size - offset)))
+
+    async def truncate(self, size: int) -> None:
+        self._file.truncate(size)
+        self._size = size
+
+    async def commit(self) -> None:
+        self._file.seek(0)
+        data = self._file.read()
+        self._file.close()
+        await self._backend.write_file(self._path, data, self._session)
+
+    async def abort(self) -> None:
+        self._file.close()
+
+
+class FileHandle:
+    """One open file of one session."""
+
+    def __init__(
+        self,
+        *,
+        backend: BoundBackend,
+        session: Session,
+        path: str,
+        client_path: str,
+        mode: OpenMode,
+        attrs: FileAttrs | None,
+        close_timeout: float,
+        handle_id: int,
+    ) -> None:
+        self.backend = backend
+        self.session = session
+        self.path = path
+        self.client_path = client_path
+        self.mode = mode
+        self.id = handle_id
+        self.close_timeout = close_timeout
+        self._attrs = attrs
+        self._size = attrs.size if attrs is not None and not mode.truncate else 0
+        self._writer: Any = None
+        self._whole: bytes | None = None
+        self._pending_changes: AttrChanges | None = None
+        self._dirty = False
+        self._failed = False
+        self._closed = False
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        backend: BoundBackend,
+        session: Session,
+        path: str,
+        client_path: str,
+        mode: OpenMode,
+        attrs: FileAttrs | None,
+        close_timeout: float,
+        handle_id: int,
+    ) -> FileHandle:
+        """Open ``path`` (whose current attributes are ``attrs``, ``None`` if missing)."""
+        handle = cls(
+            backend=backend,
+            session=session,
+            path=path,
+            client_path=client_path,
+            mode=mode,
+            attrs=attrs,
+            close_timeout=close_timeout,
+            handle_id=handle_id,
+        )
+        if mode.write:
+            keep = attrs is not None and not mode.truncate
+            if backend.open_writer is not None:
+                writer = await backend.open_writer(path, session, keep_existing=keep)
+                if mode.read and not callable(getattr(writer, "read", None)):
+                    # The backend's writer cannot read back: buffer this handle instead.
+                    await writer.abort()
+                    writer = await handle._spool(keep)
+                handle._writer = writer
+            else:
+                handle._writer = await handle._spool(keep)
+            # Creating or truncating changes the file even if nothing is written.
+            handle._dirty = attrs is None or mode.truncate
+        return handle
+
+    async def _spool(self, keep_existing: bool) -> _Spool:
+        initial = await self.backend.read_file(self.path, self.session) if keep_existing else b""
+        return _Spool(self.backend, self.path, self.session, initial)
+
+    @property
+    def size(self) -> int:
+        """The file's size as this handle sees it (including unwritten uploads)."""
+        return self._size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Return up to ``length`` bytes at ``offset``; ``b""`` at end of file."""
+        if not self.mode.read:
+            raise PermissionDenied("File not open for reading")
+        if offset < 0 or length < 0:
+            raise InvalidParameter("Negative offset or length")
+        if self._writer is not None:
+            data: bytes = await self._writer.read(offset, length)
+        elif self.backend.read_range is not None:
+            data = await self.backend.read_range(self.path, offset, length, self.session)
+        else:
+            if self._whole is None:
+                self._whole = await self.backend.read_file(self.path, self.session)
+            data = self._whole[offset : offset + length]
+        self.bytes_read += len(data)
+        return data
+
+    async def write(self, offset: int, data: bytes) -> int:
+        """Store ``data`` at ``offset`` (at the end for append opens); returns the offset."""
+        if self._writer is None:
+            raise PermissionDenied("File not open for writing")
+        if offset < 0:
+            raise InvalidParameter("Negative offset")
+        if self.mode.append:
+            offset = self._size
+        try:
+            await self._writer.write(offset, data)
+        except BaseException:
+            self._failed = True
+            raise
+        self._dirty = True
+        self._size = max(self._size, offset + len(data))
+        self.bytes_written += len(data)
+        return offset
+
+    def attrs(self) -> FileAttrs:
+        """Attributes for ``fstat``: the stored ones with this handle's size and changes."""
+        base = self._attrs
+        if base is None:
+            base = FileAttrs(type=FileType.FILE, mtime=time.time())
+        changes = self._pending_changes
+        return FileAttrs(
+            type=base.type,
+            size=self._size,
+            mtime=changes.mtime if changes and changes.mtime is not None else base.mtime,
+            atime=changes.atime if changes and changes.atime is not None else base.atime,
+            permissions=(
+                changes.permissions
+                if changes and changes.permissions is not None
+                else base.permissions
+            ),
+            uid=base.uid,
+            gid=base.gid,
+        )
+
+    async def set_attrs(self, changes: AttrChanges) -> None:
+        """Apply ``fsetstat``: size now, times and permissions after the commit."""
+        if changes.size is not None:
+            if self._writer is None:
+                raise PermissionDenied("File not open for writing")
+            truncate = getattr(self._writer, "truncate", None)
+            if truncate is None:
+                raise InvalidParameter("This storage cannot resize an upload")
+            await truncate(changes.size)
+            self._size = changes.size
+            self._dirty = True
+        if self._writer is None:
+            if self.backend.set_attrs is not None and not changes.is_empty():
+                await self.backend.set_attrs(self.path, changes, self.session)
+            return
+        previous = self._pending_changes or AttrChanges()
+        self._pending_changes = AttrChanges(
+            permissions=changes.permissions
+            if changes.permissions is not None
+            else previous.permissions,
+            atime=changes.atime if changes.atime is not None else previous.atime,
+            mtime=changes.mtime if changes.mtime is not None else previous.mtime,
+        )
+
+    async def close(self, *, commit: bool = True) -> None:
+        """Finish the handle: commit an upload (bounded by ``close_timeout``) or abort it.
+
+        Raises:
+            Failure: the commit failed or timed out; the upload was aborted.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        writer = self._writer
+        if writer is None:
+            return
+        if not commit or self._failed:
+            await self._abort(writer)
+            if self._failed and commit:
+                raise Failure("Upload failed; nothing was stored")
+            return
+        if not self._dirty:
+            await self._abort(writer)
+            await self._apply_pending()
+            return
+        try:
+            await asyncio.wait_for(writer.commit(), self.close_timeout)
+        except asyncio.TimeoutError:
+            await self._abort(writer)
+            raise Failure("Storing the file timed out; nothing was stored") from None
+        except BaseException:
+            await self._abort(writer)
+            raise
+        await self._apply_pending()
+
+    async def _apply_pending(self) -> None:
+        changes = self._pending_changes
+        if changes is None or changes.is_empty() or self.backend.set_attrs is None:
+            return
+        try:
+            await self.backend.set_attrs(self.path, changes, self.session)
+        except Exception:
+            # The data is stored; a time or mode the storage refuses is not worth failing.
+            log.debug("set_attrs after commit failed for %s", self.path, exc_info=True)
+
+    async def _abort(self, writer: Any) -> None:
+        try:
+            await writer.abort()
+        except Exception:
+            log.warning("aborting an upload of %s failed", self.path, exc_info=True)
+
+
+def spool_dir() -> str:
+    """Directory for spilled uploads (``$TMPDIR`` or the system default)."""
+    return os.environ.get("TMPDIR", tempfile.gettempdir())

@@ -1,0 +1,358 @@
+"""Server: listen, authenticate, limit sessions, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from ._adapter import SftpAdapter
+from ._config import ServerConfig, load_host_keys
+from ._session import Peer, Session
+from .auth import BoundAuthenticator, Disconnect, fingerprint
+from .backend import BoundBackend, bind_backend
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["Server", "run"]
+
+log = logging.getLogger("sftpd")
+
+
+@dataclass
+class ServerContext:
+    """What every connection and channel of one server shares."""
+
+    config: ServerConfig
+    backend: BoundBackend
+    auth: BoundAuthenticator
+    connections: set[_Connection] = field(default_factory=set)
+    active_sessions: int = 0
+
+
+class _Connection(asyncssh.SSHServer):
+    """One client connection: authentication, session bookkeeping, refusals."""
+
+    def __init__(self, context: ServerContext) -> None:
+        self._ctx = context
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self.peer = Peer("", 0)
+        self.session: Session | None = None
+        self.adapters: set[SftpAdapter] = set()
+        self._pending: Session | None = None
+        self._counted = False
+
+    # -- lifecycle
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        peer = conn.get_extra_info("peername") or ("", 0)
+        self.peer = Peer(str(peer[0]), int(peer[1]))
+        self._ctx.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ctx.connections.discard(self)
+        if self._counted:
+            self._ctx.active_sessions -= 1
+            self._counted = False
+        session = self.session
+        if session is not None and self._ctx.backend.session_closed is not None:
+            hook = self._ctx.backend.session_closed
+            task = asyncio.get_running_loop().create_task(hook(session))
+            task.add_done_callback(_log_hook_failure)
+
+    @property
+    def busy(self) -> bool:
+        """True while any channel of this connection has a request or a file open."""
+        return any(adapter.busy for adapter in self.adapters)
+
+    def close(self) -> None:
+        """Disconnect the client."""
+        if self._conn is not None:
+            self._conn.close()
+
+    # -- auth
+
+    def _at_capacity(self) -> bool:
+        return self._ctx.active_sessions >= self._ctx.config.max_sessions
+
+    def _refuse(self, code: int, reason: str) -> None:
+        if self._conn is not None:
+            self._conn.disconnect(code, reason)
+
+    def begin_auth(self, username: str) -> bool:
+        if self._at_capacity():
+            log.warning("refusing %s from %s: max_sessions reached", username, self.peer)
+            self._refuse(asyncssh.DISC_TOO_MANY_CONNECTIONS, "Too many sessions")
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return self._ctx.auth.password is not None
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        check = self._ctx.auth.password
+        if check is None:
+            return False
+        return await self._accept(username, "password", None, check(username, password, self.peer))
+
+    def public_key_auth_supported(self) -> bool:
+        return self._ctx.auth.public_key is not None
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        check = self._ctx.auth.public_key
+        if check is None:
+            return False
+        return await self._accept(
+            username, "publickey", fingerprint(key), check(username, key, self.peer)
+        )
+
+    async def _accept(
+        self, username: str, method: str, key_fingerprint: str | None, verdict: Any
+    ) -> bool:
+        try:
+            attributes = await verdict
+        except Disconnect as exc:
+            self._refuse(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, exc.reason)
+            return False
+        except Exception:
+            log.exception("authenticator failed for %s from %s; rejecting", username, self.peer)
+            return False
+        if attributes is None or attributes is False:
+            log.info("%s login failed for %s from %s", method, username, self.peer)
+            return False
+        if attributes is True:
+            attributes = {}
+        if not isinstance(attributes, Mapping):
+            log.error(
+                "authenticator returned %s for %s; expected a mapping or None",
+                type(attributes).__name__,
+                username,
+            )
+            return False
+        try:
+            self._pending = Session.from_attributes(
+                username=username,
+                peer=self.peer,
+                auth_method=method,
+                attributes=attributes,
+                key_fingerprint=key_fingerprint,
+            )
+        except ConfigError:
+            log.exception("authenticator returned bad session attributes for %s", username)
+            return False
+        return True
+
+    def auth_completed(self) -> None:
+        session = self._pending
+        if session is None:  # pragma: no cover - asyncssh completes only after a success
+            self._refuse(asyncssh.DISC_PROTOCOL_ERROR, "Authentication state lost")
+            return
+        if self._at_capacity():
+            log.warning("refusing %s from %s: max_sessions reached", session.username, self.peer)
+            self._refuse(asyncssh.DISC_TOO_MANY_CONNECTIONS, "Too many sessions")
+            return
+        self._ctx.active_sessions += 1
+        self._counted = True
+        self.session = session
+        log.info(
+            "session %s: %s logged in from %s by %s",
+            session.id,
+            session.username,
+            self.peer,
+            session.auth_method,
+        )
+        if self._ctx.backend.session_opened is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._ctx.backend.session_opened(session)
+            )
+            task.add_done_callback(_log_hook_failure)
+
+    # -- everything that is not SFTP is refused
+
+    def session_requested(self) -> bool:
+        return False
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> bool:  # fmt: skip
+        return False
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        return False
+
+
+def _log_hook_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("backend session hook failed", exc_info=task.exception())
+
+
+class Server:
+    """An SFTP server serving one backend.
+
+    Use it as ``async with Server(backend=..., auth=..., system_dir=...) as server:``, or
+    call :meth:`start` and later :meth:`close` + :meth:`wait_closed` (or :meth:`stop`).
+
+    Args:
+        config: A :class:`ServerConfig`; or give its fields as keyword arguments.
+    """
+
+    def __init__(self, config: ServerConfig | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise ConfigError("pass either a ServerConfig or keyword options, not both")
+        self.config = config if config is not None else ServerConfig(**options)
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._ctx: ServerContext | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self.host_keys: list[asyncssh.SSHKey] = []
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Load host keys and start listening.
+
+        Raises:
+            ConfigError: host keys are missing or unreadable, or the port is taken.
+        """
+        if self._acceptor is not None:
+            raise RuntimeError("server already started")
+        config = self.config
+        self.host_keys = load_host_keys(config)
+        self._ctx = ServerContext(
+            config=config,
+            backend=bind_backend(config.backend),
+            auth=BoundAuthenticator(config.authenticator),
+        )
+        ctx = self._ctx
+        try:
+            self._acceptor = await asyncssh.create_server(
+                lambda: _Connection(ctx),
+                config.host,
+                config.port,
+                server_host_keys=self.host_keys,
+                sftp_factory=lambda chan: SftpAdapter(chan, ctx),
+                allow_scp=False,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                allow_pty=False,
+                login_timeout=config.login_timeout,
+                server_version=config.server_version,
+                encoding=None,
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"cannot listen on {config.host}:{config.port}: the address is already in "
+                    "use; choose another port or stop the server using it"
+                ) from exc
+            raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
+        log.info("sftpd listening on %s:%d (%s)", config.host, self.port, ctx.backend.name)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful after asking for port 0)."""
+        if self._acceptor is None:
+            raise RuntimeError("server not started")
+        return int(self._acceptor.sockets[0].getsockname()[1])
+
+    @property
+    def host(self) -> str:
+        """The address the server listens on."""
+        return self.config.host
+
+    @property
+    def active_sessions(self) -> int:
+        """Authenticated sessions right now."""
+        return self._ctx.active_sessions if self._ctx else 0
+
+    @property
+    def is_serving(self) -> bool:
+        """True between a successful :meth:`start` and :meth:`close`."""
+        return self._acceptor is not None and self._closing is None
+
+    def close(self, grace: float | None = None) -> None:
+        """Stop accepting now; let open files and requests finish, then disconnect.
+
+        Args:
+            grace: Seconds to wait for busy sessions (default ``config.shutdown_grace``).
+        """
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._shutdown(grace))
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` has finished."""
+        if self._closing is None:
+            raise RuntimeError("close() was not called")
+        await asyncio.shield(self._closing)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """:meth:`close` and :meth:`wait_closed` in one call."""
+        self.close(grace)
+        await self.wait_closed()
+
+    async def _shutdown(self, grace: float | None) -> None:
+        acceptor, ctx = self._acceptor, self._ctx
+        if acceptor is None or ctx is None:
+            self._closed.set()
+            return
+        acceptor.close()
+        limit = self.config.shutdown_grace if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while any(c.busy for c in ctx.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(ctx.connections):
+            connection.close()
+        await acceptor.wait_closed()
+        while ctx.connections and loop.time() < deadline + 5:
+            await asyncio.sleep(0.02)
+        self._closed.set()
+        log.info("sftpd stopped")
+
+    async def serve_forever(self) -> None:
+        """Run until cancelled (then stop gracefully) or until :meth:`close` finishes."""
+        if self._acceptor is None:
+            await self.start()
+        try:
+            await self._closed.wait()
+        finally:
+            if self._closing is None:
+                await asyncio.shield(self.stop())
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def run(config: ServerConfig | None = None, **options: Any) -> None:
+    """Serve until interrupted (Ctrl-C), for scripts: ``sftpd.run(backend=..., ...)``."""
+    server = Server(config, **options)
+
+    async def main() -> None:
+        await server.serve_forever()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

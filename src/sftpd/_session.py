@@ -1,0 +1,81 @@
+"""Who is connected: the Session every backend call and event receives."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .errors import ConfigError
+from .paths import decode, normalize
+
+__all__ = ["Peer", "Session"]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The client's address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """One authenticated SSH connection.
+
+    Attributes:
+        id: Random identifier, unique per connection, for logs and events.
+        username: The name the client authenticated as.
+        peer: The client's address.
+        auth_method: ``"password"``, ``"publickey"`` or ``"keyboard-interactive"``.
+        key_fingerprint: ``SHA256:...`` of the key used, for public-key logins.
+        attributes: What the authenticator returned (tenant ids, prefixes...), read-only.
+        root: The directory the session is confined to; every client path is placed
+            inside it before a backend sees it. Taken from ``attributes["root"]``.
+        started: ``time.time()`` when the session was authenticated.
+    """
+
+    username: str
+    peer: Peer
+    auth_method: str = "password"
+    key_fingerprint: str | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    root: str = "/"
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
+        root = self.root
+        if not isinstance(root, str) or not root.startswith("/"):
+            raise ConfigError(f"session root must be an absolute path, got {root!r}")
+        object.__setattr__(self, "root", normalize(decode(root)))
+
+    @classmethod
+    def from_attributes(
+        cls,
+        *,
+        username: str,
+        peer: Peer,
+        auth_method: str,
+        attributes: Mapping[str, Any] | None,
+        key_fingerprint: str | None = None,
+    ) -> Session:
+        """Build a session from what an authenticator returned (``root`` is honoured)."""
+        attrs = dict(attributes or {})
+        root = attrs.get("root", "/")
+        return cls(
+            username=username,
+            peer=peer,
+            auth_method=auth_method,
+            key_fingerprint=key_fingerprint,
+            attributes=attrs,
+            root=str(root),
+        )

@@ -1,0 +1,189 @@
+"""Authentication: who may log in, and what their session carries.
+
+An authenticator has ``authenticate_password(username, password, peer)`` and/or
+``authorize_public_key(username, key, peer)``, as ``async def`` or plain ``def``. Each
+returns a mapping of session attributes to accept the login (``{}`` is fine; a ``"root"``
+key confines the session to that directory), or ``None``/``False`` to reject it. Raising
+:class:`Disconnect` drops the connection. Any other exception rejects that attempt and is
+logged; it never reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import asyncssh
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._session import Peer
+
+__all__ = [
+    "Authenticator",
+    "Disconnect",
+    "PasswordAuthenticator",
+    "PublicKeyAuthenticator",
+    "StaticPasswords",
+    "as_authenticator",
+    "decode_authorized_key",
+    "fingerprint",
+]
+
+Attributes = Mapping[str, Any]
+
+
+class Disconnect(Exception):  # noqa: N818 - it is an instruction, not an error
+    """Raised by an authenticator to drop the connection instead of rejecting one try."""
+
+    def __init__(self, reason: str = "Access denied") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@runtime_checkable
+class PasswordAuthenticator(Protocol):
+    """Checks passwords."""
+
+    def authenticate_password(
+        self, username: str, password: str, peer: Peer
+    ) -> Attributes | None | Awaitable[Attributes | None]:
+        """Return session attributes to accept, ``None`` to reject."""
+
+
+@runtime_checkable
+class PublicKeyAuthenticator(Protocol):
+    """Checks public keys."""
+
+    def authorize_public_key(
+        self, username: str, key: asyncssh.SSHKey, peer: Peer
+    ) -> Attributes | None | Awaitable[Attributes | None]:
+        """Return session attributes to accept, ``None`` to reject."""
+
+
+Authenticator = PasswordAuthenticator | PublicKeyAuthenticator
+"""Anything with at least one of the two methods."""
+
+
+class StaticPasswords:
+    """A fixed set of users and passwords, compared in constant time.
+
+    Args:
+        users: ``{"name": "password"}``.
+        attributes: Optional session attributes per user (``{"name": {"root": "/a"}}``).
+    """
+
+    def __init__(
+        self,
+        users: Mapping[str, str],
+        attributes: Mapping[str, Attributes] | None = None,
+    ) -> None:
+        if not users:
+            raise ConfigError("auth has no users; give at least one, e.g. {'dev': 'dev'}")
+        for name, password in users.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"user names must be non-empty strings, got {name!r}")
+            if not isinstance(password, str) or not password:
+                raise ConfigError(f"user {name!r} needs a non-empty password string")
+        self.users = {name: password.encode() for name, password in users.items()}
+        self.attributes = {name: dict(attrs) for name, attrs in (attributes or {}).items()}
+
+    def authenticate_password(
+        self, username: str, password: str, peer: Peer
+    ) -> Attributes | None:
+        """Accept a known user with the right password."""
+        expected = self.users.get(username)
+        # Compare even for unknown users, so timing does not reveal which names exist.
+        ok = hmac.compare_digest(password.encode(), expected or b"\x00" * 32)
+        if expected is None or not ok:
+            return None
+        return self.attributes.get(username, {})
+
+
+class BoundAuthenticator:
+    """An authenticator with both methods made async, decided once at start-up."""
+
+    def __init__(self, auth: object) -> None:
+        self.auth = auth
+        self.password: Callable[..., Awaitable[Attributes | None]] | None = None
+        self.public_key: Callable[..., Awaitable[Attributes | None]] | None = None
+        if callable(getattr(auth, "authenticate_password", None)):
+            self.password = _make_async(auth.authenticate_password)  # type: ignore[attr-defined]
+        if callable(getattr(auth, "authorize_public_key", None)):
+            self.public_key = _make_async(auth.authorize_public_key)  # type: ignore[attr-defined]
+
+
+def _make_async(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    if inspect.iscoroutinefunction(func):
+        return func
+
+    @functools.wraps(func)
+    async def in_thread(*args: Any) -> Any:
+        result = await asyncio.to_thread(func, *args)
+        return await result if inspect.isawaitable(result) else result
+
+    return in_thread
+
+
+def as_authenticator(auth: object) -> Authenticator:
+    """Accept an authenticator object or a ``{"user": "password"}`` mapping.
+
+    Raises:
+        ConfigError: ``auth`` is neither.
+    """
+    if isinstance(auth, Mapping):
+        return StaticPasswords(auth)
+    if isinstance(auth, (PasswordAuthenticator, PublicKeyAuthenticator)):
+        return auth
+    raise ConfigError(
+        "auth must be a {'user': 'password'} mapping or an object with "
+        "authenticate_password(username, password, peer) and/or "
+        f"authorize_public_key(username, key, peer); got {type(auth).__name__}"
+    )
+
+
+# ------------------------------------------------------------------------ key helpers
+
+_KEY_TOKEN = re.compile(
+    r"(?:^|\s)((?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)"
+    r"|sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com))\s+([A-Za-z0-9+/]+={0,2})(?:\s|$)"
+)
+
+
+def decode_authorized_key(line: str) -> asyncssh.SSHKey:
+    """Decode one line of an OpenSSH ``authorized_keys`` file into a public key.
+
+    Leading options (``from="..."``, ``no-pty``...) and a trailing comment are tolerated.
+
+    Raises:
+        ValueError: the line holds no key of a supported type.
+    """
+    text = line.strip()
+    if not text or text.startswith("#"):
+        raise ValueError("empty or comment line holds no key")
+    match = _KEY_TOKEN.search(text)
+    if match is None:
+        raise ValueError("no ssh-ed25519, ecdsa-sha2-* or ssh-rsa key found in line")
+    try:
+        return asyncssh.import_public_key(f"{match.group(1)} {match.group(2)}")
+    except asyncssh.KeyImportError as exc:
+        raise ValueError(f"invalid public key: {exc}") from exc
+
+
+def fingerprint(key: asyncssh.SSHKey, digest: str = "sha256") -> str:
+    """Return a key's fingerprint exactly as ``ssh-keygen -l`` prints it.
+
+    Args:
+        key: A public (or private) key.
+        digest: ``"sha256"`` (``SHA256:<base64, no padding>``) or ``"md5"``
+            (``MD5:aa:bb:...``).
+    """
+    if digest not in ("sha256", "md5"):
+        raise ValueError(f"digest must be 'sha256' or 'md5', got {digest!r}")
+    return key.get_fingerprint(digest)

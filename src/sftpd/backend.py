@@ -1,0 +1,529 @@
+"""The storage contract: what a backend must and may implement.
+
+A backend is one object shared by every session. Each method takes a normalized absolute
+POSIX path (see :mod:`sftpd.paths`; already scoped into the session's root) and the
+:class:`~sftpd.Session`. Methods may be ``async def`` or plain ``def``; plain ones run in a
+thread pool. That choice is detected once, when the server starts.
+
+Required (:class:`Backend`)::
+
+    stat(path, session) -> FileAttrs
+    list_dir(path, session) -> (async) iterator of DirEntry   # without "." and ".."
+    make_dir(path, session)
+    remove_dir(path, session)
+    remove_file(path, session)
+    rename(src, dst, session, *, overwrite)
+    read_file(path, session) -> bytes
+    write_file(path, data, session)
+
+Optional, each its own small protocol, detected once at start-up:
+
+- :class:`RangeReads` ``read_range(path, offset, length, session) -> bytes``: reads
+  without loading whole files; ``b""`` at end of file.
+- :class:`StreamingWrites` ``open_writer(path, session, *, keep_existing) -> Writer``:
+  uploads that stream to storage; the :class:`Writer` makes the file visible only at
+  ``commit()`` and leaves nothing behind on ``abort()``.
+- :class:`SetAttrs` ``set_attrs(path, changes, session)``: mtime, permissions, size.
+- :class:`DiskUsage` ``disk_usage(path, session) -> SpaceInfo``: for ``df``/statvfs.
+- :class:`SessionHooks` ``session_opened(session)`` / ``session_closed(session)``.
+
+Errors: raise the exceptions of :mod:`sftpd.errors` (or the builtin ones they subclass,
+``FileNotFoundError``, ``PermissionError``, ``FileExistsError``...). Each method's
+docstring below says which exception means what to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import inspect
+import stat as stat_module
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from . import paths
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+__all__ = [
+    "AttrChanges",
+    "Backend",
+    "DirEntry",
+    "DiskUsage",
+    "FileAttrs",
+    "FileType",
+    "RangeReads",
+    "SessionHooks",
+    "SetAttrs",
+    "SpaceInfo",
+    "StreamingWrites",
+    "Writer",
+    "directory_info",
+    "file_info",
+    "is_root_path",
+    "normalize_path",
+    "supports",
+]
+
+
+class FileType(enum.Enum):
+    """What a path names."""
+
+    FILE = "file"
+    DIRECTORY = "directory"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileAttrs:
+    """Metadata of one path, as a backend reports it.
+
+    Attributes:
+        type: File, directory or symlink.
+        size: Size in bytes (0 for directories).
+        mtime: Modification time, seconds since the epoch.
+        atime: Access time; defaults to ``mtime``.
+        permissions: Permission bits without the type bits (``0o644``).
+        uid: Owner id, if the storage has one.
+        gid: Group id, if the storage has one.
+    """
+
+    type: FileType
+    size: int = 0
+    mtime: float = 0.0
+    atime: float | None = None
+    permissions: int = 0o644
+    uid: int | None = None
+    gid: int | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        """True for directories."""
+        return self.type is FileType.DIRECTORY
+
+    @property
+    def is_file(self) -> bool:
+        """True for regular files."""
+        return self.type is FileType.FILE
+
+    @property
+    def mode(self) -> int:
+        """``st_mode``: type bits plus permission bits."""
+        type_bits = {
+            FileType.FILE: stat_module.S_IFREG,
+            FileType.DIRECTORY: stat_module.S_IFDIR,
+            FileType.SYMLINK: stat_module.S_IFLNK,
+        }[self.type]
+        return type_bits | (self.permissions & 0o7777)
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One entry of a directory listing: its name (no slashes) and its attributes."""
+
+    name: str
+    attrs: FileAttrs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttrChanges:
+    """What a client asked ``setstat`` to change; ``None`` means leave as is."""
+
+    size: int | None = None
+    permissions: int | None = None
+    atime: float | None = None
+    mtime: float | None = None
+
+    def is_empty(self) -> bool:
+        """True when nothing is to change."""
+        return self.size is None and self.permissions is None and self.mtime is None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpaceInfo:
+    """Capacity of the storage behind a path, in bytes (for ``statvfs``)."""
+
+    total: int
+    free: int
+    block_size: int = 4096
+    max_name_length: int = 255
+
+
+def file_info(
+    size: int, mtime: float | None = None, *, permissions: int = 0o644
+) -> FileAttrs:
+    """Build the attributes of a regular file (``mtime`` defaults to now)."""
+    return FileAttrs(
+        type=FileType.FILE,
+        size=size,
+        mtime=time.time() if mtime is None else mtime,
+        permissions=permissions,
+    )
+
+
+def directory_info(mtime: float | None = None, *, permissions: int = 0o755) -> FileAttrs:
+    """Build the attributes of a directory (``mtime`` defaults to now)."""
+    return FileAttrs(
+        type=FileType.DIRECTORY,
+        mtime=time.time() if mtime is None else mtime,
+        permissions=permissions,
+    )
+
+
+def normalize_path(path: str) -> str:
+    """Return a path as an object key: normalized, without the leading slash."""
+    return paths.to_key(path)
+
+
+def is_root_path(path: str) -> bool:
+    """Tell whether a path names the top directory (``/``, ``""``, ``.``...)."""
+    return paths.is_root(path)
+
+
+# --------------------------------------------------------------------------- contracts
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The operations every backend implements (``async def`` or plain ``def``)."""
+
+    async def stat(self, path: str, session: Session) -> FileAttrs:
+        """Return the attributes of ``path``.
+
+        Raises:
+            NoSuchFile: nothing exists there (the client sees "no such file").
+        """
+
+    def list_dir(self, path: str, session: Session) -> AsyncIterator[DirEntry]:
+        """Yield the entries of a directory, without ``.`` and ``..``.
+
+        Raises:
+            NoSuchFile: the directory does not exist.
+            NotADirectory: ``path`` is a file.
+        """
+
+    async def make_dir(self, path: str, session: Session) -> None:
+        """Create one directory; its parent exists.
+
+        Raises:
+            FileAlreadyExists: something exists there already.
+            NoSuchFile: the parent does not exist.
+        """
+
+    async def remove_dir(self, path: str, session: Session) -> None:
+        """Remove an empty directory.
+
+        Raises:
+            NoSuchFile: it does not exist.
+            DirectoryNotEmpty: it has entries.
+            NotADirectory: it is a file.
+        """
+
+    async def remove_file(self, path: str, session: Session) -> None:
+        """Remove a file.
+
+        Raises:
+            NoSuchFile: it does not exist.
+            IsADirectory: it is a directory.
+        """
+
+    async def rename(self, src: str, dst: str, session: Session, *, overwrite: bool) -> None:
+        """Move a file or a whole directory (its children move with it).
+
+        Raises:
+            NoSuchFile: ``src`` does not exist, or ``dst``'s parent does not.
+            FileAlreadyExists: ``dst`` exists and ``overwrite`` is false.
+        """
+
+    async def read_file(self, path: str, session: Session) -> bytes:
+        """Return a whole file.
+
+        Raises:
+            NoSuchFile: it does not exist.
+            IsADirectory: it is a directory.
+        """
+
+    async def write_file(self, path: str, data: bytes, session: Session) -> None:
+        """Create or replace a whole file, atomically.
+
+        Raises:
+            NoSuchFile: the parent directory does not exist.
+            IsADirectory: ``path`` is a directory.
+        """
+
+
+@runtime_checkable
+class RangeReads(Protocol):
+    """Optional: read part of a file without loading all of it."""
+
+    async def read_range(self, path: str, offset: int, length: int, session: Session) -> bytes:
+        """Return up to ``length`` bytes from ``offset``; ``b""`` at or past the end.
+
+        Raises:
+            NoSuchFile: the file does not exist (any more).
+        """
+
+
+@runtime_checkable
+class Writer(Protocol):
+    """One upload in progress. Nothing is visible until :meth:`commit`."""
+
+    async def write(self, offset: int, data: bytes) -> None:
+        """Store ``data`` at ``offset``; offsets may come in any order and leave holes."""
+
+    async def commit(self) -> None:
+        """Make the file visible with everything written so far.
+
+        Raises:
+            StorageError: the upload could not be completed; the client's close fails.
+        """
+
+    async def abort(self) -> None:
+        """Drop the upload; nothing of it may remain. Must not raise for a lost upload."""
+
+
+@runtime_checkable
+class ReadableWriter(Writer, Protocol):
+    """A writer that can also read back what the file holds (for read+write opens)."""
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Return up to ``length`` bytes of the file as written so far."""
+
+
+@runtime_checkable
+class StreamingWrites(Protocol):
+    """Optional: uploads that stream to storage instead of being buffered."""
+
+    async def open_writer(self, path: str, session: Session, *, keep_existing: bool) -> Writer:
+        """Start an upload to ``path``.
+
+        Args:
+            path: The file to create or replace at commit.
+            session: Who uploads.
+            keep_existing: Start from the file's current content (resume, append, or an
+                open without truncation) instead of from empty.
+
+        Raises:
+            NoSuchFile: the parent directory does not exist.
+            IsADirectory: ``path`` is a directory.
+        """
+
+
+@runtime_checkable
+class SetAttrs(Protocol):
+    """Optional: change mtime, permissions or size (``setstat``)."""
+
+    async def set_attrs(self, path: str, changes: AttrChanges, session: Session) -> None:
+        """Apply ``changes`` to ``path``.
+
+        Raises:
+            NoSuchFile: it does not exist.
+            Unsupported: the storage cannot make this change.
+        """
+
+
+@runtime_checkable
+class DiskUsage(Protocol):
+    """Optional: report capacity (``statvfs``, ``df`` in OpenSSH's client)."""
+
+    async def disk_usage(self, path: str, session: Session) -> SpaceInfo:
+        """Return the capacity of the storage that holds ``path``."""
+
+
+@runtime_checkable
+class SessionHooks(Protocol):
+    """Optional: hear about sessions starting and ending."""
+
+    async def session_opened(self, session: Session) -> None:
+        """Called once after a session authenticated, before its first request."""
+
+    async def session_closed(self, session: Session) -> None:
+        """Called once when a session ends, after its open files were closed."""
+
+
+_REQUIRED = (
+    "stat",
+    "list_dir",
+    "make_dir",
+    "remove_dir",
+    "remove_file",
+    "rename",
+    "read_file",
+    "write_file",
+)
+
+_OPTIONAL: dict[str, tuple[str, ...]] = {
+    "range_reads": ("read_range",),
+    "streaming_writes": ("open_writer",),
+    "set_attrs": ("set_attrs",),
+    "disk_usage": ("disk_usage",),
+    "session_hooks": ("session_opened", "session_closed"),
+}
+
+
+def supports(backend: object, capability: str) -> bool:
+    """Tell whether ``backend`` implements an optional capability.
+
+    Args:
+        backend: Any object.
+        capability: One of ``range_reads``, ``streaming_writes``, ``set_attrs``,
+            ``disk_usage``, ``session_hooks``.
+    """
+    try:
+        names = _OPTIONAL[capability]
+    except KeyError:
+        known = ", ".join(sorted(_OPTIONAL))
+        raise ValueError(f"unknown capability {capability!r}; known: {known}") from None
+    return all(callable(getattr(backend, name, None)) for name in names)
+
+
+# ------------------------------------------------------------- adapting sync backends
+
+
+@dataclass(slots=True)
+class BoundBackend:
+    """A backend with every method made async, and its capabilities, decided once.
+
+    The server builds one at start-up; the adapter only talks to this.
+    """
+
+    backend: object
+    name: str
+    stat: Callable[..., Any]
+    list_dir: Callable[..., AsyncIterator[DirEntry]]
+    make_dir: Callable[..., Any]
+    remove_dir: Callable[..., Any]
+    remove_file: Callable[..., Any]
+    rename: Callable[..., Any]
+    read_file: Callable[..., Any]
+    write_file: Callable[..., Any]
+    read_range: Callable[..., Any] | None = None
+    open_writer: Callable[..., Any] | None = None
+    set_attrs: Callable[..., Any] | None = None
+    disk_usage: Callable[..., Any] | None = None
+    session_opened: Callable[..., Any] | None = None
+    session_closed: Callable[..., Any] | None = None
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+
+
+def _asyncify(func: Callable[..., Any], executor: ThreadPoolExecutor) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(func):
+        return func
+
+    @functools.wraps(func)
+    async def call_in_thread(*args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(executor, functools.partial(func, *args, **kwargs))
+        if inspect.isawaitable(result):  # a plain def that returns a coroutine
+            return await result
+        return result
+
+    return call_in_thread
+
+
+_SENTINEL = object()
+
+
+def _asyncify_iter(
+    func: Callable[..., Any], executor: ThreadPoolExecutor, batch: int = 256
+) -> Callable[..., AsyncIterator[DirEntry]]:
+    if inspect.isasyncgenfunction(func):
+        return func
+
+    async def iterate(*args: Any, **kwargs: Any) -> AsyncIterator[DirEntry]:
+        loop = asyncio.get_running_loop()
+        if inspect.iscoroutinefunction(func):
+            result = await func(*args, **kwargs)
+        else:
+            result = await loop.run_in_executor(executor, functools.partial(func, *args, **kwargs))
+        if hasattr(result, "__aiter__"):
+            async for entry in result:
+                yield entry
+            return
+        iterator: Iterator[DirEntry] = iter(result)
+
+        def next_batch() -> list[DirEntry]:
+            out: list[DirEntry] = []
+            for entry in iterator:
+                out.append(entry)
+                if len(out) >= batch:
+                    break
+            return out
+
+        while True:
+            chunk = await loop.run_in_executor(executor, next_batch)
+            for entry in chunk:
+                yield entry
+            if len(chunk) < batch:
+                return
+
+    return iterate
+
+
+class _AsyncWriter:
+    """A sync writer whose methods run in the backend's thread pool."""
+
+    def __init__(self, writer: Any, executor: ThreadPoolExecutor) -> None:
+        self.write = _asyncify(writer.write, executor)
+        self.commit = _asyncify(writer.commit, executor)
+        self.abort = _asyncify(writer.abort, executor)
+        if callable(getattr(writer, "read", None)):
+            self.read = _asyncify(writer.read, executor)
+
+
+def _adapting_writers(
+    open_writer: Callable[..., Any], executor: ThreadPoolExecutor
+) -> Callable[..., Any]:
+    async def open_adapted(*args: Any, **kwargs: Any) -> Any:
+        writer = await open_writer(*args, **kwargs)
+        if inspect.iscoroutinefunction(writer.write):
+            return writer
+        return _AsyncWriter(writer, executor)
+
+    return open_adapted
+
+
+def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
+    """Check a backend against the contract and adapt it, once, for the adapter.
+
+    Raises:
+        ConfigError: a required method is missing; the message lists them.
+    """
+    missing = [name for name in _REQUIRED if not callable(getattr(backend, name, None))]
+    if missing:
+        raise ConfigError(
+            f"backend {type(backend).__name__} does not implement the required method(s) "
+            f"{', '.join(missing)}; see sftpd.backend.Backend"
+        )
+    executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="sftpd-backend")
+    methods: dict[str, Any] = {}
+    for name in _REQUIRED:
+        func = getattr(backend, name)
+        methods[name] = (
+            _asyncify_iter(func, executor) if name == "list_dir" else _asyncify(func, executor)
+        )
+    capabilities = {cap for cap in _OPTIONAL if supports(backend, cap)}
+    for cap in capabilities:
+        for name in _OPTIONAL[cap]:
+            methods[name] = _asyncify(getattr(backend, name), executor)
+    if "streaming_writes" in capabilities:
+        methods["open_writer"] = _adapting_writers(methods["open_writer"], executor)
+    return BoundBackend(
+        backend=backend,
+        name=type(backend).__name__,
+        capabilities=frozenset(capabilities),
+        **methods,
+    )
+
+
+def iter_entries(entries: Iterable[DirEntry]) -> Iterator[DirEntry]:
+    """Yield entries, skipping the ``.`` and ``..`` a backend may have included."""
+    for entry in entries:
+        if entry.name not in (".", ".."):
+            yield entry

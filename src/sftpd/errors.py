@@ -1,0 +1,229 @@
+"""The exceptions sftpd raises and understands.
+
+Every storage error is an :class:`SftpdError` that is also the builtin exception a Python
+programmer already catches, and carries the SFTP status code the client receives::
+
+    SftpdError(Exception)
+    ├── ConfigError(ValueError)                    misconfiguration, raised at start-up
+    └── StorageError(OSError)                      anything a request can fail with
+        ├── NoSuchFile(FileNotFoundError)          SSH_FX_NO_SUCH_FILE
+        ├── PermissionDenied(PermissionError)      SSH_FX_PERMISSION_DENIED
+        ├── FileAlreadyExists(FileExistsError)     SSH_FX_FILE_ALREADY_EXISTS
+        ├── NotADirectory(NotADirectoryError)      SSH_FX_NOT_A_DIRECTORY
+        ├── IsADirectory(IsADirectoryError)        SSH_FX_FILE_IS_A_DIRECTORY
+        ├── DirectoryNotEmpty                      SSH_FX_DIR_NOT_EMPTY
+        ├── InvalidFilename                        SSH_FX_INVALID_FILENAME
+        ├── InvalidParameter                       SSH_FX_INVALID_PARAMETER
+        ├── NoSpace                                SSH_FX_NO_SPACE_ON_FILESYSTEM
+        ├── Unsupported                            SSH_FX_OP_UNSUPPORTED
+        └── Failure                                SSH_FX_FAILURE
+
+Backends raise these (or plain ``FileNotFoundError``, ``PermissionError``... which are
+mapped by errno). :func:`to_sftp_error` is the one place where any exception becomes what
+the client sees; an exception it does not know becomes a generic failure, never a Python
+repr on the wire.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import asyncssh
+
+__all__ = [
+    "ConfigError",
+    "DirectoryNotEmpty",
+    "Failure",
+    "FileAlreadyExists",
+    "InvalidFilename",
+    "InvalidParameter",
+    "IsADirectory",
+    "NoSpace",
+    "NoSuchFile",
+    "NotADirectory",
+    "PermissionDenied",
+    "SftpdError",
+    "StorageError",
+    "Unsupported",
+    "to_sftp_error",
+]
+
+FX_EOF = asyncssh.FX_EOF
+FX_NO_SUCH_FILE = asyncssh.FX_NO_SUCH_FILE
+FX_PERMISSION_DENIED = asyncssh.FX_PERMISSION_DENIED
+FX_FAILURE = asyncssh.FX_FAILURE
+FX_OP_UNSUPPORTED = asyncssh.FX_OP_UNSUPPORTED
+FX_FILE_ALREADY_EXISTS = asyncssh.FX_FILE_ALREADY_EXISTS
+FX_NO_SPACE_ON_FILESYSTEM = asyncssh.FX_NO_SPACE_ON_FILESYSTEM
+FX_DIR_NOT_EMPTY = asyncssh.FX_DIR_NOT_EMPTY
+FX_NOT_A_DIRECTORY = asyncssh.FX_NOT_A_DIRECTORY
+FX_INVALID_FILENAME = asyncssh.FX_INVALID_FILENAME
+FX_INVALID_PARAMETER = asyncssh.FX_INVALID_PARAMETER
+FX_FILE_IS_A_DIRECTORY = asyncssh.FX_FILE_IS_A_DIRECTORY
+
+
+class SftpdError(Exception):
+    """Base class of every exception sftpd defines."""
+
+
+class ConfigError(SftpdError, ValueError):
+    """The server or a backend is misconfigured; the message says what to fix."""
+
+
+class StorageError(SftpdError, OSError):
+    """A request failed; ``code`` is the SFTP status the client receives.
+
+    The message is sent to the client as the status reason, so keep it short and free of
+    internal detail.
+    """
+
+    code: int = FX_FAILURE
+    default_reason: str = "Failure"
+
+    def __init__(self, reason: str | None = None) -> None:
+        reason = reason or self.default_reason
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class NoSuchFile(StorageError, FileNotFoundError):
+    """The path (or a parent directory of it) does not exist."""
+
+    code = FX_NO_SUCH_FILE
+    default_reason = "No such file"
+
+
+class PermissionDenied(StorageError, PermissionError):
+    """The session may not do this to this path."""
+
+    code = FX_PERMISSION_DENIED
+    default_reason = "Permission denied"
+
+
+class FileAlreadyExists(StorageError, FileExistsError):
+    """The target exists and the request must not replace it."""
+
+    code = FX_FILE_ALREADY_EXISTS
+    default_reason = "File already exists"
+
+
+class NotADirectory(StorageError, NotADirectoryError):
+    """A directory operation named a file."""
+
+    code = FX_NOT_A_DIRECTORY
+    default_reason = "Not a directory"
+
+
+class IsADirectory(StorageError, IsADirectoryError):
+    """A file operation named a directory."""
+
+    code = FX_FILE_IS_A_DIRECTORY
+    default_reason = "Is a directory"
+
+
+class DirectoryNotEmpty(StorageError):
+    """A directory to remove still has entries."""
+
+    code = FX_DIR_NOT_EMPTY
+    default_reason = "Directory not empty"
+
+
+class InvalidFilename(StorageError):
+    """The path cannot be represented (bad encoding, NUL byte, too long)."""
+
+    code = FX_INVALID_FILENAME
+    default_reason = "Invalid filename"
+
+
+class InvalidParameter(StorageError):
+    """The request's arguments make no sense (a negative offset, an unknown flag)."""
+
+    code = FX_INVALID_PARAMETER
+    default_reason = "Invalid parameter"
+
+
+class NoSpace(StorageError):
+    """The storage is full."""
+
+    code = FX_NO_SPACE_ON_FILESYSTEM
+    default_reason = "No space left"
+
+
+class Unsupported(StorageError):
+    """The backend does not offer this operation."""
+
+    code = FX_OP_UNSUPPORTED
+    default_reason = "Operation not supported"
+
+
+class Failure(StorageError):
+    """A generic failure; the details are in the server log, not on the wire."""
+
+
+_ERRNO_CODES: dict[int, tuple[int, str]] = {
+    errno.ENOENT: (FX_NO_SUCH_FILE, "No such file"),
+    errno.EACCES: (FX_PERMISSION_DENIED, "Permission denied"),
+    errno.EPERM: (FX_PERMISSION_DENIED, "Permission denied"),
+    errno.EROFS: (FX_PERMISSION_DENIED, "Read-only storage"),
+    errno.EEXIST: (FX_FILE_ALREADY_EXISTS, "File already exists"),
+    errno.ENOTDIR: (FX_NOT_A_DIRECTORY, "Not a directory"),
+    errno.EISDIR: (FX_FILE_IS_A_DIRECTORY, "Is a directory"),
+    errno.ENOTEMPTY: (FX_DIR_NOT_EMPTY, "Directory not empty"),
+    errno.ENAMETOOLONG: (FX_INVALID_FILENAME, "File name too long"),
+    errno.EILSEQ: (FX_INVALID_FILENAME, "Invalid filename"),
+    errno.EINVAL: (FX_INVALID_PARAMETER, "Invalid parameter"),
+    errno.ENOSPC: (FX_NO_SPACE_ON_FILESYSTEM, "No space left"),
+    errno.EDQUOT: (FX_NO_SPACE_ON_FILESYSTEM, "Quota exceeded"),
+    errno.ELOOP: (asyncssh.FX_LINK_LOOP, "Too many levels of symbolic links"),
+    errno.EXDEV: (FX_OP_UNSUPPORTED, "Cross-device operation not supported"),
+}
+
+
+def to_sftp_error(exc: BaseException) -> asyncssh.SFTPError:
+    """Translate any exception into the SFTP status the client receives.
+
+    This is the only place where exceptions reach the wire. Unknown exceptions become a
+    bare ``Failure``: their text may hold internal detail and is logged instead.
+
+    Args:
+        exc: The exception raised while serving a request.
+
+    Returns:
+        The asyncssh error whose code and reason are sent to the client.
+    """
+    if isinstance(exc, asyncssh.SFTPError):
+        return exc
+    if isinstance(exc, StorageError):
+        return asyncssh.SFTPError(exc.code, exc.reason)
+    if isinstance(exc, NotImplementedError):
+        return asyncssh.SFTPError(FX_OP_UNSUPPORTED, "Operation not supported")
+    if isinstance(exc, TimeoutError):
+        return asyncssh.SFTPError(FX_FAILURE, "Storage timed out")
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_CODES:
+        code, reason = _ERRNO_CODES[exc.errno]
+        return asyncssh.SFTPError(code, reason)
+    if isinstance(exc, FileNotFoundError):
+        return asyncssh.SFTPError(FX_NO_SUCH_FILE, "No such file")
+    if isinstance(exc, PermissionError):
+        return asyncssh.SFTPError(FX_PERMISSION_DENIED, "Permission denied")
+    if isinstance(exc, FileExistsError):
+        return asyncssh.SFTPError(FX_FILE_ALREADY_EXISTS, "File already exists")
+    if isinstance(exc, IsADirectoryError):
+        return asyncssh.SFTPError(FX_FILE_IS_A_DIRECTORY, "Is a directory")
+    if isinstance(exc, NotADirectoryError):
+        return asyncssh.SFTPError(FX_NOT_A_DIRECTORY, "Not a directory")
+    return asyncssh.SFTPError(FX_FAILURE, "Failure")
+
+
+def is_expected(exc: BaseException) -> bool:
+    """Tell whether an exception is an ordinary request failure rather than a bug.
+
+    Expected failures are logged at debug level; everything else is logged with its
+    traceback because the client only sees a generic failure.
+    """
+    return isinstance(exc, (asyncssh.SFTPError, StorageError, NotImplementedError)) or (
+        isinstance(exc, OSError) and exc.errno in _ERRNO_CODES
+    )
