@@ -217,6 +217,8 @@ class Server:
         self._ctx: ServerContext | None = None
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._deadline = 0.0
+        self._port: int | None = None
         self.host_keys: list[asyncssh.SSHKey] = []
 
     # -- lifecycle
@@ -259,14 +261,15 @@ class Server:
                     "use; choose another port or stop the server using it"
                 ) from exc
             raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
-        log.info("sftpd listening on %s:%d (%s)", config.host, self.port, ctx.backend.name)
+        self._port = int(self._acceptor.sockets[0].getsockname()[1])
+        log.info("sftpd listening on %s:%d (%s)", config.host, self._port, ctx.backend.name)
 
     @property
     def port(self) -> int:
         """The port actually bound (useful after asking for port 0)."""
-        if self._acceptor is None:
+        if self._port is None:
             raise RuntimeError("server not started")
-        return int(self._acceptor.sockets[0].getsockname()[1])
+        return self._port
 
     @property
     def host(self) -> str:
@@ -289,8 +292,13 @@ class Server:
         Args:
             grace: Seconds to wait for busy sessions (default ``config.shutdown_grace``).
         """
+        loop = asyncio.get_running_loop()
+        limit = self.config.shutdown_grace if grace is None else grace
         if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_task(self._shutdown(grace))
+            self._deadline = loop.time() + limit
+            self._closing = loop.create_task(self._shutdown())
+        elif grace is not None:  # a second, shorter close: hurry up
+            self._deadline = min(self._deadline, loop.time() + limit)
 
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` has finished."""
@@ -303,21 +311,20 @@ class Server:
         self.close(grace)
         await self.wait_closed()
 
-    async def _shutdown(self, grace: float | None) -> None:
+    async def _shutdown(self) -> None:
         acceptor, ctx = self._acceptor, self._ctx
         if acceptor is None or ctx is None:
             self._closed.set()
             return
         acceptor.close()
-        limit = self.config.shutdown_grace if grace is None else grace
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit
-        while any(c.busy for c in ctx.connections) and loop.time() < deadline:
+        while any(c.busy for c in ctx.connections) and loop.time() < self._deadline:
             await asyncio.sleep(0.05)
         for connection in list(ctx.connections):
             connection.close()
         await acceptor.wait_closed()
-        while ctx.connections and loop.time() < deadline + 5:
+        hard_stop = loop.time() + 5
+        while ctx.connections and loop.time() < hard_stop:
             await asyncio.sleep(0.02)
         self._closed.set()
         log.info("sftpd stopped")

@@ -1,0 +1,182 @@
+"""``sftpd serve``: run a server from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.panel import Panel
+
+from . import __version__
+from ._config import HOST_KEY_GLOB, ServerConfig
+from ._server import Server
+from .auth import StaticPasswords, fingerprint
+from .backends.memory import MemoryBackend
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+DEFAULT_KEY_DIR = Path(".sftpd") / "host_keys"
+
+console = Console(stderr=True)
+
+
+def _parse_user(value: str) -> tuple[str, str]:
+    name, sep, password = value.partition(":")
+    if not sep or not name or not password:
+        raise click.BadParameter(f"{value!r} is not NAME:PASSWORD", param_hint="--user")
+    return name, password
+
+
+def make_backend(spec: str) -> Any:
+    """Build a backend from its command-line form (``memory``)."""
+    kind = spec.split(":", 1)[0].lower()
+    if kind == "memory":
+        return MemoryBackend()
+    raise click.BadParameter(f"unknown backend {spec!r}; choose: memory", param_hint="--backend")
+
+
+def ensure_host_key(directory: Path) -> Path | None:
+    """Create an ed25519 host key in ``directory`` unless it already has one.
+
+    Returns:
+        The new key's path, or ``None`` when a key existed already.
+    """
+    if directory.is_dir() and any(directory.glob(HOST_KEY_GLOB)):
+        return None
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / "ssh_host_ed25519_key"
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="sftpd host key")
+    key.write_private_key(str(path))
+    os.chmod(path, 0o600)
+    key.write_public_key(str(path) + ".pub")
+    return path
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sftpd")
+def main() -> None:
+    """sftpd: an embeddable SFTP server with pluggable storage."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=2222, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0 picks a free one).")  # fmt: skip
+@click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD",
+              help="A user that may log in with a password (repeatable). "
+                   "Default: dev:dev when no user is given.")  # fmt: skip
+@click.option("--host-key-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None,
+              help=f"Directory of ssh_host_*_key files. Default: {DEFAULT_KEY_DIR}, where an "
+                   "ed25519 key is generated on first run and reused.")  # fmt: skip
+@click.option("--generate-host-key", is_flag=True,
+              help="Generate an ed25519 key in --host-key-dir if it has none.")  # fmt: skip
+@click.option("--backend", "backend_spec", default="memory", show_default=True,
+              metavar="SPEC", help="Storage: 'memory'.")  # fmt: skip
+@click.option("--max-sessions", default=10, show_default=True, type=click.IntRange(1),
+              help="Most sessions at once; more are refused at login.")  # fmt: skip
+@click.option("--open-timeout", default=30.0, show_default=True, type=click.FloatRange(0.001),
+              help="Seconds a file open may take.")  # fmt: skip
+@click.option("--close-timeout", default=30.0, show_default=True, type=click.FloatRange(0.001),
+              help="Seconds storing an upload at close may take.")  # fmt: skip
+@click.option("--shutdown-grace", default=10.0, show_default=True,
+              type=click.FloatRange(0.001),
+              help="Seconds a stop waits for open files before disconnecting.")  # fmt: skip
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
+def serve(
+    host: str,
+    port: int,
+    users: tuple[str, ...],
+    host_key_dir: Path | None,
+    generate_host_key: bool,
+    backend_spec: str,
+    max_sessions: int,
+    open_timeout: float,
+    close_timeout: float,
+    shutdown_grace: float,
+    log_level: str,
+) -> None:
+    """Serve SFTP until Ctrl-C or SIGTERM (both stop gracefully).
+
+    With no options: the memory backend on 127.0.0.1:2222, user dev with password dev, and
+    a host key generated into .sftpd/host_keys. Connect with: sftp -P 2222 dev@localhost
+    """
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.getLogger().level))
+    user_map = dict(_parse_user(u) for u in users) if users else {"dev": "dev"}
+    key_dir = host_key_dir if host_key_dir is not None else DEFAULT_KEY_DIR
+    if host_key_dir is None or generate_host_key:
+        created = ensure_host_key(key_dir)
+        if created is not None:
+            console.print(f"Generated host key [bold]{created}[/]")
+    try:
+        config = ServerConfig(
+            backend=make_backend(backend_spec),
+            auth=StaticPasswords(user_map),
+            system_dir=key_dir,
+            host=host,
+            port=port,
+            max_sessions=max_sessions,
+            open_timeout=open_timeout,
+            close_timeout=close_timeout,
+            shutdown_grace=shutdown_grace,
+        )
+        asyncio.run(_serve(config, sorted(user_map)))
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+
+
+async def _serve(config: ServerConfig, users: list[str]) -> None:
+    server = Server(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping = False
+
+    def on_signal(signum: int) -> None:
+        nonlocal stopping
+        if stopping:
+            console.print("Stopping now.")
+            server.close(grace=0.001)
+            return
+        stopping = True
+        console.print(
+            f"{signal.Signals(signum).name}: finishing open transfers "
+            f"(up to {config.shutdown_grace:g} s; press Ctrl-C again to stop now)"
+        )
+        server.close()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    prints = "\n".join(f"  {k.get_algorithm()}  {fingerprint(k)}" for k in server.host_keys)
+    where = "localhost" if config.host in ("127.0.0.1", "::1", "localhost") else config.host
+    console.print(
+        Panel.fit(
+            f"sftpd {__version__} serving [bold]{type(config.backend).__name__}[/] on "
+            f"{config.host}:{server.port}\n"
+            f"Users: {', '.join(users)}\n"
+            f"Connect: [bold]sftp -P {server.port} {users[0]}@{where}[/]\n"
+            f"Host key fingerprints:\n{prints}",
+            title="sftpd",
+        )
+    )
+    try:
+        await server.serve_forever()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,181 @@
+"""Shared fixtures: host keys, a running server, and real SFTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+import sftpd
+
+
+@pytest.fixture(scope="session")
+def host_key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with one ed25519 host key."""
+    directory = tmp_path_factory.mktemp("host_keys")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(str(directory / "ssh_host_ed25519_key"))
+    return directory
+
+
+@pytest.fixture
+def memory_backend() -> sftpd.MemoryBackend:
+    """An empty memory backend."""
+    return sftpd.MemoryBackend()
+
+
+@pytest.fixture
+async def server(
+    host_key_dir: Path, memory_backend: sftpd.MemoryBackend
+) -> AsyncIterator[sftpd.Server]:
+    """A server on a free loopback port, memory backend, user dev/dev."""
+    async with sftpd.Server(
+        backend=memory_backend,
+        auth={"dev": "dev", "other": "secret"},
+        system_dir=host_key_dir,
+        port=0,
+        shutdown_grace=1,
+    ) as srv:
+        yield srv
+
+
+def connect(port: int, username: str = "dev", password: str = "dev", **kw: Any) -> Any:
+    """Open an asyncssh client connection to a test server."""
+    return asyncssh.connect(
+        "127.0.0.1",
+        port,
+        username=username,
+        password=password,
+        known_hosts=None,
+        client_keys=None,
+        **kw,
+    )
+
+
+@pytest.fixture
+async def sftp(server: sftpd.Server) -> AsyncIterator[asyncssh.SFTPClient]:
+    """An asyncssh SFTP client logged in as dev."""
+    async with connect(server.port) as conn, conn.start_sftp_client() as client:
+        yield client
+
+
+def sha256(data: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def make_file(path: Path, size: int, seed: int = 0) -> Path:
+    """Write ``size`` pseudo-random bytes (fast, reproducible) to ``path``."""
+    block = hashlib.sha256(str(seed).encode()).digest() * 32768  # 1 MiB
+    rnd = os.urandom(4096)
+    with path.open("wb") as f:
+        remaining, i = size, 0
+        while remaining > 0:
+            piece = (rnd + i.to_bytes(8, "big") + block)[: min(remaining, len(block))]
+            f.write(piece)
+            remaining -= len(piece)
+            i += 1
+    return path
+
+
+@dataclass
+class SftpResult:
+    """What an OpenSSH ``sftp -b`` run printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def askpass(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A script OpenSSH runs to obtain the password from $SFTPD_TEST_PASSWORD."""
+    path = tmp_path_factory.mktemp("askpass") / "askpass.sh"
+    path.write_text('#!/bin/sh\nprintf "%s\\n" "$SFTPD_TEST_PASSWORD"\n')
+    path.chmod(0o755)
+    return path
+
+
+class OpenSSH:
+    """Runs OpenSSH's ``sftp`` client in batch mode against a test server."""
+
+    def __init__(self, askpass: Path) -> None:
+        if shutil.which("sftp") is None:  # pragma: no cover - CI installs openssh-client
+            pytest.fail("OpenSSH sftp client not installed (apt-get install openssh-client)")
+        self.askpass = askpass
+
+    def command(self, port: int, user: str, extra: list[str] | None = None) -> list[str]:
+        """The sftp argv for a batch run read from standard input."""
+        return [
+            "sftp",
+            "-o", "BatchMode=no",  # must come before -b, which would turn it on
+            "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "PubkeyAuthentication=no",
+            "-o", "PreferredAuthentications=password,keyboard-interactive",
+            "-o", "LogLevel=ERROR",
+            "-o", "NumberOfPasswordPrompts=1",
+            *(extra or []),
+            "-P", str(port),
+            "-b", "-",
+            f"{user}@127.0.0.1",
+        ]  # fmt: skip
+
+    def env(self, password: str) -> dict[str, str]:
+        """Environment making OpenSSH read the password from the askpass script."""
+        return {
+            **os.environ,
+            "SSH_ASKPASS": str(self.askpass),
+            "SSH_ASKPASS_REQUIRE": "force",
+            "DISPLAY": ":0",
+            "SFTPD_TEST_PASSWORD": password,
+        }
+
+    async def run(
+        self,
+        port: int,
+        commands: str,
+        *,
+        user: str = "dev",
+        password: str = "dev",
+        cwd: Path | None = None,
+        timeout: float = 240,
+        extra: list[str] | None = None,
+    ) -> SftpResult:
+        """Run a batch of sftp commands; returns exit code and output."""
+        proc = await asyncio.create_subprocess_exec(
+            *self.command(port, user, extra),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=self.env(password),
+            start_new_session=True,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(commands.encode()), timeout)
+        assert proc.returncode is not None
+        return SftpResult(proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture(scope="session")
+def openssh(askpass: Path) -> Iterator[OpenSSH]:
+    """The OpenSSH sftp client driver."""
+    yield OpenSSH(askpass)
