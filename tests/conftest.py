@@ -7,7 +7,7 @@ import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,6 @@ class OpenSSH:
 
 
 @pytest.fixture(scope="session")
-def openssh(askpass: Path) -> Iterator[OpenSSH]:
+def openssh(askpass: Path) -> OpenSSH:
     """The OpenSSH sftp client driver."""
-    yield OpenSSH(askpass)
+    return OpenSSH(askpass)

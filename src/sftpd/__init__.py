@@ -1,14 +1,14 @@
 """sftpd: an embeddable, asyncio-native SFTP server with pluggable storage.
 
-    import sftpd
+import sftpd
 
-    async with sftpd.Server(
-        backend=sftpd.MemoryBackend(),
-        auth={"dev": "dev"},
-        system_dir="ssh_keys",
-        port=2222,
-    ) as server:
-        ...
+async with sftpd.Server(
+    backend=sftpd.MemoryBackend(),
+    auth={"dev": "dev"},
+    system_dir="ssh_keys",
+    port=2222,
+) as server:
+    ...
 """
 
 from ._config import ServerConfig

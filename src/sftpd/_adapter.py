@@ -37,6 +37,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from ._server import ServerContext
+    from ._server import _Connection as Connection
     from ._session import Session
 
 __all__ = ["SftpAdapter"]
@@ -123,8 +124,8 @@ class SftpAdapter(asyncssh.SFTPServer):
         super().__init__(chan)
         self._ctx = context
         self._backend = context.backend
-        owner = chan.get_connection().get_owner()
-        session = getattr(owner, "session", None)
+        owner = cast("Connection", chan.get_connection().get_owner())
+        session = owner.session
         if session is None:  # asyncssh opens channels only after authentication
             raise PermissionDenied("Not authenticated")
         self._session: Session = session
@@ -493,4 +494,3 @@ class SftpAdapter(asyncssh.SFTPServer):
         adapters = getattr(owner, "adapters", None)
         if adapters is not None:
             adapters.discard(self)
-

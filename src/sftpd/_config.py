@@ -12,7 +12,7 @@ from typing import Any
 import asyncssh
 
 from .auth import Authenticator, StaticPasswords, as_authenticator
-from .backend import bind_backend
+from .backend import check_backend
 from .errors import ConfigError
 
 __all__ = ["ServerConfig", "load_host_keys"]
@@ -84,7 +84,7 @@ class ServerConfig:
                 f"backend must be an instance, not the class {self.backend.__name__}; "
                 f"write backend={self.backend.__name__}()"
             )
-        bind_backend(self.backend)  # raises ConfigError naming missing methods
+        check_backend(self.backend)
         object.__setattr__(self, "authenticator", as_authenticator(self.auth))
         if self.system_dir is None and not self.host_keys:
             raise ConfigError(

@@ -39,7 +39,7 @@ __all__ = [
 Attributes = Mapping[str, Any]
 
 
-class Disconnect(Exception):  # noqa: N818 - it is an instruction, not an error
+class Disconnect(Exception):
     """Raised by an authenticator to drop the connection instead of rejecting one try."""
 
     def __init__(self, reason: str = "Access denied") -> None:
@@ -53,7 +53,7 @@ class PasswordAuthenticator(Protocol):
 
     def authenticate_password(
         self, username: str, password: str, peer: Peer
-    ) -> Attributes | None | Awaitable[Attributes | None]:
+    ) -> Attributes | Awaitable[Attributes | None] | None:
         """Return session attributes to accept, ``None`` to reject."""
 
 
@@ -63,7 +63,7 @@ class PublicKeyAuthenticator(Protocol):
 
     def authorize_public_key(
         self, username: str, key: asyncssh.SSHKey, peer: Peer
-    ) -> Attributes | None | Awaitable[Attributes | None]:
+    ) -> Attributes | Awaitable[Attributes | None] | None:
         """Return session attributes to accept, ``None`` to reject."""
 
 
@@ -94,9 +94,7 @@ class StaticPasswords:
         self.users = {name: password.encode() for name, password in users.items()}
         self.attributes = {name: dict(attrs) for name, attrs in (attributes or {}).items()}
 
-    def authenticate_password(
-        self, username: str, password: str, peer: Peer
-    ) -> Attributes | None:
+    def authenticate_password(self, username: str, password: str, peer: Peer) -> Attributes | None:
         """Accept a known user with the right password."""
         expected = self.users.get(username)
         # Compare even for unknown users, so timing does not reveal which names exist.

@@ -155,9 +155,7 @@ class SpaceInfo:
     max_name_length: int = 255
 
 
-def file_info(
-    size: int, mtime: float | None = None, *, permissions: int = 0o644
-) -> FileAttrs:
+def file_info(size: int, mtime: float | None = None, *, permissions: int = 0o644) -> FileAttrs:
     """Build the attributes of a regular file (``mtime`` defaults to now)."""
     return FileAttrs(
         type=FileType.FILE,
@@ -489,8 +487,8 @@ def _adapting_writers(
     return open_adapted
 
 
-def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
-    """Check a backend against the contract and adapt it, once, for the adapter.
+def check_backend(backend: object) -> None:
+    """Check that ``backend`` has every required method.
 
     Raises:
         ConfigError: a required method is missing; the message lists them.
@@ -501,6 +499,15 @@ def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
             f"backend {type(backend).__name__} does not implement the required method(s) "
             f"{', '.join(missing)}; see sftpd.backend.Backend"
         )
+
+
+def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
+    """Check a backend against the contract and adapt it, once, for the adapter.
+
+    Raises:
+        ConfigError: a required method is missing; the message lists them.
+    """
+    check_backend(backend)
     executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="sftpd-backend")
     methods: dict[str, Any] = {}
     for name in _REQUIRED:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import cast
 
 import asyncssh
 import pytest
@@ -42,7 +43,8 @@ async def test_nested_directories_and_listing(sftp: asyncssh.SFTPClient) -> None
     assert names["f.txt"].attrs.size == 5
     assert names["f.txt"].attrs.type == asyncssh.FILEXFER_TYPE_REGULAR
     assert (await sftp.stat("/a")).type == asyncssh.FILEXFER_TYPE_DIRECTORY
-    assert await sftp.isdir("/a/b") and await sftp.isfile("/a/b/f.txt")
+    assert await sftp.isdir("/a/b")
+    assert await sftp.isfile("/a/b/f.txt")
 
 
 async def test_large_directory_lists_in_batches(sftp: asyncssh.SFTPClient) -> None:
@@ -133,9 +135,9 @@ async def test_read_write_on_one_handle(sftp: asyncssh.SFTPClient) -> None:
     """r+ reads existing content and overwrites in place without truncating."""
     await put(sftp, "/rw", b"abcdef")
     async with sftp.open("/rw", "r+b") as f:
-        assert await f.read(3, 0) == b"abc"
+        assert cast(bytes, await f.read(3, 0)) == b"abc"
         await f.write(b"XY", 2)
-        assert await f.read(6, 0) == b"abXYef"
+        assert cast(bytes, await f.read(6, 0)) == b"abXYef"
     assert await get(sftp, "/rw") == b"abXYef"
 
 
@@ -146,7 +148,8 @@ async def test_out_of_order_writes_and_holes(sftp: asyncssh.SFTPClient) -> None:
         await f.write(b"head", 0)
     data = await get(sftp, "/sparse")
     assert len(data) == (3 << 20) + 4
-    assert data[:4] == b"head" and data[-4:] == b"tail"
+    assert data[:4] == b"head"
+    assert data[-4:] == b"tail"
     assert data[4 : 3 << 20] == bytes((3 << 20) - 4)
 
 
@@ -197,7 +200,8 @@ async def test_setstat_keeps_mtime_and_accepts_mode(sftp: asyncssh.SFTPClient) -
     await sftp.chmod("/m", 0o600)
     attrs = await sftp.stat("/m")
     assert attrs.mtime == 1_600_000_000
-    assert attrs.permissions is not None and attrs.permissions & 0o7777 == 0o600
+    assert attrs.permissions is not None
+    assert attrs.permissions & 0o7777 == 0o600
 
 
 async def test_fstat_reports_size_of_upload_in_progress(sftp: asyncssh.SFTPClient) -> None:
@@ -220,7 +224,8 @@ async def test_realpath_and_traversal_stay_inside(sftp: asyncssh.SFTPClient) -> 
 async def test_statvfs_extension(sftp: asyncssh.SFTPClient) -> None:
     """statvfs reports a capacity with free space."""
     info = await sftp.statvfs("/")
-    assert info.blocks > 0 and 0 < info.bavail <= info.blocks
+    assert info.blocks > 0
+    assert 0 < info.bavail <= info.blocks
 
 
 async def test_symlinks_and_locks_are_unsupported(sftp: asyncssh.SFTPClient) -> None:

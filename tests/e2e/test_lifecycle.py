@@ -26,13 +26,14 @@ async def test_port_zero_binds_a_real_port(host_key_dir: Path) -> None:
     server = make_server(host_key_dir, sftpd.MemoryBackend())
     await server.start()
     try:
-        assert server.port > 0 and server.is_serving
+        assert server.port > 0
+        assert server.is_serving
         async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
             assert await sftp.realpath(".") == "/"
     finally:
         await server.stop()
     assert not server.is_serving
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", server.port)
 
 
@@ -47,7 +48,7 @@ async def test_graceful_stop_lets_an_open_upload_finish(host_key_dir: Path) -> N
         await f.write(b"a" * 1000)
         server.close()
         await asyncio.sleep(0.1)
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
         await f.write(b"b" * 1000, 1000)
         await f.close()

@@ -29,8 +29,10 @@ async def test_basic_commands_round_trip(
     assert result.returncode == 0, result.stderr
     assert sha256_file(tmp_path / "back.bin") == sha256_file(src)
     listing = result.stdout.split("chmod 600 inbox/b.bin")
-    assert "a.bin" in listing[0] and "3000003" in listing[0]
-    assert "-rw-------" in listing[1] and "b.bin" in listing[1]
+    assert "a.bin" in listing[0]
+    assert "3000003" in listing[0]
+    assert "-rw-------" in listing[1]
+    assert "b.bin" in listing[1]
     stored = await memory_backend.read_file("/inbox/b.bin", _session())
     assert len(stored) == 3_000_003
 

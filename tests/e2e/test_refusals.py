@@ -67,9 +67,13 @@ async def test_x11_forwarding_is_refused(server: sftpd.Server) -> None:
 async def test_agent_forwarding_is_refused(server: sftpd.Server, tmp_path: Path) -> None:
     """A client offering its agent gets no agent channel on the server side."""
     agent = await asyncio.start_unix_server(lambda r, w: None, str(tmp_path / "agent.sock"))
-    async with agent, connect(
-        server.port, agent_forwarding=True, agent_path=str(tmp_path / "agent.sock")
-    ) as conn, conn.start_sftp_client() as sftp:
+    async with (
+        agent,
+        connect(
+            server.port, agent_forwarding=True, agent_path=str(tmp_path / "agent.sock")
+        ) as conn,
+        conn.start_sftp_client() as sftp,
+    ):
         await sftp.listdir("/")
         server_conns = [c._conn for c in server._ctx.connections]  # type: ignore[union-attr]
         assert server_conns

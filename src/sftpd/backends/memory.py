@@ -34,7 +34,12 @@ BLOCK_SIZE = 1 << 20
 
 
 class Blob:
-    """File content in fixed-size blocks, copy-on-write between copies."""
+    """File content in blocks of up to 1 MiB, copy-on-write between copies.
+
+    A block holds the bytes from its start up to the last byte written in it; anything
+    past a block's length, and any missing block, reads as zeros. Sequential writes only
+    append to the last block, so an upload is copied once, from the packet into its block.
+    """
 
     __slots__ = ("_blocks", "_owned", "size")
 
@@ -58,23 +63,24 @@ class Blob:
         end = min(self.size, offset + length)
         if offset >= end:
             return b""
-        first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-        if first == last:
-            block = self._blocks[first] if first < len(self._blocks) else None
-            start = offset - first * BLOCK_SIZE
-            if block is None:
-                return bytes(end - offset)
-            return bytes(block[start : start + end - offset])
-        out = bytearray()
+        pieces: list[bytes | memoryview] = []
         pos = offset
         while pos < end:
             index = pos // BLOCK_SIZE
             start = pos - index * BLOCK_SIZE
             take = min(BLOCK_SIZE - start, end - pos)
             block = self._blocks[index] if index < len(self._blocks) else None
-            out += bytes(take) if block is None else block[start : start + take]
+            if block is None:
+                pieces.append(bytes(take))
+            else:
+                piece = memoryview(block)[start : start + take]
+                pieces.append(piece)
+                if len(piece) < take:
+                    pieces.append(bytes(take - len(piece)))
             pos += take
-        return bytes(out)
+        if len(pieces) == 1:
+            return bytes(pieces[0])
+        return b"".join(pieces)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` at ``offset``, growing the file (with a hole) if needed."""
@@ -84,8 +90,22 @@ class Blob:
             index = pos // BLOCK_SIZE
             start = pos - index * BLOCK_SIZE
             take = min(BLOCK_SIZE - start, len(view))
+            piece = view[:take]
             block = self._writable(index)
-            block[start : start + take] = view[:take]
+            if block is None:
+                block = bytearray(start) + piece if start else bytearray(piece)
+                self._blocks[index] = block
+                self._owned.add(index)
+            elif start == len(block):
+                block += piece
+            elif start > len(block):
+                block += bytes(start - len(block))
+                block += piece
+            else:
+                block[start : start + take] = piece
+            if len(block) == BLOCK_SIZE and block.__sizeof__() > BLOCK_SIZE + 4096:
+                # Appends over-allocate by up to 1/8; a full block is trimmed to its size.
+                self._blocks[index] = bytearray(block)
             view = view[take:]
             pos += take
         self.size = max(self.size, offset + len(data))
@@ -96,22 +116,19 @@ class Blob:
             keep = (size + BLOCK_SIZE - 1) // BLOCK_SIZE
             del self._blocks[keep:]
             self._owned = {i for i in self._owned if i < keep}
-            tail = size % BLOCK_SIZE
-            if tail and keep:
-                block = self._blocks[keep - 1]
-                if block is not None:
-                    self._writable(keep - 1)[tail:] = bytes(BLOCK_SIZE - tail)
+            tail = size - (keep - 1) * BLOCK_SIZE if keep else 0
+            if keep and self._blocks and len(self._blocks) == keep:
+                block = self._writable(keep - 1)
+                if block is not None and len(block) > tail:
+                    del block[tail:]
         self.size = size
 
-    def _writable(self, index: int) -> bytearray:
+    def _writable(self, index: int) -> bytearray | None:
+        """The block at ``index``, owned by this blob (``None`` if it is a hole)."""
         if index >= len(self._blocks):
             self._blocks.extend([None] * (index + 1 - len(self._blocks)))
         block = self._blocks[index]
-        if block is None:
-            block = bytearray(BLOCK_SIZE)
-            self._blocks[index] = block
-            self._owned.add(index)
-        elif index not in self._owned:
+        if block is not None and index not in self._owned:
             block = bytearray(block)
             self._blocks[index] = block
             self._owned.add(index)

@@ -1,0 +1,64 @@
+"""Servers the benchmarks start in their own processes, so each one's RSS is its own.
+
+    python benchmarks/_servers.py sftpd KEY_DIR
+    python benchmarks/_servers.py asyncssh KEY_DIR ROOT
+
+Each prints its port on the first line of stdout, then serves until killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import asyncssh
+
+import sftpd
+
+
+class _PasswordServer(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def validate_password(self, username: str, password: str) -> bool:
+        return username == "dev" and password == "dev"
+
+
+async def serve_sftpd(key_dir: str) -> None:
+    """sftpd on the memory backend."""
+    async with sftpd.Server(
+        backend=sftpd.MemoryBackend(), auth={"dev": "dev"}, system_dir=key_dir, port=0
+    ) as server:
+        print(server.port, flush=True)
+        await asyncio.Event().wait()
+
+
+async def serve_asyncssh(keys: list[asyncssh.SSHKey], root: str) -> None:
+    """asyncssh's stock SFTPServer serving a directory (chrooted)."""
+    acceptor = await asyncssh.create_server(
+        _PasswordServer,
+        "127.0.0.1",
+        0,
+        server_host_keys=keys,
+        sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=root.encode()),
+        encoding=None,
+    )
+    print(acceptor.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    kind = sys.argv[1]
+    if kind == "sftpd":
+        asyncio.run(serve_sftpd(sys.argv[2]))
+    elif kind == "asyncssh":
+        host_keys = [
+            asyncssh.read_private_key(str(p)) for p in Path(sys.argv[2]).glob("ssh_host_*_key")
+        ]
+        asyncio.run(serve_asyncssh(host_keys, sys.argv[3]))
+    else:
+        raise SystemExit(f"unknown server kind {kind!r}")

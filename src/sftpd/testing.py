@@ -1,0 +1,277 @@
+"""Helpers for testing your own backends and apps (needs pytest and pytest-asyncio).
+
+Run the conformance suite on your backend by subclassing it with one fixture::
+
+    import pytest
+    from sftpd.testing import BackendConformance
+
+    class TestMyBackend(BackendConformance):
+        @pytest.fixture
+        def backend(self):
+            return MyBackend(...)
+
+and start a throwaway server in a test with :func:`running_server`::
+
+    async with running_server(backend=MemoryBackend()) as server:
+        ...  # connect to 127.0.0.1:server.port as dev/dev
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from ._server import Server
+from ._session import Peer, Session
+from .backend import AttrChanges, BoundBackend, DirEntry, bind_backend
+from .errors import DirectoryNotEmpty, FileAlreadyExists
+
+__all__ = ["BackendConformance", "make_session", "running_server"]
+
+
+def make_session(username: str = "tester", **attributes: Any) -> Session:
+    """A session for calling backend methods directly in tests."""
+    return Session(username=username, peer=Peer("127.0.0.1", 0), attributes=attributes)
+
+
+@contextlib.asynccontextmanager
+async def running_server(**options: Any) -> AsyncIterator[Server]:
+    """Start a server on a free loopback port with a fresh host key; stop it afterwards.
+
+    Defaults: ``auth={"dev": "dev"}``, ``port=0``, ``host="127.0.0.1"``; any
+    :class:`~sftpd.ServerConfig` field may be given.
+    """
+    with tempfile.TemporaryDirectory(prefix="sftpd-keys-") as keys:
+        if "system_dir" not in options and "host_keys" not in options:
+            key = asyncssh.generate_private_key("ssh-ed25519")
+            key.write_private_key(str(Path(keys) / "ssh_host_ed25519_key"))
+            options["system_dir"] = keys
+        options.setdefault("auth", {"dev": "dev"})
+        options.setdefault("port", 0)
+        async with Server(**options) as server:
+            yield server
+
+
+async def _names(bound: BoundBackend, path: str, session: Session) -> dict[str, DirEntry]:
+    return {e.name: e async for e in bound.list_dir(path, session)}
+
+
+class BackendConformance:
+    """Behaviour every backend must have, as pytest tests. Subclass and give ``backend``.
+
+    Paths are absolute and normalized, as the server passes them. Optional capabilities
+    (range reads, streaming writes, set_attrs) are tested only when the backend has them.
+    Set ``supports_empty_directories = False`` for stores where a directory exists only
+    while it has entries.
+    """
+
+    supports_empty_directories = True
+
+    @pytest.fixture
+    def backend(self) -> Any:  # pragma: no cover - subclasses override
+        """The backend under test; override in your subclass."""
+        raise NotImplementedError("override the backend fixture")
+
+    @pytest.fixture
+    def bound(self, backend: Any) -> BoundBackend:
+        """The backend adapted as the server adapts it (sync methods run in threads)."""
+        return bind_backend(backend)
+
+    @pytest.fixture
+    def session(self) -> Session:
+        """A session for direct calls."""
+        return make_session()
+
+    async def test_root_is_a_listable_directory(
+        self, bound: BoundBackend, session: Session
+    ) -> None:
+        """stat('/') is a directory and listing it works (without . and ..)."""
+        attrs = await bound.stat("/", session)
+        assert attrs.is_dir
+        names = await _names(bound, "/", session)
+        assert "." not in names
+        assert ".." not in names
+
+    async def test_missing_paths_raise_file_not_found(
+        self, bound: BoundBackend, session: Session
+    ) -> None:
+        """stat, read, remove and rename of a missing path raise FileNotFoundError."""
+        for call in (
+            bound.stat("/missing", session),
+            bound.read_file("/missing", session),
+            bound.remove_file("/missing", session),
+            bound.remove_dir("/missing", session),
+            bound.rename("/missing", "/other", session, overwrite=False),
+        ):
+            with pytest.raises(FileNotFoundError):
+                await call
+
+    async def test_write_then_read_round_trip(self, bound: BoundBackend, session: Session) -> None:
+        """write_file then read_file returns the same bytes; stat has the size."""
+        data = bytes(range(256)) * 1000
+        await bound.write_file("/round.bin", data, session)
+        assert await bound.read_file("/round.bin", session) == data
+        attrs = await bound.stat("/round.bin", session)
+        assert attrs.is_file
+        assert attrs.size == len(data)
+        assert attrs.mtime > 0
+
+    async def test_overwrite_replaces_content(self, bound: BoundBackend, session: Session) -> None:
+        """Writing a file again replaces all of its content."""
+        await bound.write_file("/o.txt", b"long content", session)
+        await bound.write_file("/o.txt", b"short", session)
+        assert await bound.read_file("/o.txt", session) == b"short"
+
+    async def test_listing_has_attributes(self, bound: BoundBackend, session: Session) -> None:
+        """Listing a directory yields each entry once with its type and size."""
+        await bound.make_dir("/l", session)
+        await bound.write_file("/l/a.txt", b"aaa", session)
+        await bound.make_dir("/l/sub", session)
+        names = await _names(bound, "/l", session)
+        assert set(names) == {"a.txt", "sub"}
+        assert names["a.txt"].attrs.is_file
+        assert names["a.txt"].attrs.size == 3
+        assert names["sub"].attrs.is_dir
+
+    async def test_directories_create_and_remove(
+        self, bound: BoundBackend, session: Session
+    ) -> None:
+        """make_dir creates, a second make_dir fails, remove_dir removes an empty one."""
+        await bound.make_dir("/d", session)
+        assert (await bound.stat("/d", session)).is_dir
+        with pytest.raises(FileExistsError):
+            await bound.make_dir("/d", session)
+        await bound.remove_dir("/d", session)
+        with pytest.raises(FileNotFoundError):
+            await bound.stat("/d", session)
+
+    async def test_remove_dir_refuses_non_empty(
+        self, bound: BoundBackend, session: Session
+    ) -> None:
+        """remove_dir of a directory with entries fails and keeps them."""
+        await bound.make_dir("/ne", session)
+        await bound.write_file("/ne/f", b"f", session)
+        with pytest.raises((DirectoryNotEmpty, OSError)):
+            await bound.remove_dir("/ne", session)
+        assert await bound.read_file("/ne/f", session) == b"f"
+
+    async def test_remove_file(self, bound: BoundBackend, session: Session) -> None:
+        """remove_file deletes a file and only that file."""
+        await bound.write_file("/r1", b"1", session)
+        await bound.write_file("/r2", b"2", session)
+        await bound.remove_file("/r1", session)
+        with pytest.raises(FileNotFoundError):
+            await bound.stat("/r1", session)
+        assert await bound.read_file("/r2", session) == b"2"
+
+    async def test_rename_file_and_overwrite_rules(
+        self, bound: BoundBackend, session: Session
+    ) -> None:
+        """rename moves a file; onto an existing file it needs overwrite=True."""
+        await bound.write_file("/a", b"A", session)
+        await bound.write_file("/b", b"B", session)
+        with pytest.raises(FileAlreadyExists):
+            await bound.rename("/a", "/b", session, overwrite=False)
+        await bound.rename("/a", "/b", session, overwrite=True)
+        assert await bound.read_file("/b", session) == b"A"
+        with pytest.raises(FileNotFoundError):
+            await bound.stat("/a", session)
+        await bound.rename("/b", "/c", session, overwrite=False)
+        assert await bound.read_file("/c", session) == b"A"
+
+    async def test_rename_directory_moves_children(
+        self, bound: BoundBackend, session: Session
+    ) -> None:
+        """Renaming a directory moves everything below it."""
+        await bound.make_dir("/from", session)
+        await bound.make_dir("/from/inner", session)
+        await bound.write_file("/from/inner/x", b"x", session)
+        await bound.rename("/from", "/to", session, overwrite=False)
+        assert await bound.read_file("/to/inner/x", session) == b"x"
+        with pytest.raises(FileNotFoundError):
+            await bound.stat("/from", session)
+
+    async def test_range_reads(self, bound: BoundBackend, session: Session) -> None:
+        """read_range returns the requested slice, short at the end, empty past it."""
+        if bound.read_range is None:
+            pytest.skip("backend has no range reads")
+        data = bytes(range(256)) * 8192  # 2 MiB
+        await bound.write_file("/range.bin", data, session)
+        assert await bound.read_range("/range.bin", 1000, 5000, session) == data[1000:6000]
+        assert await bound.read_range("/range.bin", len(data) - 10, 100, session) == data[-10:]
+        assert await bound.read_range("/range.bin", len(data), 100, session) == b""
+        chunks = [
+            await bound.read_range("/range.bin", off, 65536, session)
+            for off in range(0, len(data), 65536)
+        ]
+        assert b"".join(chunks) == data
+
+    async def test_streaming_write_commit(self, bound: BoundBackend, session: Session) -> None:
+        """A streamed upload is invisible until commit, then holds every chunk in order."""
+        if bound.open_writer is None:
+            pytest.skip("backend has no streaming writes")
+        writer = await bound.open_writer("/stream.bin", session, keep_existing=False)
+        chunks = [bytes([i]) * 100_000 for i in range(20)]
+        offset = 0
+        for chunk in chunks:
+            await writer.write(offset, chunk)
+            offset += len(chunk)
+        with pytest.raises(FileNotFoundError):
+            await bound.stat("/stream.bin", session)
+        await writer.commit()
+        assert await bound.read_file("/stream.bin", session) == b"".join(chunks)
+
+    async def test_streaming_write_out_of_order(
+        self, bound: BoundBackend, session: Session
+    ) -> None:
+        """Writes at any offset land in place; holes read as zeros."""
+        if bound.open_writer is None:
+            pytest.skip("backend has no streaming writes")
+        writer = await bound.open_writer("/ooo.bin", session, keep_existing=False)
+        await writer.write(10, b"world")
+        await writer.write(0, b"hello")
+        await writer.commit()
+        assert await bound.read_file("/ooo.bin", session) == b"hello" + bytes(5) + b"world"
+
+    async def test_streaming_write_abort_leaves_nothing(
+        self, bound: BoundBackend, session: Session
+    ) -> None:
+        """An aborted upload leaves no file and keeps the one it would have replaced."""
+        if bound.open_writer is None:
+            pytest.skip("backend has no streaming writes")
+        writer = await bound.open_writer("/gone.bin", session, keep_existing=False)
+        await writer.write(0, b"partial")
+        await writer.abort()
+        with pytest.raises(FileNotFoundError):
+            await bound.stat("/gone.bin", session)
+        await bound.write_file("/kept.bin", b"old", session)
+        writer = await bound.open_writer("/kept.bin", session, keep_existing=False)
+        await writer.write(0, b"new content")
+        await writer.abort()
+        assert await bound.read_file("/kept.bin", session) == b"old"
+
+    async def test_streaming_write_keep_existing_appends(
+        self, bound: BoundBackend, session: Session
+    ) -> None:
+        """keep_existing=True starts from the stored content (resume/append)."""
+        if bound.open_writer is None:
+            pytest.skip("backend has no streaming writes")
+        await bound.write_file("/resume.bin", b"first half|", session)
+        writer = await bound.open_writer("/resume.bin", session, keep_existing=True)
+        await writer.write(11, b"second half")
+        await writer.commit()
+        assert await bound.read_file("/resume.bin", session) == b"first half|second half"
+
+    async def test_set_attrs_mtime(self, bound: BoundBackend, session: Session) -> None:
+        """set_attrs with an mtime shows in stat."""
+        if bound.set_attrs is None:
+            pytest.skip("backend has no set_attrs")
+        await bound.write_file("/t.txt", b"t", session)
+        await bound.set_attrs("/t.txt", AttrChanges(mtime=1_500_000_000.0), session)
+        assert int((await bound.stat("/t.txt", session)).mtime) == 1_500_000_000

@@ -1,0 +1,160 @@
+"""The conformance suite run on the memory backend and on small custom backends."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import sftpd
+import sftpd.testing
+from sftpd import paths
+from sftpd.testing import BackendConformance
+
+
+class TestMemoryBackend(BackendConformance):
+    """The built-in memory backend."""
+
+    @pytest.fixture
+    def backend(self) -> Any:
+        return sftpd.MemoryBackend()
+
+
+class SyncDictBackend:
+    """A minimal custom backend written with plain ``def`` methods (runs in threads)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.dirs: set[str] = {"/"}
+        self.lock = threading.Lock()
+        self.threads: set[str] = set()
+
+    def _seen(self) -> None:
+        self.threads.add(threading.current_thread().name)
+
+    def stat(self, path: str, session: sftpd.Session) -> sftpd.FileAttrs:
+        self._seen()
+        if path in self.dirs:
+            return sftpd.directory_info(0)
+        if path in self.files:
+            return sftpd.file_info(len(self.files[path]), time.time())
+        raise sftpd.NoSuchFile()
+
+    def list_dir(self, path: str, session: sftpd.Session) -> Iterator[sftpd.DirEntry]:
+        if path not in self.dirs:
+            raise sftpd.NoSuchFile()
+        for d in sorted(self.dirs):
+            if d != "/" and paths.parent(d) == path:
+                yield sftpd.DirEntry(paths.basename(d), sftpd.directory_info(0))
+        for f, data in sorted(self.files.items()):
+            if paths.parent(f) == path:
+                yield sftpd.DirEntry(paths.basename(f), sftpd.file_info(len(data), 0))
+
+    def make_dir(self, path: str, session: sftpd.Session) -> None:
+        if path in self.dirs or path in self.files:
+            raise sftpd.FileAlreadyExists()
+        if paths.parent(path) not in self.dirs:
+            raise sftpd.NoSuchFile()
+        self.dirs.add(path)
+
+    def _children(self, path: str) -> list[str]:
+        prefix = path.rstrip("/") + "/"
+        return [p for p in (*self.dirs, *self.files) if p.startswith(prefix)]
+
+    def remove_dir(self, path: str, session: sftpd.Session) -> None:
+        if path not in self.dirs:
+            raise sftpd.NoSuchFile()
+        if self._children(path):
+            raise sftpd.DirectoryNotEmpty()
+        self.dirs.discard(path)
+
+    def remove_file(self, path: str, session: sftpd.Session) -> None:
+        if path not in self.files:
+            raise sftpd.NoSuchFile()
+        del self.files[path]
+
+    def rename(self, src: str, dst: str, session: sftpd.Session, *, overwrite: bool) -> None:
+        with self.lock:
+            if src not in self.files and src not in self.dirs:
+                raise sftpd.NoSuchFile()
+            if (dst in self.files or dst in self.dirs) and not overwrite:
+                raise sftpd.FileAlreadyExists()
+            moves = [src, *self._children(src)]
+            for old in moves:
+                new = dst + old[len(src) :]
+                if old in self.files:
+                    self.files[new] = self.files.pop(old)
+                else:
+                    self.dirs.discard(old)
+                    self.dirs.add(new)
+
+    def read_file(self, path: str, session: sftpd.Session) -> bytes:
+        try:
+            return self.files[path]
+        except KeyError:
+            raise sftpd.NoSuchFile() from None
+
+    def write_file(self, path: str, data: bytes, session: sftpd.Session) -> None:
+        self._seen()
+        if paths.parent(path) not in self.dirs:
+            raise sftpd.NoSuchFile()
+        self.files[path] = data
+
+
+class TestSyncCustomBackend(BackendConformance):
+    """A sync backend of plain ``def`` methods passes the suite through the thread pool."""
+
+    @pytest.fixture
+    def backend(self) -> Any:
+        return SyncDictBackend()
+
+    async def test_sync_methods_run_in_worker_threads(
+        self, backend: SyncDictBackend, bound: Any
+    ) -> None:
+        """Plain def methods run off the event loop, in the backend thread pool."""
+        await bound.write_file("/x", b"x", sftpd.testing.make_session())
+        assert backend.threads
+        assert all(t.startswith("sftpd-backend") for t in backend.threads)
+
+
+class AsyncDictBackend:
+    """The same minimal backend with ``async def`` methods."""
+
+    def __init__(self) -> None:
+        self._sync = SyncDictBackend()
+
+    async def stat(self, path: str, session: sftpd.Session) -> sftpd.FileAttrs:
+        return self._sync.stat(path, session)
+
+    async def list_dir(self, path: str, session: sftpd.Session) -> Any:
+        for entry in list(self._sync.list_dir(path, session)):
+            yield entry
+
+    async def make_dir(self, path: str, session: sftpd.Session) -> None:
+        self._sync.make_dir(path, session)
+
+    async def remove_dir(self, path: str, session: sftpd.Session) -> None:
+        self._sync.remove_dir(path, session)
+
+    async def remove_file(self, path: str, session: sftpd.Session) -> None:
+        self._sync.remove_file(path, session)
+
+    async def rename(self, src: str, dst: str, session: sftpd.Session, *, overwrite: bool) -> None:
+        self._sync.rename(src, dst, session, overwrite=overwrite)
+
+    async def read_file(self, path: str, session: sftpd.Session) -> bytes:
+        return self._sync.read_file(path, session)
+
+    async def write_file(self, path: str, data: bytes, session: sftpd.Session) -> None:
+        self._sync.write_file(path, data, session)
+
+
+class TestAsyncCustomBackend(BackendConformance):
+    """An async backend without optional capabilities passes the suite."""
+
+    @pytest.fixture
+    def backend(self) -> Any:
+        return AsyncDictBackend()

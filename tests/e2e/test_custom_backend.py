@@ -1,0 +1,37 @@
+"""End-to-end: a minimal sync custom backend (no streaming) behind a real server."""
+
+from __future__ import annotations
+
+import os
+
+import asyncssh
+
+from sftpd.testing import running_server
+from tests.backends.test_conformance import SyncDictBackend
+from tests.conftest import connect, sha256
+
+
+async def test_buffered_upload_and_whole_file_download() -> None:
+    """Without range reads or writers, uploads spool and commit whole at close."""
+    backend = SyncDictBackend()
+    data = os.urandom(12 << 20)  # larger than the in-memory spool limit
+    async with running_server(backend=backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            await sftp.mkdir("/in")
+            async with sftp.open("/in/f.bin", "wb") as f:
+                await f.write(data)
+                assert "/in/f.bin" not in backend.files
+            assert sha256(backend.files["/in/f.bin"]) == sha256(data)
+            async with sftp.open("/in/f.bin", "rb") as f:
+                assert sha256(await f.read()) == sha256(data)
+            async with sftp.open("/in/f.bin", "r+b") as f:
+                await f.write(b"PATCH", 5)
+            assert backend.files["/in/f.bin"][:10] == data[:5] + b"PATCH"
+            names = await sftp.listdir("/in")
+            assert "f.bin" in names
+            try:
+                await sftp.statvfs("/")
+            except asyncssh.SFTPOpUnsupported:
+                pass
+            else:  # pragma: no cover
+                raise AssertionError("statvfs should be unsupported without disk_usage")
