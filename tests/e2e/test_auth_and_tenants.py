@@ -77,7 +77,8 @@ async def test_tenants_cannot_reach_each_other(
         assert await tenant_backend.read_file("/tenants/globex/secret.txt", S) == b"globex data"
         async with connect(server.port, "bob", "pw-b") as conn, conn.start_sftp_client() as b:
             assert sorted(await b.listdir("/")) == [".", "..", "secret.txt"]
-    assert auth.seen_peers and auth.seen_peers[0].host == "127.0.0.1"
+    assert auth.seen_peers
+    assert auth.seen_peers[0].host == "127.0.0.1"
 
 
 async def test_public_key_login_and_wrong_key(
