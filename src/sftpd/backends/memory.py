@@ -33,18 +33,32 @@ __all__ = ["MemoryBackend"]
 BLOCK_SIZE = 1 << 20
 
 
+class _Pending(list[memoryview]):
+    """Pieces appended to a block, joined into exact-size bytes once the block is full."""
+
+    __slots__ = ("length",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.length = 0
+
+
+_Slot = bytes | bytearray | _Pending | None
+
+
 class Blob:
     """File content in blocks of up to 1 MiB, copy-on-write between copies.
 
     A block holds the bytes from its start up to the last byte written in it; anything
     past a block's length, and any missing block, reads as zeros. Sequential writes only
-    append to the last block, so an upload is copied once, from the packet into its block.
+    collect the incoming pieces and join them once per full block: an upload is copied
+    once, into an exact-size block, with no growth or zero-filling.
     """
 
     __slots__ = ("_blocks", "_owned", "size")
 
     def __init__(self, data: bytes = b"") -> None:
-        self._blocks: list[bytearray | None] = []
+        self._blocks: list[_Slot] = []
         self._owned: set[int] = set()
         self.size = 0
         if data:
@@ -52,11 +66,21 @@ class Blob:
 
     def copy(self) -> Blob:
         """Return a copy sharing all blocks; whichever is written copies a block first."""
+        for index, slot in enumerate(self._blocks):
+            if isinstance(slot, _Pending):
+                self._blocks[index] = b"".join(slot)
         other = Blob()
         other._blocks = list(self._blocks)
         other.size = self.size
         self._owned.clear()
         return other
+
+    def _slot(self, index: int) -> bytes | bytearray | None:
+        slot = self._blocks[index] if index < len(self._blocks) else None
+        if isinstance(slot, _Pending):
+            slot = b"".join(slot)
+            self._blocks[index] = slot
+        return slot
 
     def read(self, offset: int, length: int) -> bytes:
         """Return up to ``length`` bytes from ``offset`` (holes read as zeros)."""
@@ -69,7 +93,7 @@ class Blob:
             index = pos // BLOCK_SIZE
             start = pos - index * BLOCK_SIZE
             take = min(BLOCK_SIZE - start, end - pos)
-            block = self._blocks[index] if index < len(self._blocks) else None
+            block = self._slot(index)
             if block is None:
                 pieces.append(bytes(take))
             else:
@@ -84,28 +108,31 @@ class Blob:
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` at ``offset``, growing the file (with a hole) if needed."""
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
+        if not isinstance(data, bytes):
+            view = memoryview(bytes(view))  # keep our own copy of mutable input
         pos = offset
         while view:
             index = pos // BLOCK_SIZE
             start = pos - index * BLOCK_SIZE
             take = min(BLOCK_SIZE - start, len(view))
             piece = view[:take]
-            block = self._writable(index)
-            if block is None:
-                block = bytearray(start) + piece if start else bytearray(piece)
-                self._blocks[index] = block
-                self._owned.add(index)
-            elif start == len(block):
-                block += piece
-            elif start > len(block):
-                block += bytes(start - len(block))
-                block += piece
+            if index >= len(self._blocks):
+                self._blocks.extend([None] * (index + 1 - len(self._blocks)))
+            slot = self._blocks[index]
+            if slot is None and start == 0:
+                slot = _Pending()
+                self._blocks[index] = slot
+            if isinstance(slot, _Pending) and start == slot.length:
+                slot.append(piece)
+                slot.length += take
+                if slot.length == BLOCK_SIZE:
+                    self._blocks[index] = b"".join(slot)
             else:
+                block = self._writable(index)
+                if start > len(block):
+                    block += bytes(start - len(block))
                 block[start : start + take] = piece
-            if len(block) == BLOCK_SIZE and block.__sizeof__() > BLOCK_SIZE + 4096:
-                # Appends over-allocate by up to 1/8; a full block is trimmed to its size.
-                self._blocks[index] = bytearray(block)
             view = view[take:]
             pos += take
         self.size = max(self.size, offset + len(data))
@@ -117,21 +144,20 @@ class Blob:
             del self._blocks[keep:]
             self._owned = {i for i in self._owned if i < keep}
             tail = size - (keep - 1) * BLOCK_SIZE if keep else 0
-            if keep and self._blocks and len(self._blocks) == keep:
+            if keep and len(self._blocks) == keep and self._blocks[keep - 1] is not None:
                 block = self._writable(keep - 1)
-                if block is not None and len(block) > tail:
+                if len(block) > tail:
                     del block[tail:]
         self.size = size
 
-    def _writable(self, index: int) -> bytearray | None:
-        """The block at ``index``, owned by this blob (``None`` if it is a hole)."""
-        if index >= len(self._blocks):
-            self._blocks.extend([None] * (index + 1 - len(self._blocks)))
-        block = self._blocks[index]
-        if block is not None and index not in self._owned:
-            block = bytearray(block)
-            self._blocks[index] = block
-            self._owned.add(index)
+    def _writable(self, index: int) -> bytearray:
+        """The block at ``index`` as a bytearray owned by this blob (created if a hole)."""
+        slot = self._slot(index)
+        if isinstance(slot, bytearray) and index in self._owned:
+            return slot
+        block = bytearray(slot) if slot is not None else bytearray()
+        self._blocks[index] = block
+        self._owned.add(index)
         return block
 
     def to_bytes(self) -> bytes:
