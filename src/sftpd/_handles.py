@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -296,8 +295,3 @@ class FileHandle:
             await writer.abort()
         except Exception:
             log.warning("aborting an upload of %s failed", self.path, exc_info=True)
-
-
-def spool_dir() -> str:
-    """Directory for spilled uploads (``$TMPDIR`` or the system default)."""
-    return os.environ.get("TMPDIR", tempfile.gettempdir())
