@@ -4,7 +4,7 @@
 directory. Prints MB/s per direction and the ratio a/b (>= 1.0 means sftpd is at least as
 fast), plus each server's peak RSS. Both servers run in their own processes on loopback.
 
-    .venv/bin/python benchmarks/openssh_memory_vs_asyncssh.py [--size-mib 512] [--rounds 2]
+    .venv/bin/python benchmarks/openssh_memory_vs_asyncssh.py [--size-mib 512] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def sftp_batch(port: int, commands: str, cwd: Path, askpass: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=2, help="best of N per direction")
+    parser.add_argument("--rounds", type=int, default=5, help="best of N per direction")
     args = parser.parse_args()
     size = args.size_mib << 20
 

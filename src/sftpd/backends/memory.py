@@ -9,6 +9,7 @@ resumed upload copies only the blocks it changes.
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -33,26 +34,58 @@ __all__ = ["MemoryBackend"]
 BLOCK_SIZE = 1 << 20
 
 
-class _Pending(list[memoryview]):
-    """Pieces appended to a block, joined into exact-size bytes once the block is full."""
+class _Extents:
+    """A block written front to back: the received pieces themselves, never copied.
 
-    __slots__ = ("length",)
+    Uploads arrive in order as exact-size ``bytes`` objects; keeping (views of) them is
+    cheaper than copying them into a block, and uses no more memory.
+    """
+
+    __slots__ = ("length", "pieces", "starts")
 
     def __init__(self) -> None:
-        super().__init__()
+        self.pieces: list[memoryview] = []
+        self.starts: list[int] = []
         self.length = 0
 
+    def append(self, piece: memoryview) -> None:
+        self.pieces.append(piece)
+        self.starts.append(self.length)
+        self.length += len(piece)
 
-_Slot = bytes | bytearray | _Pending | None
+    def clone(self) -> _Extents:
+        other = _Extents()
+        other.pieces = list(self.pieces)
+        other.starts = list(self.starts)
+        other.length = self.length
+        return other
+
+    def views(self, start: int, stop: int) -> list[memoryview]:
+        """Views covering ``[start, stop)`` (``stop <= length``)."""
+        out: list[memoryview] = []
+        i = bisect.bisect_right(self.starts, start) - 1
+        while start < stop:
+            piece, base = self.pieces[i], self.starts[i]
+            take = min(stop, base + len(piece)) - start
+            out.append(piece[start - base : start - base + take])
+            start += take
+            i += 1
+        return out
+
+    def join(self) -> bytes:
+        return b"".join(self.pieces)
+
+
+_Slot = bytes | bytearray | _Extents | None
 
 
 class Blob:
     """File content in blocks of up to 1 MiB, copy-on-write between copies.
 
     A block holds the bytes from its start up to the last byte written in it; anything
-    past a block's length, and any missing block, reads as zeros. Sequential writes only
-    collect the incoming pieces and join them once per full block: an upload is copied
-    once, into an exact-size block, with no growth or zero-filling.
+    past a block's length, and any missing block, reads as zeros. A block written front
+    to back keeps the uploaded pieces as they came (:class:`_Extents`): an upload is not
+    copied at all after asyncssh decoded it. Other writes turn a block into a bytearray.
     """
 
     __slots__ = ("_blocks", "_owned", "size")
@@ -66,21 +99,11 @@ class Blob:
 
     def copy(self) -> Blob:
         """Return a copy sharing all blocks; whichever is written copies a block first."""
-        for index, slot in enumerate(self._blocks):
-            if isinstance(slot, _Pending):
-                self._blocks[index] = b"".join(slot)
         other = Blob()
         other._blocks = list(self._blocks)
         other.size = self.size
         self._owned.clear()
         return other
-
-    def _slot(self, index: int) -> bytes | bytearray | None:
-        slot = self._blocks[index] if index < len(self._blocks) else None
-        if isinstance(slot, _Pending):
-            slot = b"".join(slot)
-            self._blocks[index] = slot
-        return slot
 
     def read(self, offset: int, length: int) -> bytes:
         """Return up to ``length`` bytes from ``offset`` (holes read as zeros)."""
@@ -93,14 +116,18 @@ class Blob:
             index = pos // BLOCK_SIZE
             start = pos - index * BLOCK_SIZE
             take = min(BLOCK_SIZE - start, end - pos)
-            block = self._slot(index)
+            block = self._blocks[index] if index < len(self._blocks) else None
             if block is None:
                 pieces.append(bytes(take))
             else:
-                piece = memoryview(block)[start : start + take]
-                pieces.append(piece)
-                if len(piece) < take:
-                    pieces.append(bytes(take - len(piece)))
+                filled = block.length if isinstance(block, _Extents) else len(block)
+                have = max(0, min(take, filled - start))
+                if isinstance(block, _Extents):
+                    pieces.extend(block.views(start, start + have))
+                elif have:
+                    pieces.append(memoryview(block)[start : start + have])
+                if have < take:
+                    pieces.append(bytes(take - have))
             pos += take
         if len(pieces) == 1:
             return bytes(pieces[0])
@@ -108,9 +135,9 @@ class Blob:
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` at ``offset``, growing the file (with a hole) if needed."""
-        view = memoryview(data).cast("B")
         if not isinstance(data, bytes):
-            view = memoryview(bytes(view))  # keep our own copy of mutable input
+            data = bytes(data)  # keep our own copy of mutable input
+        view = memoryview(data)
         pos = offset
         while view:
             index = pos // BLOCK_SIZE
@@ -121,13 +148,15 @@ class Blob:
                 self._blocks.extend([None] * (index + 1 - len(self._blocks)))
             slot = self._blocks[index]
             if slot is None and start == 0:
-                slot = _Pending()
+                slot = _Extents()
                 self._blocks[index] = slot
-            if isinstance(slot, _Pending) and start == slot.length:
+                self._owned.add(index)
+            if isinstance(slot, _Extents) and start == slot.length:
+                if index not in self._owned:
+                    slot = slot.clone()
+                    self._blocks[index] = slot
+                    self._owned.add(index)
                 slot.append(piece)
-                slot.length += take
-                if slot.length == BLOCK_SIZE:
-                    self._blocks[index] = b"".join(slot)
             else:
                 block = self._writable(index)
                 if start > len(block):
@@ -152,10 +181,13 @@ class Blob:
 
     def _writable(self, index: int) -> bytearray:
         """The block at ``index`` as a bytearray owned by this blob (created if a hole)."""
-        slot = self._slot(index)
+        slot = self._blocks[index]
         if isinstance(slot, bytearray) and index in self._owned:
             return slot
-        block = bytearray(slot) if slot is not None else bytearray()
+        if isinstance(slot, _Extents):
+            block = bytearray(slot.join())
+        else:
+            block = bytearray(slot) if slot is not None else bytearray()
         self._blocks[index] = block
         self._owned.add(index)
         return block
