@@ -127,13 +127,13 @@ class OpenSSH:
         return [
             "sftp",
             "-o", "BatchMode=no",  # must come before -b, which would turn it on
+            *(extra or []),  # ssh keeps the first value of an option: callers' win
             "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null",
             "-o", "PubkeyAuthentication=no",
             "-o", "PreferredAuthentications=password,keyboard-interactive",
             "-o", "LogLevel=ERROR",
             "-o", "NumberOfPasswordPrompts=1",
-            *(extra or []),
             "-P", str(port),
             "-b", "-",
             f"{user}@127.0.0.1",

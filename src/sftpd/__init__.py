@@ -12,10 +12,14 @@ async with sftpd.Server(
 """
 
 from ._config import ServerConfig
+from ._permissions import Permissions
 from ._server import Server, run
 from ._session import Peer, Session
+from ._throttle import LoginLimits
 from .auth import (
     Authenticator,
+    AuthorizedKeys,
+    CombinedAuthenticator,
     Disconnect,
     StaticPasswords,
     decode_authorized_key,
@@ -55,7 +59,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AttrChanges",
     "Authenticator",
+    "AuthorizedKeys",
     "Backend",
+    "CombinedAuthenticator",
     "ConfigError",
     "DirEntry",
     "DirectoryNotEmpty",
@@ -67,12 +73,14 @@ __all__ = [
     "InvalidFilename",
     "InvalidParameter",
     "IsADirectory",
+    "LoginLimits",
     "MemoryBackend",
     "NoSpace",
     "NoSuchFile",
     "NotADirectory",
     "Peer",
     "PermissionDenied",
+    "Permissions",
     "Server",
     "ServerConfig",
     "Session",

@@ -133,6 +133,7 @@ class SftpAdapter(asyncssh.SFTPServer):
         self._handles: set[FileHandle] = set()
         self._in_flight = 0
         self._next_handle = 0
+        self._owner = owner
         owner.adapters.add(self)
 
     # ------------------------------------------------------------------ plumbing
@@ -143,6 +144,11 @@ class SftpAdapter(asyncssh.SFTPServer):
         return self._session
 
     @property
+    def in_flight(self) -> bool:
+        """True while a request runs."""
+        return self._in_flight > 0
+
+    @property
     def busy(self) -> bool:
         """True while a request runs or a file is open (a graceful stop waits for these)."""
         return self._in_flight > 0 or bool(self._handles)
@@ -150,6 +156,7 @@ class SftpAdapter(asyncssh.SFTPServer):
     async def _run(self, operation: str, call: Awaitable[T]) -> T:
         """Run one request: count it, and translate whatever it raises for the client."""
         self._in_flight += 1
+        self._owner.last_active = time.monotonic()
         try:
             return await call
         except asyncio.CancelledError:
@@ -181,6 +188,10 @@ class SftpAdapter(asyncssh.SFTPServer):
             return await self._stat(path)
         except FileNotFoundError:
             return None
+
+    def _allow(self, operation: str, refusal: str) -> None:
+        if not getattr(self._session.permissions, operation):
+            raise PermissionDenied(refusal)
 
     def _refuse_root(self, path: str, action: str) -> None:
         if path == self._root:
@@ -214,6 +225,10 @@ class SftpAdapter(asyncssh.SFTPServer):
         return handle
 
     async def _open_backend(self, path: str, client_path: str, mode: OpenMode) -> FileHandle:
+        if mode.read:
+            self._allow("read", "Downloads are not allowed")
+        if mode.write:
+            self._allow("write", "Uploads are not allowed")
         existing = await self._stat_or_none(path)
         if existing is not None and existing.is_dir:
             raise IsADirectory()
@@ -266,7 +281,11 @@ class SftpAdapter(asyncssh.SFTPServer):
 
     async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
         """Change an open file's size, times or permissions."""
-        await self._run("fsetstat", cast(FileHandle, file_obj).set_attrs(to_changes(attrs)))
+        await self._run("fsetstat", self._fsetstat(cast(FileHandle, file_obj), attrs))
+
+    async def _fsetstat(self, handle: FileHandle, attrs: SFTPAttrs) -> None:
+        self._allow("write", "Changing files is not allowed")
+        await handle.set_attrs(to_changes(attrs))
 
     async def fstatvfs(self, file_obj: object) -> SFTPVFSAttrs:
         """Capacity of the storage holding an open file."""
@@ -306,6 +325,7 @@ class SftpAdapter(asyncssh.SFTPServer):
         await self._run("lsetstat", self._setstat(path, attrs))
 
     async def _setstat(self, raw: bytes, attrs: SFTPAttrs) -> None:
+        self._allow("write", "Changing files is not allowed")
         path = self._path(raw)
         current = await self._stat(path)
         changes = to_changes(attrs)
@@ -323,7 +343,9 @@ class SftpAdapter(asyncssh.SFTPServer):
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
         """List a directory, ``.`` and ``..`` first, in batches as the backend yields."""
         self._in_flight += 1
+        self._owner.last_active = time.monotonic()
         try:
+            self._allow("list", "Listing directories is not allowed")
             directory = self._path(path)
             attrs = await self._stat(directory)
             if not attrs.is_dir:
@@ -350,6 +372,7 @@ class SftpAdapter(asyncssh.SFTPServer):
         await self._run("remove", self._remove(path))
 
     async def _remove(self, raw: bytes) -> None:
+        self._allow("delete", "Deleting is not allowed")
         path = self._path(raw)
         self._refuse_root(path, "remove")
         await self._backend.remove_file(path, self._session)
@@ -359,6 +382,7 @@ class SftpAdapter(asyncssh.SFTPServer):
         await self._run("mkdir", self._mkdir(path, attrs))
 
     async def _mkdir(self, raw: bytes, attrs: SFTPAttrs) -> None:
+        self._allow("mkdir", "Creating directories is not allowed")
         path = self._path(raw)
         if path == self._root:
             raise FileAlreadyExists()
@@ -372,6 +396,7 @@ class SftpAdapter(asyncssh.SFTPServer):
         await self._run("rmdir", self._rmdir(path))
 
     async def _rmdir(self, raw: bytes) -> None:
+        self._allow("delete", "Deleting is not allowed")
         path = self._path(raw)
         self._refuse_root(path, "remove")
         await self._backend.remove_dir(path, self._session)
@@ -385,6 +410,7 @@ class SftpAdapter(asyncssh.SFTPServer):
         await self._run("posix_rename", self._rename(oldpath, newpath, overwrite=True))
 
     async def _rename(self, raw_src: bytes, raw_dst: bytes, *, overwrite: bool) -> None:
+        self._allow("rename", "Renaming is not allowed")
         src, dst = self._path(raw_src), self._path(raw_dst)
         self._refuse_root(src, "rename")
         self._refuse_root(dst, "replace")

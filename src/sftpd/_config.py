@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncssh
 
+from ._throttle import LoginLimits
 from .auth import Authenticator, StaticPasswords, as_authenticator
 from .backend import check_backend
 from .errors import ConfigError
@@ -38,6 +39,11 @@ class ServerConfig:
         close_timeout: Seconds committing an upload at close may take.
         shutdown_grace: Seconds a graceful stop waits for open files and requests.
         login_timeout: Seconds a client has to authenticate before it is dropped.
+        auth_timeout: Seconds one authenticator call may take; a slower one rejects
+            that attempt.
+        idle_timeout: Seconds without a request after which a session is disconnected
+            (``None``: never).
+        login_limits: Throttling of failed logins (:class:`LoginLimits`).
         server_version: Text after ``SSH-2.0-`` in the server's greeting.
     """
 
@@ -52,6 +58,9 @@ class ServerConfig:
     close_timeout: float = 30.0
     shutdown_grace: float = 10.0
     login_timeout: float = 120.0
+    auth_timeout: float = 10.0
+    idle_timeout: float | None = 900.0
+    login_limits: LoginLimits = field(default_factory=LoginLimits)
     server_version: str = "sftpd"
     authenticator: Authenticator = field(init=False, repr=False)
 
@@ -68,7 +77,9 @@ class ServerConfig:
             or self.max_sessions < 1
         ):
             raise ConfigError(f"max_sessions must be a positive integer, got {self.max_sessions!r}")
-        for name in ("open_timeout", "close_timeout", "shutdown_grace", "login_timeout"):
+        timeouts = ["open_timeout", "close_timeout", "shutdown_grace", "login_timeout"]
+        timeouts += ["auth_timeout"] + (["idle_timeout"] if self.idle_timeout is not None else [])
+        for name in timeouts:
             value = getattr(self, name)
             if (
                 not isinstance(value, (int, float))
@@ -77,6 +88,8 @@ class ServerConfig:
                 or value <= 0
             ):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(self.login_limits, LoginLimits):
+            raise ConfigError("login_limits must be a sftpd.LoginLimits")
         if self.backend is None:
             raise ConfigError("backend is required, e.g. backend=sftpd.MemoryBackend()")
         if isinstance(self.backend, type):

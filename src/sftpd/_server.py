@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -16,6 +17,7 @@ import asyncssh
 from ._adapter import SftpAdapter
 from ._config import ServerConfig, load_host_keys
 from ._session import Peer, Session
+from ._throttle import LoginThrottle
 from .auth import BoundAuthenticator, Disconnect, fingerprint
 from .backend import BoundBackend, bind_backend
 from .errors import ConfigError
@@ -35,6 +37,7 @@ class ServerContext:
     config: ServerConfig
     backend: BoundBackend
     auth: BoundAuthenticator
+    throttle: LoginThrottle
     connections: set[_Connection] = field(default_factory=set)
     active_sessions: int = 0
 
@@ -50,6 +53,8 @@ class _Connection(asyncssh.SSHServer):
         self.adapters: set[SftpAdapter] = set()
         self._pending: Session | None = None
         self._counted = False
+        self._failed_attempts = 0
+        self.last_active = 0.0
 
     # -- lifecycle
 
@@ -102,7 +107,18 @@ class _Connection(asyncssh.SSHServer):
         check = self._ctx.auth.password
         if check is None:
             return False
-        return await self._accept(username, "password", None, check(username, password, self.peer))
+        throttle = self._ctx.throttle
+        if throttle.locked(username, self.peer.host):
+            log.warning("refusing password login for %s from %s: too many failures",
+                        username, self.peer)  # fmt: skip
+            await asyncio.sleep(throttle.limits.max_delay)
+            return self._attempt_failed()
+        accepted = await self._accept(username, "password", None, check, password)
+        if accepted:
+            throttle.succeeded(username, self.peer.host)
+            return True
+        await asyncio.sleep(throttle.failed(username, self.peer.host))
+        return self._attempt_failed()
 
     def public_key_auth_supported(self) -> bool:
         return self._ctx.auth.public_key is not None
@@ -111,17 +127,37 @@ class _Connection(asyncssh.SSHServer):
         check = self._ctx.auth.public_key
         if check is None:
             return False
-        return await self._accept(
-            username, "publickey", fingerprint(key), check(username, key, self.peer)
-        )
+        if await self._accept(username, "publickey", fingerprint(key), check, key):
+            return True
+        return self._attempt_failed()
+
+    def _attempt_failed(self) -> bool:
+        """Count a failed attempt; drop the connection after too many. Returns False."""
+        self._failed_attempts += 1
+        if self._failed_attempts >= self._ctx.config.login_limits.max_attempts_per_connection:
+            log.warning("disconnecting %s: too many failed login attempts", self.peer)
+            self._refuse(
+                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many authentication failures"
+            )
+        return False
 
     async def _accept(
-        self, username: str, method: str, key_fingerprint: str | None, verdict: Any
+        self,
+        username: str,
+        method: str,
+        key_fingerprint: str | None,
+        check: Any,
+        credential: Any,
     ) -> bool:
         try:
-            attributes = await verdict
+            attributes = await asyncio.wait_for(
+                check(username, credential, self.peer), self._ctx.config.auth_timeout
+            )
         except Disconnect as exc:
             self._refuse(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, exc.reason)
+            return False
+        except asyncio.TimeoutError:
+            log.error("authenticator timed out for %s from %s; rejecting", username, self.peer)
             return False
         except Exception:
             log.exception("authenticator failed for %s from %s; rejecting", username, self.peer)
@@ -163,6 +199,7 @@ class _Connection(asyncssh.SSHServer):
         self._ctx.active_sessions += 1
         self._counted = True
         self.session = session
+        self.last_active = time.monotonic()
         log.info(
             "session %s: %s logged in from %s by %s",
             session.id,
@@ -218,6 +255,7 @@ class Server:
         self._closed = asyncio.Event()
         self._deadline = 0.0
         self._port: int | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self.host_keys: list[asyncssh.SSHKey] = []
 
     # -- lifecycle
@@ -236,6 +274,7 @@ class Server:
             config=config,
             backend=bind_backend(config.backend),
             auth=BoundAuthenticator(config.authenticator),
+            throttle=LoginThrottle(config.login_limits),
         )
         ctx = self._ctx
         try:
@@ -261,6 +300,10 @@ class Server:
                 ) from exc
             raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
         self._port = int(self._acceptor.sockets[0].getsockname()[1])
+        if config.idle_timeout is not None:
+            self._reaper = asyncio.get_running_loop().create_task(
+                self._reap_idle(config.idle_timeout)
+            )
         log.info("sftpd listening on %s:%d (%s)", config.host, self._port, ctx.backend.name)
 
     @property
@@ -310,7 +353,25 @@ class Server:
         self.close(grace)
         await self.wait_closed()
 
+    async def _reap_idle(self, idle_timeout: float) -> None:
+        """Disconnect sessions that sent no request for ``idle_timeout`` seconds."""
+        assert self._ctx is not None
+        while True:
+            await asyncio.sleep(min(5.0, idle_timeout / 4))
+            now = time.monotonic()
+            for connection in list(self._ctx.connections):
+                if (
+                    connection.session is not None
+                    and not any(a.in_flight for a in connection.adapters)
+                    and now - connection.last_active > idle_timeout
+                ):
+                    log.info("disconnecting idle session %s (%s)", connection.session.id,
+                             connection.session.username)  # fmt: skip
+                    connection.close()
+
     async def _shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
         acceptor, ctx = self._acceptor, self._ctx
         if acceptor is None or ctx is None:
             self._closed.set()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ._permissions import Permissions
 from .errors import ConfigError
 from .paths import decode, normalize
 
@@ -39,6 +40,8 @@ class Session:
         attributes: What the authenticator returned (tenant ids, prefixes...), read-only.
         root: The directory the session is confined to; every client path is placed
             inside it before a backend sees it. Taken from ``attributes["root"]``.
+        permissions: What the session may do, from ``attributes["permissions"]`` (a
+            preset such as ``"read-only"``, or see :class:`Permissions`).
         started: ``time.time()`` when the session was authenticated.
     """
 
@@ -48,6 +51,7 @@ class Session:
     key_fingerprint: str | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
     root: str = "/"
+    permissions: Permissions = field(default_factory=Permissions)
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     started: float = field(default_factory=time.time)
 
@@ -78,4 +82,5 @@ class Session:
             key_fingerprint=key_fingerprint,
             attributes=attrs,
             root=str(root),
+            permissions=Permissions.parse(attrs.get("permissions")),
         )

@@ -14,8 +14,10 @@ import asyncio
 import functools
 import hmac
 import inspect
+import os
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import asyncssh
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Authenticator",
+    "AuthorizedKeys",
+    "CombinedAuthenticator",
     "Disconnect",
     "PasswordAuthenticator",
     "PublicKeyAuthenticator",
@@ -104,6 +108,110 @@ class StaticPasswords:
         return self.attributes.get(username, {})
 
 
+class AuthorizedKeys:
+    """Public keys per user, as in OpenSSH ``authorized_keys`` files.
+
+    Args:
+        keys: ``{"user": source}`` where a source is a path to an ``authorized_keys`` file,
+            the text of one, or a list of keys or lines. Options before a key and comments
+            after it are tolerated; blank and ``#`` lines are skipped.
+        attributes: Optional session attributes per user.
+
+    Raises:
+        ConfigError: a file cannot be read, a line holds no key, or a user has no keys.
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[str, str | os.PathLike[str] | Iterable[str | asyncssh.SSHKey]],
+        attributes: Mapping[str, Attributes] | None = None,
+    ) -> None:
+        self.keys: dict[str, set[bytes]] = {}
+        for user, source in keys.items():
+            loaded = _load_keys(source, user)
+            if not loaded:
+                raise ConfigError(f"no public keys for user {user!r}")
+            self.keys[user] = {key.public_data for key in loaded}
+        self.attributes = {name: dict(attrs) for name, attrs in (attributes or {}).items()}
+
+    def authorize_public_key(
+        self, username: str, key: asyncssh.SSHKey, peer: Peer
+    ) -> Attributes | None:
+        """Accept a key listed for this user."""
+        if key.public_data in self.keys.get(username, ()):
+            return self.attributes.get(username, {})
+        return None
+
+
+def _load_keys(
+    source: str | os.PathLike[str] | Iterable[str | asyncssh.SSHKey], user: str
+) -> list[asyncssh.SSHKey]:
+    if (
+        isinstance(source, (str, os.PathLike))
+        and "\n" not in str(source)
+        and (not str(source).lstrip().startswith(("ssh-", "ecdsa-", "sk-")))
+    ):
+        path = Path(source)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read authorized keys {path} for {user!r}: {exc}") from exc
+        lines: Iterable[str | asyncssh.SSHKey] = text.splitlines()
+        where = str(path)
+    elif isinstance(source, str):
+        lines, where = source.splitlines(), "text"
+    else:
+        lines, where = list(source), "list"  # type: ignore[arg-type]
+    keys: list[asyncssh.SSHKey] = []
+    for number, line in enumerate(lines, 1):
+        if isinstance(line, asyncssh.SSHKey):
+            keys.append(line)
+            continue
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            keys.append(decode_authorized_key(stripped))
+        except ValueError as exc:
+            raise ConfigError(f"{where}, line {number} (user {user!r}): {exc}") from exc
+    return keys
+
+
+class CombinedAuthenticator:
+    """Several authenticators on one server; the first that accepts wins.
+
+    ``CombinedAuthenticator(StaticPasswords(...), AuthorizedKeys(...))`` offers both
+    password and public-key logins.
+    """
+
+    def __init__(self, *authenticators: object) -> None:
+        if not authenticators:
+            raise ConfigError("CombinedAuthenticator needs at least one authenticator")
+        self.bound = [BoundAuthenticator(as_authenticator(a)) for a in authenticators]
+        if any(b.password is not None for b in self.bound):
+            self.authenticate_password = self._password
+        if any(b.public_key is not None for b in self.bound):
+            self.authorize_public_key = self._public_key
+
+    async def _password(self, username: str, password: str, peer: Peer) -> Attributes | None:
+        for bound in self.bound:
+            if bound.password is not None:
+                result = await bound.password(username, password, peer)
+                if isinstance(result, Mapping):  # an empty mapping accepts too
+                    return result
+        return None
+
+    async def _public_key(
+        self, username: str, key: asyncssh.SSHKey, peer: Peer
+    ) -> Attributes | None:
+        for bound in self.bound:
+            if bound.public_key is not None:
+                result = await bound.public_key(username, key, peer)
+                if isinstance(result, Mapping):  # an empty mapping accepts too
+                    return result
+        return None
+
+
 class BoundAuthenticator:
     """An authenticator with both methods made async, decided once at start-up."""
 
@@ -138,6 +246,8 @@ def as_authenticator(auth: object) -> Authenticator:
     if isinstance(auth, Mapping):
         return StaticPasswords(auth)
     if isinstance(auth, (PasswordAuthenticator, PublicKeyAuthenticator)):
+        return auth
+    if isinstance(auth, CombinedAuthenticator):
         return auth
     raise ConfigError(
         "auth must be a {'user': 'password'} mapping or an object with "
