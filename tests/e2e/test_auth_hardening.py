@@ -19,10 +19,14 @@ FAST_LIMITS = sftpd.LoginLimits(per_user_and_address=3, base_delay=0.1, max_dela
 
 
 def ssh_keygen(path: Path, kind: str) -> Path:
-    args = {"ed25519": ["-t", "ed25519"], "ecdsa": ["-t", "ecdsa", "-b", "256"],
-            "rsa": ["-t", "rsa", "-b", "2048"]}[kind]  # fmt: skip
-    subprocess.run(["ssh-keygen", "-q", *args, "-N", "", "-C", f"{kind} test key", "-f",
-                    str(path)], check=True)  # fmt: skip
+    args = {
+        "ed25519": ["-t", "ed25519"],
+        "ecdsa": ["-t", "ecdsa", "-b", "256"],
+        "rsa": ["-t", "rsa", "-b", "2048"],
+    }[kind]
+    subprocess.run(
+        ["ssh-keygen", "-q", *args, "-N", "", "-C", f"{kind} test key", "-f", str(path)], check=True
+    )
     return path
 
 
@@ -33,8 +37,12 @@ def test_fingerprint_matches_ssh_keygen(tmp_path: Path, kind: str) -> None:
     line = 'from="127.0.0.1",no-pty ' + (tmp_path / f"{kind}.pub").read_text()
     decoded = sftpd.decode_authorized_key(line)
     for digest in ("sha256", "md5"):
-        out = subprocess.run(["ssh-keygen", "-E", digest, "-lf", f"{key}.pub"],
-                             check=True, capture_output=True, text=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["ssh-keygen", "-E", digest, "-lf", f"{key}.pub"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         assert sftpd.fingerprint(decoded, digest) == out.split()[1]
 
 
@@ -53,7 +61,7 @@ def test_decode_authorized_key_rejects_garbage() -> None:
         ("ecdsa", "ecdsa-sha2-nistp256"),
         ("rsa", "rsa-sha2-256"),
         ("rsa", "rsa-sha2-512"),
-    ],  # fmt: skip
+    ],
 )
 async def test_openssh_key_login(
     tmp_path: Path, openssh: OpenSSH, kind: str, algorithm: str
@@ -64,14 +72,24 @@ async def test_openssh_key_login(
     keys_file = tmp_path / "authorized_keys"
     keys_file.write_text("# team keys\n\n" + "no-pty " + (tmp_path / f"{kind}.pub").read_text())
     auth = sftpd.AuthorizedKeys({"alice": keys_file})
-    key_opts = ["-o", "PubkeyAuthentication=yes", "-o", "PreferredAuthentications=publickey",
-                "-o", f"PubkeyAcceptedAlgorithms={algorithm}", "-o", "IdentitiesOnly=yes"]  # fmt: skip
+    key_opts = [
+        "-o",
+        "PubkeyAuthentication=yes",
+        "-o",
+        "PreferredAuthentications=publickey",
+        "-o",
+        f"PubkeyAcceptedAlgorithms={algorithm}",
+        "-o",
+        "IdentitiesOnly=yes",
+    ]
     async with running_server(backend=sftpd.MemoryBackend(), auth=auth) as server:
-        ok = await openssh.run(server.port, "ls\n", user="alice", cwd=tmp_path,
-                               extra=[*key_opts, "-i", str(key)])  # fmt: skip
+        ok = await openssh.run(
+            server.port, "ls\n", user="alice", cwd=tmp_path, extra=[*key_opts, "-i", str(key)]
+        )
         assert ok.returncode == 0, ok.stderr
-        bad = await openssh.run(server.port, "ls\n", user="alice", cwd=tmp_path,
-                                extra=[*key_opts, "-i", str(wrong)])  # fmt: skip
+        bad = await openssh.run(
+            server.port, "ls\n", user="alice", cwd=tmp_path, extra=[*key_opts, "-i", str(wrong)]
+        )
         assert bad.returncode != 0
         assert "Permission denied" in bad.stderr
 
@@ -84,14 +102,26 @@ async def test_password_and_keys_on_one_server(tmp_path: Path, openssh: OpenSSH)
         sftpd.AuthorizedKeys({"keyuser": [(tmp_path / "k.pub").read_text()]}),
     )
     async with running_server(backend=sftpd.MemoryBackend(), auth=auth) as server:
-        by_password = await openssh.run(server.port, "ls\n", user="pw", password="secret",
-                                        cwd=tmp_path)  # fmt: skip
+        by_password = await openssh.run(
+            server.port, "ls\n", user="pw", password="secret", cwd=tmp_path
+        )
         assert by_password.returncode == 0, by_password.stderr
         by_key = await openssh.run(
-            server.port, "ls\n", user="keyuser", cwd=tmp_path,
-            extra=["-o", "PubkeyAuthentication=yes", "-o", "PreferredAuthentications=publickey",
-                   "-o", "IdentitiesOnly=yes", "-i", str(key)],
-        )  # fmt: skip
+            server.port,
+            "ls\n",
+            user="keyuser",
+            cwd=tmp_path,
+            extra=[
+                "-o",
+                "PubkeyAuthentication=yes",
+                "-o",
+                "PreferredAuthentications=publickey",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-i",
+                str(key),
+            ],
+        )
         assert by_key.returncode == 0, by_key.stderr
 
 
@@ -99,10 +129,16 @@ async def test_keyboard_interactive_is_a_password_path(tmp_path: Path, openssh: 
     """A client that only speaks keyboard-interactive logs in with the password."""
     async with running_server(backend=sftpd.MemoryBackend()) as server:
         result = await openssh.run(
-            server.port, "ls\n", cwd=tmp_path,
-            extra=["-o", "PreferredAuthentications=keyboard-interactive",
-                   "-o", "KbdInteractiveAuthentication=yes"],
-        )  # fmt: skip
+            server.port,
+            "ls\n",
+            cwd=tmp_path,
+            extra=[
+                "-o",
+                "PreferredAuthentications=keyboard-interactive",
+                "-o",
+                "KbdInteractiveAuthentication=yes",
+            ],
+        )
     assert result.returncode == 0, result.stderr
 
 
@@ -120,22 +156,34 @@ async def test_permission_presets() -> None:
             assert "readme.txt" in await ro.listdir("/pub")
             async with ro.open("/pub/readme.txt", "rb") as f:
                 assert await f.read() == b"hello"
-            for call in (ro.open("/pub/new", "wb"), ro.remove("/pub/readme.txt"),
-                         ro.mkdir("/d"), ro.rename("/pub", "/x"), ro.chmod("/pub", 0o700)):  # fmt: skip
+            for call in (
+                ro.open("/pub/new", "wb"),
+                ro.remove("/pub/readme.txt"),
+                ro.mkdir("/d"),
+                ro.rename("/pub", "/x"),
+                ro.chmod("/pub", 0o700),
+            ):
                 with pytest.raises(denied):
                     await call
         async with connect(server.port, "upload-only", "x") as conn, conn.start_sftp_client() as up:
             async with up.open("/pub/drop.bin", "wb") as f:
                 await f.write(b"dropped")
-            for call in (up.listdir("/pub"), up.open("/pub/readme.txt", "rb"),
-                         up.remove("/pub/readme.txt"), up.rename("/pub/drop.bin", "/x")):  # fmt: skip
+            for call in (
+                up.listdir("/pub"),
+                up.open("/pub/readme.txt", "rb"),
+                up.remove("/pub/readme.txt"),
+                up.rename("/pub/drop.bin", "/x"),
+            ):
                 with pytest.raises(denied):
                     await call
         async with connect(server.port, "no-delete", "x") as conn, conn.start_sftp_client() as nd:
             async with nd.open("/pub/more.txt", "wb") as f:
                 await f.write(b"more")
-            for call in (nd.remove("/pub/more.txt"), nd.rmdir("/pub"),
-                         nd.rename("/pub/more.txt", "/pub/m2")):  # fmt: skip
+            for call in (
+                nd.remove("/pub/more.txt"),
+                nd.rmdir("/pub"),
+                nd.rename("/pub/more.txt", "/pub/m2"),
+            ):
                 with pytest.raises(denied):
                     await call
     session = sftpd.Session(username="t", peer=sftpd.Peer("x", 0))
@@ -147,8 +195,9 @@ async def test_permission_presets() -> None:
 async def test_failed_logins_slow_down_then_lock_out_but_others_log_in() -> None:
     """Wrong passwords get growing delays, then even the right one is refused; others still work."""
     auth = {"victim": "right", "bystander": "fine"}
-    async with running_server(backend=sftpd.MemoryBackend(), auth=auth,
-                              login_limits=FAST_LIMITS) as server:  # fmt: skip
+    async with running_server(
+        backend=sftpd.MemoryBackend(), auth=auth, login_limits=FAST_LIMITS
+    ) as server:
         delays = []
         for _ in range(3):
             start = time.monotonic()
@@ -156,7 +205,8 @@ async def test_failed_logins_slow_down_then_lock_out_but_others_log_in() -> None
                 async with connect(server.port, "victim", "wrong"):
                     pass
             delays.append(time.monotonic() - start)
-        assert delays[1] > 0.15 and delays[2] > 0.35  # 0.1 s, 0.2 s, 0.4 s of delay
+        assert delays[1] > 0.15  # 0.1 s, 0.2 s, 0.4 s of delay
+        assert delays[2] > 0.35
         assert delays[2] > delays[0]
         with pytest.raises(asyncssh.PermissionDenied):
             async with connect(server.port, "victim", "right"):
@@ -169,11 +219,17 @@ async def test_too_many_attempts_on_one_connection_disconnects(
     tmp_path: Path, openssh: OpenSSH
 ) -> None:
     """A client trying password after password is dropped after max_attempts_per_connection."""
-    limits = sftpd.LoginLimits(base_delay=0, max_delay=0, max_attempts_per_connection=2,
-                               per_user_and_address=100)  # fmt: skip
+    limits = sftpd.LoginLimits(
+        base_delay=0, max_delay=0, max_attempts_per_connection=2, per_user_and_address=100
+    )
     async with running_server(backend=sftpd.MemoryBackend(), login_limits=limits) as server:
-        result = await openssh.run(server.port, "ls\n", password="wrong", cwd=tmp_path,
-                                   extra=["-o", "NumberOfPasswordPrompts=5"])  # fmt: skip
+        result = await openssh.run(
+            server.port,
+            "ls\n",
+            password="wrong",
+            cwd=tmp_path,
+            extra=["-o", "NumberOfPasswordPrompts=5"],
+        )
     assert result.returncode != 0
     assert "Too many authentication failures" in result.stderr
 
@@ -186,8 +242,9 @@ class SlowAuth:
 
 async def test_slow_authenticator_times_out_and_rejects() -> None:
     """An authenticator slower than auth_timeout rejects the attempt."""
-    async with running_server(backend=sftpd.MemoryBackend(), auth=SlowAuth(), auth_timeout=0.2,
-                              login_limits=FAST_LIMITS) as server:  # fmt: skip
+    async with running_server(
+        backend=sftpd.MemoryBackend(), auth=SlowAuth(), auth_timeout=0.2, login_limits=FAST_LIMITS
+    ) as server:
         start = time.monotonic()
         with pytest.raises(asyncssh.PermissionDenied):
             async with connect(server.port):
