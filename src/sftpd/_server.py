@@ -185,6 +185,28 @@ class _Connection(asyncssh.SSHServer):
         except ConfigError:
             log.exception("authenticator returned bad session attributes for %s", username)
             return False
+        return await self._ensure_root(self._pending)
+
+    async def _ensure_root(self, session: Session) -> bool:
+        """Create the session's root directory (and its parents) if it does not exist."""
+        if session.root == "/":
+            return True
+        backend = self._ctx.backend
+        path = ""
+        try:
+            for part in session.root[1:].split("/"):
+                path += "/" + part
+                try:
+                    attrs = await backend.stat(path, session)
+                except FileNotFoundError:
+                    await backend.make_dir(path, session)
+                    continue
+                if not attrs.is_dir:
+                    raise NotADirectoryError(path)
+        except Exception:
+            log.exception("cannot prepare root %s for %s; refusing the login",
+                          session.root, session.username)  # fmt: skip
+            return False
         return True
 
     def auth_completed(self) -> None:

@@ -14,12 +14,14 @@ import asyncssh
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.panel import Panel
 
 from . import __version__
 from ._config import HOST_KEY_GLOB, ServerConfig
+from ._config_file import UserTable, load_config_file
 from ._server import Server
-from .auth import StaticPasswords, fingerprint
+from .auth import fingerprint
 from .backends.memory import MemoryBackend
 from .errors import ConfigError
 
@@ -69,12 +71,18 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file with [server] options and [users.NAME] sections; "
+                   "command-line options win over it.")  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=2222, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port (0 picks a free one).")  # fmt: skip
 @click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD",
               help="A user that may log in with a password (repeatable). "
-                   "Default: dev:dev when no user is given.")  # fmt: skip
+                   "Default: dev:dev when no user is given anywhere.")  # fmt: skip
+@click.option("--authorized-keys", "key_files", multiple=True, metavar="NAME:FILE",
+              help="An OpenSSH authorized_keys file whose keys may log in as NAME "
+                   "(repeatable).")  # fmt: skip
 @click.option("--host-key-dir", type=click.Path(file_okay=False, path_type=Path),
               default=None,
               help=f"Directory of ssh_host_*_key files. Default: {DEFAULT_KEY_DIR}, where an "
@@ -92,21 +100,17 @@ def main() -> None:
 @click.option("--shutdown-grace", default=10.0, show_default=True,
               type=click.FloatRange(0.001),
               help="Seconds a stop waits for open files before disconnecting.")  # fmt: skip
+@click.option("--idle-timeout", default=900.0, show_default=True, type=click.FloatRange(0.001),
+              help="Seconds without requests after which a session is closed.")  # fmt: skip
+@click.option("--login-timeout", default=120.0, show_default=True,
+              type=click.FloatRange(0.001),
+              help="Seconds a client has to log in.")  # fmt: skip
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
-def serve(
-    host: str,
-    port: int,
-    users: tuple[str, ...],
-    host_key_dir: Path | None,
-    generate_host_key: bool,
-    backend_spec: str,
-    max_sessions: int,
-    open_timeout: float,
-    close_timeout: float,
-    shutdown_grace: float,
-    log_level: str,
-) -> None:
+@click.pass_context
+def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...],
+          key_files: tuple[str, ...], generate_host_key: bool, log_level: str,
+          **options: Any) -> None:  # fmt: skip
     """Serve SFTP until Ctrl-C or SIGTERM (both stop gracefully).
 
     With no options: the memory backend on 127.0.0.1:2222, user dev with password dev, and
@@ -118,27 +122,42 @@ def serve(
         handlers=[RichHandler(console=console, show_path=False)],
     )
     logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.getLogger().level))
-    user_map = dict(_parse_user(u) for u in users) if users else {"dev": "dev"}
-    key_dir = host_key_dir if host_key_dir is not None else DEFAULT_KEY_DIR
-    if host_key_dir is None or generate_host_key:
-        created = ensure_host_key(key_dir)
-        if created is not None:
-            console.print(f"Generated host key [bold]{created}[/]")
     try:
+        table = UserTable()
+        if config_file is not None:
+            loaded = load_config_file(config_file)
+            table = loaded.users
+            for key, value in loaded.server.items():
+                name = "backend_spec" if key == "backend" else key
+                if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
+                    options[name] = Path(value) if name == "host_key_dir" else value
+        for spec in users:
+            name, password = _parse_user(spec)
+            table.passwords[name] = password
+        for spec in key_files:
+            name, sep, file = spec.partition(":")
+            if not sep or not name or not file:
+                raise click.BadParameter(
+                    f"{spec!r} is not NAME:FILE", param_hint="--authorized-keys"
+                )
+            table.keys[name] = file
+        if not table.names:
+            table.passwords["dev"] = "dev"
+        host_key_dir = options.pop("host_key_dir")
+        key_dir = host_key_dir if host_key_dir is not None else DEFAULT_KEY_DIR
+        if host_key_dir is None or generate_host_key:
+            created = ensure_host_key(key_dir)
+            if created is not None:
+                console.print(f"Generated host key [bold]{created}[/]")
         config = ServerConfig(
-            backend=make_backend(backend_spec),
-            auth=StaticPasswords(user_map),
+            backend=make_backend(options.pop("backend_spec")),
+            auth=table.authenticator(),  # type: ignore[arg-type]
             system_dir=key_dir,
-            host=host,
-            port=port,
-            max_sessions=max_sessions,
-            open_timeout=open_timeout,
-            close_timeout=close_timeout,
-            shutdown_grace=shutdown_grace,
+            **options,
         )
-        asyncio.run(_serve(config, sorted(user_map)))
+        asyncio.run(_serve(config, table.names))
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(2)
 
 

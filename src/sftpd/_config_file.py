@@ -1,0 +1,142 @@
+"""The TOML configuration file of ``sftpd serve``, so operators need no Python.
+
+[server]
+host = "0.0.0.0"
+port = 2222
+host_key_dir = "/etc/sftpd/host_keys"
+backend = "memory"
+max_sessions = 20
+idle_timeout = 900
+
+[users.alice]
+password_env = "ALICE_PASSWORD"         # or password = "..." (not recommended)
+authorized_keys = "/etc/sftpd/alice.pub" # a file, or a list of key lines
+root = "/tenants/acme"
+permissions = "upload-only"              # a preset, or a list such as ["read", "list"]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .auth import AuthorizedKeys, CombinedAuthenticator, StaticPasswords
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found]
+
+__all__ = ["FileConfig", "UserTable", "load_config_file"]
+
+SERVER_KEYS = {
+    "host": str,
+    "port": int,
+    "host_key_dir": str,
+    "backend": str,
+    "max_sessions": int,
+    "open_timeout": float,
+    "close_timeout": float,
+    "shutdown_grace": float,
+    "login_timeout": float,
+    "idle_timeout": float,
+}
+USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions"}
+
+
+@dataclass
+class UserTable:
+    """Users collected from the command line and the config file."""
+
+    passwords: dict[str, str] = field(default_factory=dict)
+    keys: dict[str, list[str] | str] = field(default_factory=dict)
+    attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        """Every user name, sorted."""
+        return sorted(set(self.passwords) | set(self.keys))
+
+    def authenticator(self) -> object:
+        """One authenticator offering whatever the users have (passwords, keys, or both)."""
+        parts: list[object] = []
+        if self.passwords:
+            parts.append(StaticPasswords(self.passwords, self.attributes))
+        if self.keys:
+            parts.append(AuthorizedKeys(self.keys, self.attributes))
+        if not parts:
+            raise ConfigError("no users: add --user NAME:PASSWORD or a [users.NAME] section")
+        return parts[0] if len(parts) == 1 else CombinedAuthenticator(*parts)
+
+
+@dataclass
+class FileConfig:
+    """What a config file holds."""
+
+    server: dict[str, Any]
+    users: UserTable
+
+
+def load_config_file(path: Path) -> FileConfig:
+    """Read and check a config file.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or has unknown or mistyped keys;
+            the message names the key.
+    """
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = set(data) - {"server", "users"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; use [server], [users]")
+    server = dict(data.get("server", {}))
+    for key, value in server.items():
+        kind = SERVER_KEYS.get(key)
+        if kind is None:
+            raise ConfigError(f"{path}: unknown [server] key {key!r}; known: {sorted(SERVER_KEYS)}")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            server[key] = float(value)
+        elif not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{path}: [server] {key} must be a {kind.__name__}, got {value!r}")
+    table = UserTable()
+    for name, spec in data.get("users", {}).items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: [users.{name}] must be a table")
+        unknown = set(spec) - USER_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown key(s) {sorted(unknown)} in [users.{name}]; known: "
+                f"{sorted(USER_KEYS)}"
+            )
+        if "password_env" in spec:
+            value = os.environ.get(spec["password_env"])
+            if not value:
+                raise ConfigError(
+                    f"{path}: [users.{name}] password_env {spec['password_env']} is not set"
+                )
+            table.passwords[name] = value
+        elif "password" in spec:
+            table.passwords[name] = str(spec["password"])
+        if "authorized_keys" in spec:
+            keys = spec["authorized_keys"]
+            if isinstance(keys, str) and not keys.lstrip().startswith(("ssh-", "ecdsa-", "sk-")):
+                keys = str((path.parent / keys).resolve()) if not Path(keys).is_absolute() else keys
+            table.keys[name] = keys
+        if name not in table.passwords and name not in table.keys:
+            raise ConfigError(f"{path}: [users.{name}] needs a password, password_env or keys")
+        attrs: dict[str, Any] = {}
+        if "root" in spec:
+            attrs["root"] = spec["root"]
+        if "permissions" in spec:
+            attrs["permissions"] = spec["permissions"]
+        if attrs:
+            table.attributes[name] = attrs
+    return FileConfig(server=server, users=table)
