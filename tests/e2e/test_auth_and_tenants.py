@@ -71,6 +71,12 @@ async def test_tenants_cannot_reach_each_other(
                 await f.write(b"x")
             with pytest.raises(asyncssh.SFTPNoSuchFile):
                 await a.remove("/../globex/secret.txt")
+            for directory in ("/../globex", "/tenants/globex", "../../globex/"):
+                with pytest.raises(asyncssh.SFTPNoSuchFile):
+                    await a.listdir(directory)
+            with pytest.raises(asyncssh.SFTPNoSuchFile):  # lands in acme's (missing) /globex
+                async with a.open("/../globex/planted.txt", "wb"):
+                    pass
             assert await a.realpath("/..") == "/"
         assert await tenant_backend.read_file("/tenants/acme/moved.txt", S) == b"acme data"
         assert await tenant_backend.read_file("/tenants/acme/x.txt", S) == b"x"
