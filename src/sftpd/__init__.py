@@ -16,6 +16,7 @@ from ._permissions import Permissions
 from ._server import Server, run
 from ._session import Peer, Session
 from ._throttle import LoginLimits
+from ._upload import Upload
 from .auth import (
     Authenticator,
     AuthorizedKeys,
@@ -36,6 +37,7 @@ from .backend import (
     directory_info,
     file_info,
 )
+from .backends.local import LocalBackend
 from .backends.memory import MemoryBackend
 from .errors import (
     ConfigError,
@@ -73,6 +75,7 @@ __all__ = [
     "InvalidFilename",
     "InvalidParameter",
     "IsADirectory",
+    "LocalBackend",
     "LoginLimits",
     "MemoryBackend",
     "NoSpace",
@@ -89,6 +92,7 @@ __all__ = [
     "StaticPasswords",
     "StorageError",
     "Unsupported",
+    "Upload",
     "Writer",
     "__version__",
     "decode_authorized_key",

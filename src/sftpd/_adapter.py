@@ -21,6 +21,7 @@ from asyncssh import SFTPAttrs, SFTPName, SFTPVFSAttrs
 
 from . import paths
 from ._handles import FileHandle, OpenMode
+from ._upload import Upload
 from .backend import AttrChanges, FileAttrs, FileType
 from .errors import (
     Failure,
@@ -232,6 +233,8 @@ class SftpAdapter(asyncssh.SFTPServer):
         existing = await self._stat_or_none(path)
         if existing is not None and existing.is_dir:
             raise IsADirectory()
+        if existing is not None and existing.type is FileType.SYMLINK:
+            raise PermissionDenied("Symbolic links are not followed")
         if mode.write:
             if path == self._root:
                 raise IsADirectory()
@@ -261,9 +264,19 @@ class SftpAdapter(asyncssh.SFTPServer):
         abandoned = caller == "_cleanup"
         handle = cast(FileHandle, file_obj)
         try:
-            await self._run("close", handle.close(commit=not abandoned))
+            stored = await self._run("close", handle.close(commit=not abandoned))
         finally:
             self._handles.discard(handle)
+        if stored:
+            self._ctx.notify_upload(
+                Upload(
+                    session=self._session,
+                    path=handle.client_path,
+                    backend_path=handle.path,
+                    size=handle.size,
+                    bytes_written=handle.bytes_written,
+                )
+            )
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         """Read from an open file."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import asyncssh
 
 from ._throttle import LoginLimits
+from ._upload import Upload
 from .auth import Authenticator, StaticPasswords, as_authenticator
 from .backend import check_backend
 from .errors import ConfigError
@@ -44,6 +45,9 @@ class ServerConfig:
         idle_timeout: Seconds without a request after which a session is disconnected
             (``None``: never).
         login_limits: Throttling of failed logins (:class:`LoginLimits`).
+        on_upload: Called (sync or async) with an :class:`~sftpd.Upload` after each upload
+            is stored, in the background; for post-upload processing: the file is stored
+            first, then handed on.
         server_version: Text after ``SSH-2.0-`` in the server's greeting.
     """
 
@@ -61,6 +65,7 @@ class ServerConfig:
     auth_timeout: float = 10.0
     idle_timeout: float | None = 900.0
     login_limits: LoginLimits = field(default_factory=LoginLimits)
+    on_upload: Callable[[Upload], Awaitable[None] | None] | None = None
     server_version: str = "sftpd"
     authenticator: Authenticator = field(init=False, repr=False)
 
@@ -90,6 +95,8 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if not isinstance(self.login_limits, LoginLimits):
             raise ConfigError("login_limits must be a sftpd.LoginLimits")
+        if self.on_upload is not None and not callable(self.on_upload):
+            raise ConfigError("on_upload must be a function taking a sftpd.Upload")
         if self.backend is None:
             raise ConfigError("backend is required, e.g. backend=sftpd.MemoryBackend()")
         if isinstance(self.backend, type):

@@ -249,27 +249,30 @@ class FileHandle:
             mtime=changes.mtime if changes.mtime is not None else previous.mtime,
         )
 
-    async def close(self, *, commit: bool = True) -> None:
+    async def close(self, *, commit: bool = True) -> bool:
         """Finish the handle: commit an upload (bounded by ``close_timeout``) or abort it.
+
+        Returns:
+            True when an upload was stored.
 
         Raises:
             Failure: the commit failed or timed out; the upload was aborted.
         """
         if self._closed:
-            return
+            return False
         self._closed = True
         writer = self._writer
         if writer is None:
-            return
+            return False
         if not commit or self._failed:
             await self._abort(writer)
             if self._failed and commit:
                 raise Failure("Upload failed; nothing was stored")
-            return
+            return False
         if not self._dirty:
             await self._abort(writer)
             await self._apply_pending()
-            return
+            return False
         try:
             await asyncio.wait_for(writer.commit(), self.close_timeout)
         except asyncio.TimeoutError:
@@ -279,6 +282,7 @@ class FileHandle:
             await self._abort(writer)
             raise
         await self._apply_pending()
+        return True
 
     async def _apply_pending(self) -> None:
         changes = self._pending_changes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import inspect
 import logging
 import time
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from ._adapter import SftpAdapter
 from ._config import ServerConfig, load_host_keys
 from ._session import Peer, Session
 from ._throttle import LoginThrottle
+from ._upload import Upload
 from .auth import BoundAuthenticator, Disconnect, fingerprint
 from .backend import BoundBackend, bind_backend
 from .errors import ConfigError
@@ -40,6 +42,25 @@ class ServerContext:
     throttle: LoginThrottle
     connections: set[_Connection] = field(default_factory=set)
     active_sessions: int = 0
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def notify_upload(self, upload: Upload) -> None:
+        """Run ``on_upload`` in the background: the file is stored, the client not held up."""
+        callback = self.config.on_upload
+        if callback is None:
+            return
+
+        async def call() -> None:
+            try:
+                result = callback(upload)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("on_upload failed for %s", upload.backend_path)
+
+        task = asyncio.get_running_loop().create_task(call())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
 
 class _Connection(asyncssh.SSHServer):

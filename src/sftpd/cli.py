@@ -22,6 +22,7 @@ from ._config import HOST_KEY_GLOB, ServerConfig
 from ._config_file import UserTable, load_config_file
 from ._server import Server
 from .auth import fingerprint
+from .backends.local import LocalBackend
 from .backends.memory import MemoryBackend
 from .errors import ConfigError
 
@@ -40,11 +41,20 @@ def _parse_user(value: str) -> tuple[str, str]:
 
 
 def make_backend(spec: str) -> Any:
-    """Build a backend from its command-line form (``memory``)."""
-    kind = spec.split(":", 1)[0].lower()
-    if kind == "memory":
+    """Build a backend from its command-line form (``memory``, ``local:/path``)."""
+    kind, _, rest = spec.partition(":")
+    kind = kind.lower()
+    if kind == "memory" and not rest:
         return MemoryBackend()
-    raise click.BadParameter(f"unknown backend {spec!r}; choose: memory", param_hint="--backend")
+    if kind == "local":
+        if not rest:
+            raise click.BadParameter(
+                "local needs a folder: local:/srv/sftp", param_hint="--backend"
+            )
+        return LocalBackend(rest)
+    raise click.BadParameter(
+        f"unknown backend {spec!r}; choose: memory, local:/path", param_hint="--backend"
+    )
 
 
 def ensure_host_key(directory: Path) -> Path | None:
@@ -90,7 +100,8 @@ def main() -> None:
 @click.option("--generate-host-key", is_flag=True,
               help="Generate an ed25519 key in --host-key-dir if it has none.")  # fmt: skip
 @click.option("--backend", "backend_spec", default="memory", show_default=True,
-              metavar="SPEC", help="Storage: 'memory'.")  # fmt: skip
+              metavar="SPEC",
+              help="Storage: 'memory', or 'local:/path' to serve a folder.")  # fmt: skip
 @click.option("--max-sessions", default=10, show_default=True, type=click.IntRange(1),
               help="Most sessions at once; more are refused at login.")  # fmt: skip
 @click.option("--open-timeout", default=30.0, show_default=True, type=click.FloatRange(0.001),

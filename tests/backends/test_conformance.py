@@ -158,3 +158,13 @@ class TestAsyncCustomBackend(BackendConformance):
     @pytest.fixture
     def backend(self) -> Any:
         return AsyncDictBackend()
+
+
+class TestLocalBackend(BackendConformance):
+    """The local-folder backend, in a temporary directory."""
+
+    @pytest.fixture
+    def backend(self, tmp_path: Any) -> Any:
+        from sftpd.backends.local import LocalBackend
+
+        return LocalBackend(tmp_path / "root", create=True, fsync=False)

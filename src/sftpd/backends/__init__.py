@@ -1,5 +1,6 @@
 """Built-in storage backends."""
 
+from .local import LocalBackend
 from .memory import MemoryBackend
 
-__all__ = ["MemoryBackend"]
+__all__ = ["LocalBackend", "MemoryBackend"]

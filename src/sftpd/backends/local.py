@@ -1,0 +1,414 @@
+"""A folder on the local disk, safe for untrusted clients.
+
+Symlink policy: **symbolic links are never followed.** Every path is opened one component
+at a time from the root directory with ``O_NOFOLLOW`` (``openat``), so neither a symlink
+inside the root that points outside, nor one swapped in while a request runs, can lead
+out of the root. Symlinks that exist in the folder are listed as symlinks; opening or
+entering them fails with "permission denied". Clients cannot create symlinks.
+
+Uploads go to an anonymous ``O_TMPFILE`` in the target directory (a hidden temporary file
+where the file system lacks it) and are renamed into place at close: atomic, nothing
+partial is ever visible, and a crashed server leaves nothing behind (an anonymous file
+vanishes with its process; hidden leftovers are removed at the next start).
+
+Methods are plain ``def``; sftpd runs them in its thread pool.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from .. import paths
+from .._session import Session
+from ..backend import AttrChanges, DirEntry, FileAttrs, FileType, SpaceInfo
+from ..errors import (
+    ConfigError,
+    DirectoryNotEmpty,
+    FileAlreadyExists,
+    InvalidParameter,
+    IsADirectory,
+    NoSuchFile,
+    NotADirectory,
+    PermissionDenied,
+)
+
+__all__ = ["LocalBackend"]
+
+TEMP_PREFIX = ".sftpd-upload-"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_RENAME_NOREPLACE = 1
+
+
+def _renameat2_function() -> object | None:
+    name = ctypes.util.find_library("c")
+    if name is None:  # pragma: no cover
+        return None
+    libc = ctypes.CDLL(name, use_errno=True)
+    return getattr(libc, "renameat2", None)
+
+
+_renameat2 = _renameat2_function()
+
+
+def _attrs(st: os.stat_result) -> FileAttrs:
+    if stat.S_ISDIR(st.st_mode):
+        kind = FileType.DIRECTORY
+    elif stat.S_ISLNK(st.st_mode):
+        kind = FileType.SYMLINK
+    else:
+        kind = FileType.FILE
+    return FileAttrs(
+        type=kind,
+        size=st.st_size if kind is FileType.FILE else 0,
+        mtime=st.st_mtime,
+        atime=st.st_atime,
+        permissions=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+    )
+
+
+def _translate(exc: OSError) -> OSError:
+    """Turn the errors of a no-follow walk into what the client should hear."""
+    if exc.errno == errno.ELOOP:
+        return PermissionDenied("Symbolic links are not followed")
+    if exc.errno == errno.ENOTDIR:
+        return NoSuchFile()
+    return exc
+
+
+class LocalBackend:
+    """Serve one directory of the local file system.
+
+    Args:
+        root: The directory to serve; it must exist (or pass ``create=True``).
+        create: Create ``root`` (and parents) if missing.
+        fsync: Flush uploads to disk before they become visible (slower, durable).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = False, fsync: bool = True):
+        path = Path(root)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        if not path.is_dir():
+            raise ConfigError(f"local backend root {path} is not a directory; create it first")
+        self.root = path.resolve()
+        self.fsync = fsync
+        self._remove_stale_uploads()
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ walking
+
+    @contextmanager
+    def _dir(self, path: str) -> Iterator[int]:
+        """A file descriptor of directory ``path``, reached without following symlinks."""
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            if path != "/":
+                for part in path[1:].split("/"):
+                    try:
+                        child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    except OSError as exc:
+                        raise _translate(exc) from exc
+                    os.close(fd)
+                    fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _parent(self, path: str) -> Iterator[tuple[int, str]]:
+        """The parent directory's descriptor and the last name of ``path``."""
+        if path == "/":
+            raise PermissionDenied("Cannot change the top directory")
+        with self._dir(paths.parent(path)) as fd:
+            yield fd, paths.basename(path)
+
+    def _lstat(self, fd: int, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+
+    @contextmanager
+    def _open_file(self, path: str, flags: int) -> Iterator[int]:
+        with self._parent(path) as (dirfd, name):
+            try:
+                fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+            except OSError as exc:
+                raise _translate(exc) from exc
+            try:
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    raise IsADirectory()
+                yield fd
+            finally:
+                os.close(fd)
+
+    # ------------------------------------------------------------------ required
+
+    def stat(self, path: str, session: Session) -> FileAttrs:
+        """Attributes of ``path`` (a symlink is reported as one, not followed)."""
+        if path == "/":
+            return _attrs(os.stat(self.root))
+        with self._parent(path) as (fd, name):
+            return _attrs(self._lstat(fd, name))
+
+    def list_dir(self, path: str, session: Session) -> Iterator[DirEntry]:
+        """Entries of a directory, without in-progress uploads."""
+        with self._dir(path) as fd, os.scandir(fd) as entries:
+            for entry in entries:
+                if entry.name.startswith(TEMP_PREFIX):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield DirEntry(entry.name, _attrs(st))
+
+    def make_dir(self, path: str, session: Session) -> None:
+        """Create one directory."""
+        with self._parent(path) as (fd, name):
+            os.mkdir(name, 0o755, dir_fd=fd)
+
+    def remove_dir(self, path: str, session: Session) -> None:
+        """Remove an empty directory."""
+        with self._parent(path) as (fd, name):
+            st = self._lstat(fd, name)
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotADirectory()
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise DirectoryNotEmpty() from exc
+                raise
+
+    def remove_file(self, path: str, session: Session) -> None:
+        """Remove a file (or a symlink itself, never its target)."""
+        with self._parent(path) as (fd, name):
+            if stat.S_ISDIR(self._lstat(fd, name).st_mode):
+                raise IsADirectory()
+            os.unlink(name, dir_fd=fd)
+
+    def rename(self, src: str, dst: str, session: Session, *, overwrite: bool) -> None:
+        """Rename atomically; without ``overwrite`` an existing target is never replaced."""
+        if dst == src:
+            return
+        if dst.startswith(src + "/"):
+            raise InvalidParameter("Cannot move a directory into itself")
+        with self._parent(src) as (src_fd, src_name), self._parent(dst) as (dst_fd, dst_name):
+            self._lstat(src_fd, src_name)  # NoSuchFile for a missing source
+            if overwrite:
+                os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            else:
+                _rename_noreplace(src_fd, src_name, dst_fd, dst_name)
+
+    def read_file(self, path: str, session: Session) -> bytes:
+        """A whole file."""
+        with self._open_file(path, os.O_RDONLY) as fd:
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+    def write_file(self, path: str, data: bytes, session: Session) -> None:
+        """Create or replace a file atomically."""
+        writer = self.open_writer(path, session, keep_existing=False)
+        try:
+            writer.write(0, data)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    # ------------------------------------------------------------------ optional
+
+    def read_range(self, path: str, offset: int, length: int, session: Session) -> bytes:
+        """Up to ``length`` bytes at ``offset``, without reading the rest of the file."""
+        with self._open_file(path, os.O_RDONLY) as fd:
+            return os.pread(fd, length, offset)
+
+    def open_writer(self, path: str, session: Session, *, keep_existing: bool) -> LocalWriter:
+        """Start an upload into a hidden temporary file next to ``path``."""
+        with self._parent(path) as (dirfd, name):
+            try:
+                existing = self._lstat(dirfd, name)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None and stat.S_ISDIR(existing.st_mode):
+                raise IsADirectory()
+            if existing is not None and stat.S_ISLNK(existing.st_mode):
+                raise PermissionDenied("Symbolic links are not followed")
+            writer = LocalWriter(self, os.dup(dirfd), name, existing)
+        if keep_existing and existing is not None:
+            writer.copy_existing()
+        return writer
+
+    def set_attrs(self, path: str, changes: AttrChanges, session: Session) -> None:
+        """Apply size, permissions and times through a no-follow descriptor."""
+        flags = os.O_WRONLY if changes.size is not None else os.O_RDONLY
+        if path == "/":
+            fd = os.open(self.root, _DIR_FLAGS)
+        else:
+            with self._parent(path) as (dirfd, name):
+                try:
+                    fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+                except OSError as exc:
+                    if exc.errno == errno.EISDIR:
+                        fd = os.open(name, _DIR_FLAGS, dir_fd=dirfd)
+                    else:
+                        raise _translate(exc) from exc
+        try:
+            if changes.size is not None:
+                os.ftruncate(fd, changes.size)
+            if changes.permissions is not None:
+                os.fchmod(fd, changes.permissions & 0o7777)
+            if changes.mtime is not None or changes.atime is not None:
+                st = os.fstat(fd)
+                atime = changes.atime if changes.atime is not None else st.st_atime
+                mtime = changes.mtime if changes.mtime is not None else st.st_mtime
+                os.utime(fd, (atime, mtime))
+        finally:
+            os.close(fd)
+
+    def disk_usage(self, path: str, session: Session) -> SpaceInfo:
+        """Capacity of the file system holding the root."""
+        st = os.statvfs(self.root)
+        return SpaceInfo(
+            total=st.f_blocks * st.f_frsize,
+            free=st.f_bavail * st.f_frsize,
+            block_size=st.f_frsize,
+            max_name_length=st.f_namemax,
+        )
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def _remove_stale_uploads(self, min_age: float = 3600.0) -> None:
+        """Delete hidden upload files left by a crash (only where O_TMPFILE was missing)."""
+        cutoff = time.time() - min_age
+        for dirpath, _dirs, files in os.walk(self.root):
+            for file in files:
+                if file.startswith(TEMP_PREFIX):
+                    full = os.path.join(dirpath, file)
+                    try:
+                        if os.lstat(full).st_mtime < cutoff:
+                            os.unlink(full)
+                    except OSError:
+                        pass
+
+
+def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+    if _renameat2 is not None:
+        result = _renameat2(  # type: ignore[operator]
+            src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), _RENAME_NOREPLACE
+        )
+        if result == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):  # unsupported: fall back below
+            if err == errno.EEXIST:
+                raise FileAlreadyExists()
+            raise OSError(err, os.strerror(err))
+    try:
+        os.stat(dst, dir_fd=dst_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        return
+    raise FileAlreadyExists()
+
+
+class LocalWriter:
+    """One upload: an anonymous (or hidden) file renamed over the target at commit."""
+
+    def __init__(
+        self, backend: LocalBackend, dirfd: int, name: str, existing: os.stat_result | None
+    ) -> None:
+        self._backend = backend
+        self._dirfd = dirfd
+        self._name = name
+        self._existing = existing
+        self._temp_name: str | None = None
+        try:
+            self._fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644, dir_fd=dirfd)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                os.close(dirfd)
+                raise
+            self._temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+            self._fd = os.open(
+                self._temp_name,
+                os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+                dir_fd=dirfd,
+            )
+        if existing is not None:
+            os.fchmod(self._fd, stat.S_IMODE(existing.st_mode))
+
+    def copy_existing(self) -> None:
+        """Start from the current file's content (resume, append)."""
+        src = os.open(self._name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dirfd)
+        try:
+            remaining = os.fstat(src).st_size
+            offset = 0
+            while remaining > 0:
+                copied = os.copy_file_range(src, self._fd, remaining, offset, offset)
+                if copied == 0:
+                    break
+                offset += copied
+                remaining -= copied
+        finally:
+            os.close(src)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write at any offset; gaps become holes that read as zeros."""
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view = view[written:]
+            offset += written
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read back the upload."""
+        return os.pread(self._fd, length, offset)
+
+    def truncate(self, size: int) -> None:
+        """Cut or extend the upload."""
+        os.ftruncate(self._fd, size)
+
+    def commit(self) -> None:
+        """Flush, then rename into place atomically."""
+        try:
+            if self._backend.fsync:
+                os.fsync(self._fd)
+            if self._temp_name is None:
+                self._temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+                os.link(f"/proc/self/fd/{self._fd}", self._temp_name, dst_dir_fd=self._dirfd,
+                        follow_symlinks=True)  # fmt: skip
+            os.rename(self._temp_name, self._name, src_dir_fd=self._dirfd,
+                      dst_dir_fd=self._dirfd)  # fmt: skip
+            self._temp_name = None
+            if self._backend.fsync:
+                os.fsync(self._dirfd)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the upload and its temporary file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._temp_name is not None:
+            with suppress(FileNotFoundError):
+                os.unlink(self._temp_name, dir_fd=self._dirfd)
+            self._temp_name = None
+        if self._dirfd >= 0:
+            os.close(self._dirfd)
+            self._dirfd = -1
