@@ -118,6 +118,24 @@ def v56_to_pflags(desired_access: int, flags: int) -> int:
     return pflags
 
 
+_FLAG_NAMES = (
+    (asyncssh.FXF_READ, "read"),
+    (asyncssh.FXF_WRITE, "write"),
+    (asyncssh.FXF_APPEND, "append"),
+    (asyncssh.FXF_CREAT, "create"),
+    (asyncssh.FXF_TRUNC, "truncate"),
+    (asyncssh.FXF_EXCL, "exclusive"),
+)
+
+
+def _flag_names(pflags: int) -> list[str]:
+    return [name for bit, name in _FLAG_NAMES if pflags & bit]
+
+
+async def _unsupported(reason: str) -> Any:
+    raise Unsupported(reason)
+
+
 class SftpAdapter(asyncssh.SFTPServer):
     """Serves one SFTP channel of one session from the configured backend."""
 
@@ -135,6 +153,7 @@ class SftpAdapter(asyncssh.SFTPServer):
         self._in_flight = 0
         self._next_handle = 0
         self._owner = owner
+        self._bus = context.bus
         owner.adapters.add(self)
 
     # ------------------------------------------------------------------ plumbing
@@ -154,16 +173,28 @@ class SftpAdapter(asyncssh.SFTPServer):
         """True while a request runs or a file is open (a graceful stop waits for these)."""
         return self._in_flight > 0 or bool(self._handles)
 
-    async def _run(self, operation: str, call: Awaitable[T]) -> T:
-        """Run one request: count it, and translate whatever it raises for the client."""
+    async def _run(
+        self, operation: str, call: Awaitable[T], meta: dict[str, Any] | None = None
+    ) -> T:
+        """Run one request: count it, emit its event, translate what it raises.
+
+        Args:
+            operation: The catalog name (``read``, ``make_dir``...), also the event name.
+            call: The work.
+            meta: Event metadata; ``bytes`` here becomes a measurement.
+        """
         self._in_flight += 1
         self._owner.last_active = time.monotonic()
+        name = ("sftpd", "sftp", operation)
+        listening = self._bus.listening(name)
+        start = time.monotonic_ns() if listening else 0
         try:
-            return await call
+            result = await call
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if is_expected(exc):
+            expected = is_expected(exc)
+            if expected:
                 log.debug("%s failed for %s: %s", operation, self._session.username, exc)
             else:
                 log.exception(
@@ -172,9 +203,39 @@ class SftpAdapter(asyncssh.SFTPServer):
                     self._session.id,
                     self._session.username,
                 )
-            raise to_sftp_error(exc) from exc
+            mapped = to_sftp_error(exc)
+            if listening:
+                info = dict(meta or {})
+                if expected:
+                    info.update(result="error", reason=mapped.reason, code=mapped.code)
+                else:
+                    info.update(result="exception", kind=type(exc).__name__, reason=str(exc))
+                self._emit(name, start, info)
+            raise mapped from exc
+        else:
+            if listening:
+                info = dict(meta or {})
+                if operation == "read":
+                    info["bytes"] = len(cast(bytes, result))
+                    info["result"] = "ok" if result else "eof"
+                else:
+                    info["result"] = "ok"
+                self._emit(name, start, info)
+            return result
         finally:
             self._in_flight -= 1
+
+    def _emit(self, name: tuple[str, ...], start: int, info: dict[str, Any]) -> None:
+        measurements: dict[str, float] = {"duration": time.monotonic_ns() - start}
+        if "bytes" in info:
+            measurements["bytes"] = info.pop("bytes")
+        for key in ("path", "src_path", "dst_path"):
+            value = info.get(key)
+            if isinstance(value, bytes):
+                info[key] = paths.normalize(value.decode("utf-8", "replace"))
+        info["backend"] = self._backend.name
+        info["backend_kind"] = self._backend.kind
+        self._bus.execute(name, measurements, info, self._session)
 
     def _path(self, raw: bytes) -> str:
         """Decode a client path and scope it into the session root."""
@@ -202,18 +263,21 @@ class SftpAdapter(asyncssh.SFTPServer):
 
     async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> FileHandle:
         """Open a file (SFTP v3 flags)."""
-        return await self._run("open", self._open(path, open_mode(pflags), attrs))
+        meta: dict[str, Any] = {"path": path, "requested_modes": _flag_names(pflags)}
+        return await self._run("open", self._open(path, pflags, meta), meta)
 
     async def open56(
         self, path: bytes, desired_access: int, flags: int, attrs: SFTPAttrs
     ) -> FileHandle:
         """Open a file (SFTP v5/v6 flags, translated to v3)."""
-        return await self._run(
-            "open",
-            self._open(path, open_mode(v56_to_pflags(desired_access, flags)), attrs),
-        )
+        pflags = v56_to_pflags(desired_access, flags)
+        meta: dict[str, Any] = {"path": path, "requested_modes": _flag_names(pflags)}
+        return await self._run("open", self._open(path, pflags, meta), meta)
 
-    async def _open(self, raw: bytes, mode: OpenMode, attrs: SFTPAttrs) -> FileHandle:
+    async def _open(self, raw: bytes, pflags: int, meta: dict[str, Any]) -> FileHandle:
+        mode = open_mode(pflags)
+        meta["mode"] = mode.label
+        meta["open_timeout"] = self._ctx.config.open_timeout
         path = self._path(raw)
         client_path = paths.unscope(self._root, path)
         try:
@@ -223,6 +287,7 @@ class SftpAdapter(asyncssh.SFTPServer):
         except asyncio.TimeoutError:
             raise Failure("Opening the file timed out") from None
         self._handles.add(handle)
+        meta["handle"] = handle.id
         return handle
 
     async def _open_backend(self, path: str, client_path: str, mode: OpenMode) -> FileHandle:
@@ -264,7 +329,19 @@ class SftpAdapter(asyncssh.SFTPServer):
         abandoned = caller == "_cleanup"
         handle = cast(FileHandle, file_obj)
         try:
-            stored = await self._run("close", handle.close(commit=not abandoned))
+            stored = await self._run(
+                "close",
+                handle.close(commit=not abandoned),
+                {
+                    "handle": handle.id,
+                    "path": handle.client_path,
+                    "mode": handle.mode.label,
+                    "close_timeout": handle.close_timeout,
+                    "abandoned": abandoned,
+                    "bytes_read": handle.bytes_read,
+                    "bytes_written": handle.bytes_written,
+                },
+            )
         finally:
             self._handles.discard(handle)
         if stored:
@@ -280,12 +357,22 @@ class SftpAdapter(asyncssh.SFTPServer):
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         """Read from an open file."""
-        return await self._run("read", cast(FileHandle, file_obj).read(offset, size))
+        handle = cast(FileHandle, file_obj)
+        data = await self._run(
+            "read", handle.read(offset, size),
+            {"handle": handle.id, "offset": offset, "bytes_requested": size},
+        )  # fmt: skip
+        self._owner.bytes_out += len(data)
+        return data
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         """Write to an open file."""
         handle = cast(FileHandle, file_obj)
-        await self._run("write", handle.write(offset, data))
+        await self._run(
+            "write", handle.write(offset, data),
+            {"handle": handle.id, "offset": offset, "bytes": len(data)},
+        )  # fmt: skip
+        self._owner.bytes_in += len(data)
         return len(data)
 
     async def fstat(self, file_obj: object) -> SFTPAttrs:
@@ -294,7 +381,11 @@ class SftpAdapter(asyncssh.SFTPServer):
 
     async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
         """Change an open file's size, times or permissions."""
-        await self._run("fsetstat", self._fsetstat(cast(FileHandle, file_obj), attrs))
+        handle = cast(FileHandle, file_obj)
+        await self._run(
+            "write_file_info", self._fsetstat(handle, attrs),
+            {"handle": handle.id, "path": handle.client_path},
+        )  # fmt: skip
 
     async def _fsetstat(self, handle: FileHandle, attrs: SFTPAttrs) -> None:
         self._allow("write", "Changing files is not allowed")
@@ -302,7 +393,10 @@ class SftpAdapter(asyncssh.SFTPServer):
 
     async def fstatvfs(self, file_obj: object) -> SFTPVFSAttrs:
         """Capacity of the storage holding an open file."""
-        return await self._run("fstatvfs", self._statvfs(cast(FileHandle, file_obj).path))
+        handle = cast(FileHandle, file_obj)
+        return await self._run(
+            "disk_usage", self._statvfs(handle.path), {"path": handle.client_path}
+        )
 
     async def fsync(self, file_obj: object) -> None:
         """Refused: data is stored when the file is closed, not before."""
@@ -320,22 +414,22 @@ class SftpAdapter(asyncssh.SFTPServer):
 
     async def stat(self, path: bytes) -> SFTPAttrs:
         """Attributes of a path."""
-        return await self._run("stat", self._stat_attrs(path))
+        return await self._run("read_file_info", self._stat_attrs(path), {"path": path})
 
     async def lstat(self, path: bytes) -> SFTPAttrs:
         """Attributes of a path (there are no symlinks to not follow)."""
-        return await self._run("lstat", self._stat_attrs(path))
+        return await self._run("read_link_info", self._stat_attrs(path), {"path": path})
 
     async def _stat_attrs(self, raw: bytes) -> SFTPAttrs:
         return to_sftp_attrs(await self._stat(self._path(raw)))
 
     async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Change a path's size, times or permissions."""
-        await self._run("setstat", self._setstat(path, attrs))
+        await self._run("write_file_info", self._setstat(path, attrs), {"path": path})
 
     async def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Same as setstat: there are no symlinks."""
-        await self._run("lsetstat", self._setstat(path, attrs))
+        await self._run("write_file_info", self._setstat(path, attrs), {"path": path})
 
     async def _setstat(self, raw: bytes, attrs: SFTPAttrs) -> None:
         self._allow("write", "Changing files is not allowed")
@@ -354,10 +448,16 @@ class SftpAdapter(asyncssh.SFTPServer):
         # WinSCP set them after every upload and must not fail because of it.
 
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
-        """List a directory, ``.`` and ``..`` first, in batches as the backend yields."""
-        self._in_flight += 1
-        self._owner.last_active = time.monotonic()
+        """List a directory, ``.`` and ``..`` first, in batches as the backend yields.
+
+        The backend's entries are streamed: a huge directory is never held in memory, and
+        the first batch goes out before the backend has finished listing.
+        """
+        name = ("sftpd", "sftp", "list_dir")
+        start = time.monotonic_ns()
+        count = 0
         try:
+            self._owner.last_active = time.monotonic()
             self._allow("list", "Listing directories is not allowed")
             directory = self._path(path)
             attrs = await self._stat(directory)
@@ -370,19 +470,31 @@ class SftpAdapter(asyncssh.SFTPServer):
             async for entry in self._backend.list_dir(directory, self._session):
                 if entry.name in (".", "..") or "/" in entry.name:
                     continue
+                count += 1
                 yield SFTPName(entry.name.encode("utf-8"), attrs=to_sftp_attrs(entry.attrs))
+                if count % 128 == 0:
+                    self._owner.last_active = time.monotonic()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if not is_expected(exc):
+            expected = is_expected(exc)
+            if not expected:
                 log.exception("unexpected error listing a directory")
-            raise to_sftp_error(exc) from exc
-        finally:
-            self._in_flight -= 1
+            mapped = to_sftp_error(exc)
+            if self._bus.listening(name):
+                info: dict[str, Any] = {"path": path, "entries": count}
+                if expected:
+                    info.update(result="error", reason=mapped.reason, code=mapped.code)
+                else:
+                    info.update(result="exception", kind=type(exc).__name__, reason=str(exc))
+                self._emit(name, start, info)
+            raise mapped from exc
+        if self._bus.listening(name):
+            self._emit(name, start, {"path": path, "entries": count, "result": "ok"})
 
     async def remove(self, path: bytes) -> None:
         """Remove a file."""
-        await self._run("remove", self._remove(path))
+        await self._run("delete", self._remove(path), {"path": path})
 
     async def _remove(self, raw: bytes) -> None:
         self._allow("delete", "Deleting is not allowed")
@@ -392,7 +504,7 @@ class SftpAdapter(asyncssh.SFTPServer):
 
     async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Create a directory."""
-        await self._run("mkdir", self._mkdir(path, attrs))
+        await self._run("make_dir", self._mkdir(path, attrs), {"path": path})
 
     async def _mkdir(self, raw: bytes, attrs: SFTPAttrs) -> None:
         self._allow("mkdir", "Creating directories is not allowed")
@@ -406,7 +518,7 @@ class SftpAdapter(asyncssh.SFTPServer):
 
     async def rmdir(self, path: bytes) -> None:
         """Remove an empty directory."""
-        await self._run("rmdir", self._rmdir(path))
+        await self._run("del_dir", self._rmdir(path), {"path": path})
 
     async def _rmdir(self, raw: bytes) -> None:
         self._allow("delete", "Deleting is not allowed")
@@ -416,11 +528,17 @@ class SftpAdapter(asyncssh.SFTPServer):
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
         """Rename without replacing an existing target (SFTP v3 semantics)."""
-        await self._run("rename", self._rename(oldpath, newpath, overwrite=False))
+        await self._run(
+            "rename", self._rename(oldpath, newpath, overwrite=False),
+            {"src_path": oldpath, "dst_path": newpath, "overwrite": False},
+        )  # fmt: skip
 
     async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
         """Rename, replacing an existing target (posix-rename@openssh.com)."""
-        await self._run("posix_rename", self._rename(oldpath, newpath, overwrite=True))
+        await self._run(
+            "rename", self._rename(oldpath, newpath, overwrite=True),
+            {"src_path": oldpath, "dst_path": newpath, "overwrite": True},
+        )  # fmt: skip
 
     async def _rename(self, raw_src: bytes, raw_dst: bytes, *, overwrite: bool) -> None:
         self._allow("rename", "Renaming is not allowed")
@@ -431,14 +549,14 @@ class SftpAdapter(asyncssh.SFTPServer):
 
     async def realpath(self, path: bytes) -> bytes:
         """Canonical form of a client path, as the client sees it."""
-        return await self._run("realpath", self._realpath(path))
+        return await self._run("get_cwd", self._realpath(path), {"path": path})
 
     async def _realpath(self, raw: bytes) -> bytes:
         return paths.normalize(paths.decode(raw)).encode("utf-8")
 
     async def statvfs(self, path: bytes) -> SFTPVFSAttrs:
         """Capacity of the storage holding a path."""
-        return await self._run("statvfs", self._statvfs(self._path(path)))
+        return await self._run("disk_usage", self._statvfs(self._path(path)), {"path": path})
 
     async def _statvfs(self, path: str) -> SFTPVFSAttrs:
         if self._backend.disk_usage is None:
@@ -461,11 +579,13 @@ class SftpAdapter(asyncssh.SFTPServer):
 
     async def readlink(self, path: bytes) -> bytes:
         """Refused: this storage has no symbolic links."""
-        raise to_sftp_error(Unsupported("Symbolic links are not supported"))
+        return await self._run("read_link", _unsupported("Symbolic links are not supported"),
+                               {"path": path})  # fmt: skip
 
     async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
         """Refused: this storage has no symbolic links."""
-        raise to_sftp_error(Unsupported("Symbolic links are not supported"))
+        await self._run("make_symlink", _unsupported("Symbolic links are not supported"),
+                        {"src_path": oldpath, "dst_path": newpath})  # fmt: skip
 
     async def link(self, oldpath: bytes, newpath: bytes) -> None:
         """Refused: this storage has no hard links."""

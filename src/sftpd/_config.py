@@ -16,6 +16,7 @@ from ._upload import Upload
 from .auth import Authenticator, StaticPasswords, as_authenticator
 from .backend import check_backend
 from .errors import ConfigError
+from .telemetry import TelemetryBus
 
 __all__ = ["ServerConfig", "load_host_keys"]
 
@@ -45,6 +46,8 @@ class ServerConfig:
         idle_timeout: Seconds without a request after which a session is disconnected
             (``None``: never).
         login_limits: Throttling of failed logins (:class:`LoginLimits`).
+        telemetry: The event bus to emit to (default: the process-wide
+            :data:`sftpd.telemetry.bus`).
         on_upload: Called (sync or async) with an :class:`~sftpd.Upload` after each upload
             is stored, in the background; for post-upload processing: the file is stored
             first, then handed on.
@@ -66,6 +69,7 @@ class ServerConfig:
     idle_timeout: float | None = 900.0
     login_limits: LoginLimits = field(default_factory=LoginLimits)
     on_upload: Callable[[Upload], Awaitable[None] | None] | None = None
+    telemetry: TelemetryBus | None = None
     server_version: str = "sftpd"
     authenticator: Authenticator = field(init=False, repr=False)
 

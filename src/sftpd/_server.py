@@ -23,6 +23,8 @@ from ._upload import Upload
 from .auth import BoundAuthenticator, Disconnect, fingerprint
 from .backend import BoundBackend, bind_backend
 from .errors import ConfigError
+from .telemetry import TelemetryBus
+from .telemetry import bus as default_bus
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -40,6 +42,7 @@ class ServerContext:
     backend: BoundBackend
     auth: BoundAuthenticator
     throttle: LoginThrottle
+    bus: TelemetryBus
     connections: set[_Connection] = field(default_factory=set)
     active_sessions: int = 0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -76,6 +79,8 @@ class _Connection(asyncssh.SSHServer):
         self._counted = False
         self._failed_attempts = 0
         self.last_active = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     # -- lifecycle
 
@@ -91,6 +96,18 @@ class _Connection(asyncssh.SSHServer):
             self._ctx.active_sessions -= 1
             self._counted = False
         session = self.session
+        if session is not None:
+            self._ctx.bus.execute(
+                ("sftpd", "session", "close"),
+                {
+                    "duration": int((time.time() - session.started) * 1e9),
+                    "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out,
+                },
+                {"username": session.username, "peer": str(self.peer),
+                 "reason": "error" if exc else "closed"},
+                session,
+            )  # fmt: skip
         if session is not None and self._ctx.backend.session_closed is not None:
             hook = self._ctx.backend.session_closed
             task = asyncio.get_running_loop().create_task(hook(session))
@@ -132,13 +149,15 @@ class _Connection(asyncssh.SSHServer):
         if throttle.locked(username, self.peer.host):
             log.warning("refusing password login for %s from %s: too many failures",
                         username, self.peer)  # fmt: skip
+            self._auth_event("failure", "password", username, 0, "locked out")
             await asyncio.sleep(throttle.limits.max_delay)
             return self._attempt_failed()
         accepted = await self._accept(username, "password", None, check, password)
         if accepted:
             throttle.succeeded(username, self.peer.host)
             return True
-        await asyncio.sleep(throttle.failed(username, self.peer.host))
+        delay = throttle.failed(username, self.peer.host)
+        await asyncio.sleep(delay)
         return self._attempt_failed()
 
     def public_key_auth_supported(self) -> bool:
@@ -162,6 +181,17 @@ class _Connection(asyncssh.SSHServer):
             )
         return False
 
+    def _auth_event(
+        self, outcome: str, method: str, username: str, started: int, reason: str | None = None
+    ) -> None:
+        name = ("sftpd", "auth", outcome)
+        if self._ctx.bus.listening(name):
+            meta: dict[str, Any] = {"method": method, "username": username, "peer": str(self.peer)}
+            if reason is not None:
+                meta["reason"] = reason
+            duration = time.monotonic_ns() - started if started else 0
+            self._ctx.bus.execute(name, {"duration": duration}, meta, self._pending)
+
     async def _accept(
         self,
         username: str,
@@ -170,22 +200,39 @@ class _Connection(asyncssh.SSHServer):
         check: Any,
         credential: Any,
     ) -> bool:
+        started = time.monotonic_ns()
+        accepted, reason = await self._verdict(username, method, key_fingerprint, check, credential)
+        if accepted:
+            self._auth_event("success", method, username, started)
+        else:
+            self._pending = None
+            self._auth_event("failure", method, username, started, reason)
+        return accepted
+
+    async def _verdict(
+        self,
+        username: str,
+        method: str,
+        key_fingerprint: str | None,
+        check: Any,
+        credential: Any,
+    ) -> tuple[bool, str]:
         try:
             attributes = await asyncio.wait_for(
                 check(username, credential, self.peer), self._ctx.config.auth_timeout
             )
         except Disconnect as exc:
             self._refuse(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, exc.reason)
-            return False
+            return False, "disconnected"
         except asyncio.TimeoutError:
             log.error("authenticator timed out for %s from %s; rejecting", username, self.peer)
-            return False
+            return False, "timeout"
         except Exception:
             log.exception("authenticator failed for %s from %s; rejecting", username, self.peer)
-            return False
+            return False, "error"
         if attributes is None or attributes is False:
             log.info("%s login failed for %s from %s", method, username, self.peer)
-            return False
+            return False, "rejected"
         if attributes is True:
             attributes = {}
         if not isinstance(attributes, Mapping):
@@ -194,7 +241,7 @@ class _Connection(asyncssh.SSHServer):
                 type(attributes).__name__,
                 username,
             )
-            return False
+            return False, "error"
         try:
             self._pending = Session.from_attributes(
                 username=username,
@@ -205,8 +252,10 @@ class _Connection(asyncssh.SSHServer):
             )
         except ConfigError:
             log.exception("authenticator returned bad session attributes for %s", username)
-            return False
-        return await self._ensure_root(self._pending)
+            return False, "error"
+        if not await self._ensure_root(self._pending):
+            return False, "error"
+        return True, "ok"
 
     async def _ensure_root(self, session: Session) -> bool:
         """Create the session's root directory (and its parents) if it does not exist."""
@@ -243,6 +292,13 @@ class _Connection(asyncssh.SSHServer):
         self._counted = True
         self.session = session
         self.last_active = time.monotonic()
+        self._ctx.bus.execute(
+            ("sftpd", "session", "open"),
+            {"duration": 0},
+            {"username": session.username, "peer": str(self.peer),
+             "auth_method": session.auth_method},
+            session,
+        )  # fmt: skip
         log.info(
             "session %s: %s logged in from %s by %s",
             session.id,
@@ -318,6 +374,7 @@ class Server:
             backend=bind_backend(config.backend),
             auth=BoundAuthenticator(config.authenticator),
             throttle=LoginThrottle(config.login_limits),
+            bus=config.telemetry if config.telemetry is not None else default_bus,
         )
         ctx = self._ctx
         try:
@@ -348,6 +405,13 @@ class Server:
                 self._reap_idle(config.idle_timeout)
             )
         log.info("sftpd listening on %s:%d (%s)", config.host, self._port, ctx.backend.name)
+        ctx.bus.execute(
+            ("sftpd", "server", "start"),
+            {"duration": 0},
+            {"host": config.host, "port": self._port, "max_sessions": config.max_sessions,
+             "backend": ctx.backend.name, "backend_kind": ctx.backend.kind, "result": "ok",
+             "server_ref": self},
+        )  # fmt: skip
 
     @property
     def port(self) -> int:
@@ -432,6 +496,12 @@ class Server:
             await asyncio.sleep(0.02)
         self._closed.set()
         log.info("sftpd stopped")
+        ctx.bus.execute(
+            ("sftpd", "server", "stop"),
+            {"duration": 0},
+            {"server_ref": self, "port": self._port, "result": "ok",
+             "backend": ctx.backend.name, "backend_kind": ctx.backend.kind},
+        )  # fmt: skip
 
     async def serve_forever(self) -> None:
         """Run until cancelled (then stop gracefully) or until :meth:`close` finishes."""

@@ -393,6 +393,7 @@ class BoundBackend:
 
     backend: object
     name: str
+    kind: str
     stat: Callable[..., Any]
     list_dir: Callable[..., AsyncIterator[DirEntry]]
     make_dir: Callable[..., Any]
@@ -524,6 +525,7 @@ def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
     return BoundBackend(
         backend=backend,
         name=type(backend).__name__,
+        kind="async" if inspect.iscoroutinefunction(backend.stat) else "sync",  # type: ignore[attr-defined]
         capabilities=frozenset(capabilities),
         **methods,
     )
