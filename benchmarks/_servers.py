@@ -1,7 +1,8 @@
 """Servers the benchmarks start in their own processes, so each one's RSS is its own.
 
-    python benchmarks/_servers.py sftpd KEY_DIR
-    python benchmarks/_servers.py asyncssh KEY_DIR ROOT
+    python -m benchmarks._servers sftpd KEY_DIR
+    python -m benchmarks._servers sftpd-handler KEY_DIR
+    python -m benchmarks._servers asyncssh KEY_DIR ROOT
 
 Each prints its port on the first line of stdout, then serves until killed.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 import asyncssh
 
 import sftpd
+from sftpd import telemetry
 
 
 class _PasswordServer(asyncssh.SSHServer):
@@ -28,8 +30,15 @@ class _PasswordServer(asyncssh.SSHServer):
         return username == "dev" and password == "dev"
 
 
-async def serve_sftpd(key_dir: str) -> None:
-    """sftpd on the memory backend."""
+async def serve_sftpd(key_dir: str, handler: bool = False) -> None:
+    """sftpd on the memory backend; optionally with one telemetry handler on every event."""
+    if handler:
+        counts: dict[tuple[str, ...], int] = {}
+
+        def count(event: telemetry.Event) -> None:
+            counts[event.name] = counts.get(event.name, 0) + 1
+
+        telemetry.attach("bench-counter", ("sftpd",), count)
     async with sftpd.Server(
         backend=sftpd.MemoryBackend(), auth={"dev": "dev"}, system_dir=key_dir, port=0
     ) as server:
@@ -55,6 +64,8 @@ if __name__ == "__main__":
     kind = sys.argv[1]
     if kind == "sftpd":
         asyncio.run(serve_sftpd(sys.argv[2]))
+    elif kind == "sftpd-handler":
+        asyncio.run(serve_sftpd(sys.argv[2], handler=True))
     elif kind == "asyncssh":
         host_keys = [
             asyncssh.read_private_key(str(p)) for p in Path(sys.argv[2]).glob("ssh_host_*_key")

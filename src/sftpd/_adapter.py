@@ -329,19 +329,18 @@ class SftpAdapter(asyncssh.SFTPServer):
         abandoned = caller == "_cleanup"
         handle = cast(FileHandle, file_obj)
         try:
-            stored = await self._run(
-                "close",
-                handle.close(commit=not abandoned),
-                {
-                    "handle": handle.id,
-                    "path": handle.client_path,
-                    "mode": handle.mode.label,
-                    "close_timeout": handle.close_timeout,
-                    "abandoned": abandoned,
-                    "bytes_read": handle.bytes_read,
-                    "bytes_written": handle.bytes_written,
-                },
-            )
+            meta: dict[str, Any] = {
+                "handle": handle.id,
+                "path": handle.client_path,
+                "mode": handle.mode.label,
+                "close_timeout": handle.close_timeout,
+                "abandoned": abandoned,
+                "bytes_read": handle.bytes_read,
+                "bytes_written": handle.bytes_written,
+                "open_for": time.monotonic_ns() - handle.opened,
+                "stored": False,
+            }
+            stored = await self._run("close", self._close(handle, abandoned, meta), meta)
         finally:
             self._handles.discard(handle)
         if stored:
@@ -354,6 +353,11 @@ class SftpAdapter(asyncssh.SFTPServer):
                     bytes_written=handle.bytes_written,
                 )
             )
+
+    async def _close(self, handle: FileHandle, abandoned: bool, meta: dict[str, Any]) -> bool:
+        stored = await handle.close(commit=not abandoned)
+        meta["stored"] = stored
+        return stored
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         """Read from an open file."""

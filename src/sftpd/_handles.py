@@ -121,6 +121,7 @@ class FileHandle:
         self._closed = False
         self.bytes_read = 0
         self.bytes_written = 0
+        self.opened = time.monotonic_ns()
 
     @classmethod
     async def open(

@@ -21,6 +21,7 @@ from . import __version__
 from ._config import HOST_KEY_GLOB, ServerConfig
 from ._config_file import UserTable, load_config_file
 from ._server import Server
+from .audit import AuditLog
 from .auth import fingerprint
 from .backends.local import LocalBackend
 from .backends.memory import MemoryBackend
@@ -116,6 +117,14 @@ def main() -> None:
 @click.option("--login-timeout", default=120.0, show_default=True,
               type=click.FloatRange(0.001),
               help="Seconds a client has to log in.")  # fmt: skip
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics "
+                   "(needs pysftpd[metrics]).")  # fmt: skip
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address for --metrics-port.")  # fmt: skip
+@click.option("--audit-log", type=str, default=None, metavar="FILE|-",
+              help="Append one JSON line per login, logout, upload, download, delete, "
+                   "rename, mkdir and rmdir to FILE ('-' for standard output).")  # fmt: skip
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
 @click.pass_context
@@ -160,6 +169,20 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
             created = ensure_host_key(key_dir)
             if created is not None:
                 console.print(f"Generated host key [bold]{created}[/]")
+        metrics_port = options.pop("metrics_port")
+        metrics_host = options.pop("metrics_host")
+        audit_target = options.pop("audit_log")
+        if audit_target is not None:
+            AuditLog(audit_target).attach()
+        if metrics_port is not None:
+            try:
+                from .integrations.prometheus import PrometheusMetrics
+            except ImportError as exc:
+                raise ConfigError(str(exc)) from exc
+            metrics = PrometheusMetrics().attach()
+            server = metrics.serve(metrics_port, metrics_host)
+            bound = server.server_address[1]
+            console.print(f"Metrics: http://{metrics_host}:{bound}/metrics")
         config = ServerConfig(
             backend=make_backend(options.pop("backend_spec")),
             auth=table.authenticator(),  # type: ignore[arg-type]

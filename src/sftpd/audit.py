@@ -1,0 +1,148 @@
+"""An audit trail: one JSON line per login, logout and completed data operation.
+
+    from sftpd.audit import AuditLog
+    AuditLog("/var/log/sftpd/audit.jsonl").attach()      # or AuditLog(sys.stdout)
+
+Lines look like::
+
+    {"time": "2026-11-27T10:00:00.123Z", "event": "upload", "user": "alice",
+     "peer": "10.0.0.5:51234", "session": "3f2a...", "path": "/in/report.csv",
+     "bytes": 52311, "duration_ms": 48.2, "result": "ok"}
+
+Events: ``login`` and ``login_failed`` (method, never the password), ``logout`` (bytes
+in and out), ``upload``, ``download``, ``delete``, ``rename`` (``path`` and ``to``),
+``mkdir``, ``rmdir``. Failed operations are logged too, with ``result`` and ``reason``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from .telemetry import Event, TelemetryBus
+from .telemetry import bus as default_bus
+
+__all__ = ["AuditLog"]
+
+_SIMPLE = {"delete": "delete", "del_dir": "rmdir", "make_dir": "mkdir", "rename": "rename"}
+
+
+class AuditLog:
+    """Writes audit lines to a file (appending) or a text stream.
+
+    Args:
+        target: A path, ``"-"`` for standard output, or an open text stream.
+    """
+
+    def __init__(self, target: str | os.PathLike[str] | IO[str]) -> None:
+        if target == "-":
+            self._stream: IO[str] = sys.stdout
+            self._owned = False
+        elif isinstance(target, (str, os.PathLike)):
+            self._stream = open(target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            self._owned = True
+        else:
+            self._stream = target
+            self._owned = False
+        self._lock = threading.Lock()
+        self._bus: TelemetryBus | None = None
+        self.handler_id = f"sftpd-audit-{id(self):x}"
+
+    def attach(self, bus: TelemetryBus | None = None) -> AuditLog:
+        """Start listening on ``bus`` (default: the process-wide bus)."""
+        self._bus = bus if bus is not None else default_bus
+        self._bus.attach(
+            self.handler_id,
+            [("sftpd", "sftp", "close"), ("sftpd", "auth"), ("sftpd", "session", "close")]
+            + [("sftpd", "sftp", op) for op in _SIMPLE],
+            self.handle,
+        )
+        return self
+
+    def close(self) -> None:
+        """Detach and close the file (if this log opened it)."""
+        if self._bus is not None:
+            self._bus.detach(self.handler_id)
+            self._bus = None
+        if self._owned:
+            self._stream.close()
+
+    def handle(self, event: Event) -> None:
+        """Turn one telemetry event into an audit line (or ignore it)."""
+        record = self._record(event)
+        if record is None:
+            return
+        line = json.dumps(record, separators=(",", ":"), default=str)
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+    def _record(self, event: Event) -> dict[str, Any] | None:
+        meta, measure = event.metadata, event.measurements
+        kind = event.name[1:]
+        record: dict[str, Any] = {
+            "time": datetime.fromtimestamp(event.time, timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+        }
+        session = event.session
+        if kind[0] == "auth":
+            record.update(
+                event="login" if kind[1] == "success" else "login_failed",
+                user=meta.get("username"),
+                peer=meta.get("peer"),
+                method=meta.get("method"),
+                result="ok" if kind[1] == "success" else "error",
+            )
+            if "reason" in meta:
+                record["reason"] = meta["reason"]
+            if session is not None:
+                record["session"] = session.id
+            return record
+        if kind == ("session", "close"):
+            record.update(
+                event="logout",
+                user=meta.get("username"),
+                peer=meta.get("peer"),
+                bytes_in=measure.get("bytes_in", 0),
+                bytes_out=measure.get("bytes_out", 0),
+                duration_ms=round(measure.get("duration", 0) / 1e6, 3),
+                result="ok",
+            )
+        elif kind == ("sftp", "close"):
+            if meta.get("abandoned"):
+                name = "upload_abandoned" if meta.get("mode") != "read" else "download"
+            elif meta.get("mode") == "read":
+                name = "download"
+            elif meta.get("stored") or meta.get("result") != "ok":
+                name = "upload"
+            else:
+                return None  # a write handle closed without changes
+            moved = meta.get("bytes_read" if name == "download" else "bytes_written", 0)
+            record.update(
+                event=name,
+                path=meta.get("path"),
+                bytes=moved,
+                duration_ms=round(meta.get("open_for", measure.get("duration", 0)) / 1e6, 3),
+                result=meta.get("result"),
+            )
+        elif kind[0] == "sftp" and kind[1] in _SIMPLE:
+            record.update(
+                event=_SIMPLE[kind[1]],
+                path=meta.get("src_path", meta.get("path")),
+                duration_ms=round(measure.get("duration", 0) / 1e6, 3),
+                result=meta.get("result"),
+            )
+            if kind[1] == "rename":
+                record["to"] = meta.get("dst_path")
+        else:
+            return None
+        if meta.get("result") not in (None, "ok") and "reason" in meta:
+            record["reason"] = meta["reason"]
+        if session is not None:
+            record.update(user=session.username, peer=str(session.peer), session=session.id)
+        return record

@@ -1,0 +1,1 @@
+"""Optional bridges from sftpd's telemetry to other systems (Prometheus, OpenTelemetry)."""

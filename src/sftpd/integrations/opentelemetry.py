@@ -1,0 +1,128 @@
+"""OpenTelemetry spans and metrics from sftpd's telemetry (needs ``pysftpd[otel]``).
+
+    from sftpd.integrations.opentelemetry import instrument
+    instrument()                         # global tracer and meter providers
+    instrument(tracer_provider=tp, meter_provider=mp, bus=my_bus)
+
+Each session is a span (``sftp.session``) from login to logout; each SFTP operation is a
+child span (``sftp.<operation>``) with its metadata as ``sftp.*`` attributes and an error
+status when it failed. Metrics: ``sftpd.bytes.received``, ``sftpd.bytes.sent``,
+``sftpd.operations``, ``sftpd.errors``, ``sftpd.sessions.active`` and the histogram
+``sftpd.operation.duration`` (seconds).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..telemetry import Event, TelemetryBus
+from ..telemetry import bus as default_bus
+
+try:
+    from opentelemetry import metrics, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "OpenTelemetry support needs opentelemetry-api: pip install 'pysftpd[otel]'"
+    ) from exc
+
+__all__ = ["OpenTelemetryBridge", "instrument"]
+
+_ATTRIBUTE_TYPES = (str, bool, int, float)
+
+
+class OpenTelemetryBridge:
+    """Turns telemetry events into spans and metric points."""
+
+    def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+        self.tracer = trace.get_tracer("sftpd", tracer_provider=tracer_provider)
+        meter = metrics.get_meter("sftpd", meter_provider=meter_provider)
+        self.bytes_in = meter.create_counter("sftpd.bytes.received", unit="By")
+        self.bytes_out = meter.create_counter("sftpd.bytes.sent", unit="By")
+        self.operations = meter.create_counter("sftpd.operations")
+        self.errors = meter.create_counter("sftpd.errors")
+        self.active = meter.create_up_down_counter("sftpd.sessions.active")
+        self.duration = meter.create_histogram("sftpd.operation.duration", unit="s")
+        self._sessions: dict[str, Any] = {}
+        self._bus: TelemetryBus | None = None
+        self.handler_id = f"sftpd-otel-{id(self):x}"
+
+    def attach(self, bus: TelemetryBus | None = None) -> OpenTelemetryBridge:
+        """Start bridging events from ``bus`` (default: the process-wide bus)."""
+        self._bus = bus if bus is not None else default_bus
+        self._bus.attach(self.handler_id, ("sftpd",), self.handle)
+        return self
+
+    def detach(self) -> None:
+        """Stop bridging; open session spans are ended."""
+        if self._bus is not None:
+            self._bus.detach(self.handler_id)
+            self._bus = None
+        for span in self._sessions.values():
+            span.end()
+        self._sessions.clear()
+
+    def handle(self, event: Event) -> None:
+        """Record one event."""
+        name, meta, measure = event.name, event.metadata, event.measurements
+        session = event.session
+        if name[1] == "session" and session is not None:
+            if name[2] == "open":
+                span = self.tracer.start_span(
+                    "sftp.session",
+                    kind=SpanKind.SERVER,
+                    start_time=int(event.time * 1e9),
+                    attributes={
+                        "sftp.session.id": session.id,
+                        "enduser.id": session.username,
+                        "client.address": session.peer.host,
+                        "client.port": session.peer.port,
+                        "sftp.auth_method": session.auth_method,
+                    },
+                )
+                self._sessions[session.id] = span
+                self.active.add(1)
+            elif name[2] == "close":
+                span = self._sessions.pop(session.id, None)
+                if span is not None:
+                    span.set_attribute("sftp.bytes_in", int(measure.get("bytes_in", 0)))
+                    span.set_attribute("sftp.bytes_out", int(measure.get("bytes_out", 0)))
+                    span.end(end_time=int(event.time * 1e9))
+                self.active.add(-1)
+            return
+        if name[1] != "sftp":
+            return
+        operation = name[2]
+        labels = {"sftp.operation": operation}
+        duration_ns = int(measure.get("duration", 0))
+        end = int(event.time * 1e9)
+        parent = self._sessions.get(session.id) if session is not None else None
+        context = trace.set_span_in_context(parent) if parent is not None else None
+        span = self.tracer.start_span(
+            f"sftp.{operation}", context=context, start_time=end - duration_ns
+        )
+        for key, value in meta.items():
+            if isinstance(value, _ATTRIBUTE_TYPES) or (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)
+            ):
+                span.set_attribute(f"sftp.{key}", value)
+        if "bytes" in measure:
+            span.set_attribute("sftp.bytes", int(measure["bytes"]))
+        result = meta.get("result")
+        if result in ("error", "exception"):
+            span.set_status(Status(StatusCode.ERROR, str(meta.get("reason", ""))))
+            self.errors.add(1, labels)
+        span.end(end_time=end)
+        self.operations.add(1, labels)
+        self.duration.record(duration_ns / 1e9, labels)
+        if operation == "write" and result == "ok":
+            self.bytes_in.add(int(measure.get("bytes", 0)))
+        elif operation == "read":
+            self.bytes_out.add(int(measure.get("bytes", 0)))
+
+
+def instrument(
+    tracer_provider: Any = None, meter_provider: Any = None, bus: TelemetryBus | None = None
+) -> OpenTelemetryBridge:
+    """Bridge sftpd's telemetry to OpenTelemetry; returns the bridge (``detach()`` it)."""
+    return OpenTelemetryBridge(tracer_provider, meter_provider).attach(bus)

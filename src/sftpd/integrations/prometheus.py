@@ -1,0 +1,119 @@
+"""Prometheus metrics from sftpd's telemetry (needs ``pysftpd[metrics]``).
+
+    from sftpd.integrations.prometheus import PrometheusMetrics
+    metrics = PrometheusMetrics().attach()
+    metrics.serve(9100)            # or expose metrics.registry from your web app
+
+``sftpd serve --metrics-port 9100`` does the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from ..telemetry import Event, TelemetryBus
+from ..telemetry import bus as default_bus
+
+try:
+    import prometheus_client as prom
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "Prometheus metrics need the prometheus-client package: pip install 'pysftpd[metrics]'"
+    ) from exc
+
+__all__ = ["PrometheusMetrics"]
+
+_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                     5, 10, 30)  # fmt: skip
+
+
+class PrometheusMetrics:
+    """Counters, gauges and histograms fed by telemetry events.
+
+    Metrics: ``sftpd_operations_total{operation,result}``,
+    ``sftpd_operation_duration_seconds{operation}``, ``sftpd_bytes_received_total``,
+    ``sftpd_bytes_sent_total``, ``sftpd_uploads_total{result}``,
+    ``sftpd_sessions_active``, ``sftpd_sessions_total``,
+    ``sftpd_logins_total{method,result}``.
+
+    Args:
+        registry: Where to register (default: a new registry of its own).
+    """
+
+    def __init__(self, registry: prom.CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else prom.CollectorRegistry()
+        r = self.registry
+        self.operations = prom.Counter(
+            "sftpd_operations", "SFTP requests served", ["operation", "result"], registry=r
+        )
+        self.durations = prom.Histogram(
+            "sftpd_operation_duration_seconds",
+            "Time spent serving SFTP requests",
+            ["operation"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.bytes_in = prom.Counter("sftpd_bytes_received", "Bytes clients uploaded", registry=r)
+        self.bytes_out = prom.Counter("sftpd_bytes_sent", "Bytes clients downloaded", registry=r)
+        self.uploads = prom.Counter(
+            "sftpd_uploads", "Uploads finished, by outcome", ["result"], registry=r
+        )
+        self.sessions_active = prom.Gauge(
+            "sftpd_sessions_active", "Sessions connected now", registry=r
+        )
+        self.sessions = prom.Counter("sftpd_sessions", "Sessions opened", registry=r)
+        self.logins = prom.Counter(
+            "sftpd_logins", "Login attempts", ["method", "result"], registry=r
+        )
+        self._bus: TelemetryBus | None = None
+        self.handler_id = f"sftpd-prometheus-{id(self):x}"
+
+    def attach(self, bus: TelemetryBus | None = None) -> PrometheusMetrics:
+        """Start counting events from ``bus`` (default: the process-wide bus)."""
+        self._bus = bus if bus is not None else default_bus
+        self._bus.attach(self.handler_id, ("sftpd",), self.handle)
+        return self
+
+    def detach(self) -> None:
+        """Stop counting."""
+        if self._bus is not None:
+            self._bus.detach(self.handler_id)
+            self._bus = None
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> Any:
+        """Serve ``/metrics`` over HTTP from a background thread; returns the server.
+
+        Raises:
+            ConfigError: the port cannot be bound.
+        """
+        try:
+            server, _thread = prom.start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+        return server
+
+    def handle(self, event: Event) -> None:
+        """Update the metrics for one event."""
+        name, meta, measure = event.name, event.metadata, event.measurements
+        if name[1] == "sftp":
+            operation = name[2]
+            self.operations.labels(operation, meta.get("result", "ok")).inc()
+            self.durations.labels(operation).observe(measure.get("duration", 0) / 1e9)
+            if operation == "write" and meta.get("result") == "ok":
+                self.bytes_in.inc(measure.get("bytes", 0))
+            elif operation == "read":
+                self.bytes_out.inc(measure.get("bytes", 0))
+            elif operation == "close" and meta.get("mode") != "read":
+                if meta.get("stored"):
+                    self.uploads.labels("ok").inc()
+                elif meta.get("result") != "ok" or meta.get("abandoned"):
+                    self.uploads.labels("abandoned" if meta.get("abandoned") else "error").inc()
+        elif name[1] == "session":
+            if name[2] == "open":
+                self.sessions_active.inc()
+                self.sessions.inc()
+            elif name[2] == "close":
+                self.sessions_active.dec()
+        elif name[1] == "auth":
+            self.logins.labels(meta.get("method", "unknown"), name[2]).inc()
