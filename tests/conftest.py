@@ -179,3 +179,68 @@ class OpenSSH:
 def openssh(askpass: Path) -> OpenSSH:
     """The OpenSSH sftp client driver."""
     return OpenSSH(askpass)
+
+
+# ------------------------------------------------------------------------- S3 servers
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """SeaweedFS (weed mini) for the whole test run."""
+    from tests.s3_servers import start_seaweedfs
+
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Any:
+    """moto's S3 server for the whole test run."""
+    from tests.s3_servers import start_moto
+
+    server = start_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["seaweedfs", "moto"])
+def s3_server(request: pytest.FixtureRequest) -> Any:
+    """Each S3 test runs against SeaweedFS and against moto."""
+    return request.getfixturevalue("moto_s3" if request.param == "moto" else "seaweedfs")
+
+
+@pytest.fixture
+async def s3_client(s3_server: Any) -> Any:
+    """An aiobotocore client for the test server."""
+    import aiobotocore.session
+
+    from tests.s3_servers import ACCESS_KEY, SECRET_KEY
+
+    session = aiobotocore.session.get_session()
+    async with session.create_client(
+        "s3",
+        endpoint_url=s3_server.endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def bucket(s3_client: Any) -> str:
+    """A new, empty bucket."""
+    import secrets
+
+    name = f"sftpd-{secrets.token_hex(6)}"
+    await s3_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_backend(s3_client: Any, bucket: str) -> Any:
+    """An S3 backend on the test bucket, with 5 MiB parts."""
+    from sftpd.backends.s3 import S3Backend
+
+    return S3Backend(bucket, client=s3_client, part_size=5 << 20, read_chunk=1 << 20)

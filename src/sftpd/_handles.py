@@ -114,6 +114,7 @@ class FileHandle:
         self._attrs = attrs
         self._size = attrs.size if attrs is not None and not mode.truncate else 0
         self._writer: Any = None
+        self._reader: Any = None
         self._whole: bytes | None = None
         self._pending_changes: AttrChanges | None = None
         self._dirty = False
@@ -160,6 +161,8 @@ class FileHandle:
                 handle._writer = await handle._spool(keep)
             # Creating or truncating changes the file even if nothing is written.
             handle._dirty = attrs is None or mode.truncate
+        elif backend.open_reader is not None:
+            handle._reader = await backend.open_reader(path, session)
         return handle
 
     async def _spool(self, keep_existing: bool) -> _Spool:
@@ -179,6 +182,8 @@ class FileHandle:
             raise InvalidParameter("Negative offset or length")
         if self._writer is not None:
             data: bytes = await self._writer.read(offset, length)
+        elif self._reader is not None:
+            data = await self._reader.read(offset, length)
         elif self.backend.read_range is not None:
             data = await self.backend.read_range(self.path, offset, length, self.session)
         else:
@@ -262,6 +267,11 @@ class FileHandle:
         if self._closed:
             return False
         self._closed = True
+        if self._reader is not None:
+            try:
+                await self._reader.close()
+            except Exception:
+                log.warning("closing a reader of %s failed", self.path, exc_info=True)
         writer = self._writer
         if writer is None:
             return False

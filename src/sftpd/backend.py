@@ -20,6 +20,8 @@ Optional, each its own small protocol, detected once at start-up:
 
 - :class:`RangeReads` ``read_range(path, offset, length, session) -> bytes``: reads
   without loading whole files; ``b""`` at end of file.
+- :class:`Readers` ``open_reader(path, session) -> Reader``: a reader per open file, for
+  read-ahead or pinned versions; preferred over ``read_range``.
 - :class:`StreamingWrites` ``open_writer(path, session, *, keep_existing) -> Writer``:
   uploads that stream to storage; the :class:`Writer` makes the file visible only at
   ``commit()`` and leaves nothing behind on ``abort()``.
@@ -59,6 +61,8 @@ __all__ = [
     "FileAttrs",
     "FileType",
     "RangeReads",
+    "Reader",
+    "Readers",
     "SessionHooks",
     "SetAttrs",
     "SpaceInfo",
@@ -269,6 +273,29 @@ class RangeReads(Protocol):
 
 
 @runtime_checkable
+class Reader(Protocol):
+    """One open download, for backends that keep state per handle (read-ahead)."""
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset``; ``b""`` at or past the end."""
+
+    async def close(self) -> None:
+        """Release what the reader holds."""
+
+
+@runtime_checkable
+class Readers(Protocol):
+    """Optional: a stateful reader per open file (preferred over ``read_range``)."""
+
+    async def open_reader(self, path: str, session: Session) -> Reader:
+        """Open ``path`` for reading.
+
+        Raises:
+            NoSuchFile: it does not exist.
+        """
+
+
+@runtime_checkable
 class Writer(Protocol):
     """One upload in progress. Nothing is visible until :meth:`commit`."""
 
@@ -358,6 +385,7 @@ _REQUIRED = (
 
 _OPTIONAL: dict[str, tuple[str, ...]] = {
     "range_reads": ("read_range",),
+    "readers": ("open_reader",),
     "streaming_writes": ("open_writer",),
     "set_attrs": ("set_attrs",),
     "disk_usage": ("disk_usage",),
@@ -370,7 +398,7 @@ def supports(backend: object, capability: str) -> bool:
 
     Args:
         backend: Any object.
-        capability: One of ``range_reads``, ``streaming_writes``, ``set_attrs``,
+        capability: One of ``range_reads``, ``readers``, ``streaming_writes``, ``set_attrs``,
             ``disk_usage``, ``session_hooks``.
     """
     try:
@@ -403,6 +431,7 @@ class BoundBackend:
     read_file: Callable[..., Any]
     write_file: Callable[..., Any]
     read_range: Callable[..., Any] | None = None
+    open_reader: Callable[..., Any] | None = None
     open_writer: Callable[..., Any] | None = None
     set_attrs: Callable[..., Any] | None = None
     disk_usage: Callable[..., Any] | None = None
@@ -476,6 +505,26 @@ class _AsyncWriter:
             self.read = _asyncify(writer.read, executor)
 
 
+class _AsyncReader:
+    """A sync reader whose methods run in the backend's thread pool."""
+
+    def __init__(self, reader: Any, executor: ThreadPoolExecutor) -> None:
+        self.read = _asyncify(reader.read, executor)
+        self.close = _asyncify(reader.close, executor)
+
+
+def _adapting_readers(
+    open_reader: Callable[..., Any], executor: ThreadPoolExecutor
+) -> Callable[..., Any]:
+    async def open_adapted(*args: Any, **kwargs: Any) -> Any:
+        reader = await open_reader(*args, **kwargs)
+        if inspect.iscoroutinefunction(reader.read):
+            return reader
+        return _AsyncReader(reader, executor)
+
+    return open_adapted
+
+
 def _adapting_writers(
     open_writer: Callable[..., Any], executor: ThreadPoolExecutor
 ) -> Callable[..., Any]:
@@ -522,6 +571,8 @@ def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
             methods[name] = _asyncify(getattr(backend, name), executor)
     if "streaming_writes" in capabilities:
         methods["open_writer"] = _adapting_writers(methods["open_writer"], executor)
+    if "readers" in capabilities:
+        methods["open_reader"] = _adapting_readers(methods["open_reader"], executor)
     return BoundBackend(
         backend=backend,
         name=type(backend).__name__,

@@ -102,7 +102,9 @@ def main() -> None:
               help="Generate an ed25519 key in --host-key-dir if it has none.")  # fmt: skip
 @click.option("--backend", "backend_spec", default="memory", show_default=True,
               metavar="SPEC",
-              help="Storage: 'memory', or 'local:/path' to serve a folder.")  # fmt: skip
+              help="Storage: 'memory', 'local:/path' to serve a folder, or "
+                   "'s3://BUCKET/PREFIX' (standard AWS environment and AWS_ENDPOINT_URL; "
+                   "needs pysftpd[s3]).")  # fmt: skip
 @click.option("--max-sessions", default=10, show_default=True, type=click.IntRange(1),
               help="Most sessions at once; more are refused at login.")  # fmt: skip
 @click.option("--open-timeout", default=30.0, show_default=True, type=click.FloatRange(0.001),
@@ -233,3 +235,6 @@ async def _serve(config: ServerConfig, users: list[str]) -> None:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        aclose = getattr(config.backend, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -67,11 +67,11 @@ class BackendConformance:
 
     Paths are absolute and normalized, as the server passes them. Optional capabilities
     (range reads, streaming writes, set_attrs) are tested only when the backend has them.
-    Set ``supports_empty_directories = False`` for stores where a directory exists only
-    while it has entries.
+    Set ``keeps_mtime = False`` for stores that accept but do not keep modification times
+    (object stores).
     """
 
-    supports_empty_directories = True
+    keeps_mtime = True
 
     @pytest.fixture
     def backend(self) -> Any:  # pragma: no cover - subclasses override
@@ -274,4 +274,10 @@ class BackendConformance:
             pytest.skip("backend has no set_attrs")
         await bound.write_file("/t.txt", b"t", session)
         await bound.set_attrs("/t.txt", AttrChanges(mtime=1_500_000_000.0), session)
-        assert int((await bound.stat("/t.txt", session)).mtime) == 1_500_000_000
+        stored = int((await bound.stat("/t.txt", session)).mtime)
+        if self.keeps_mtime:
+            assert stored == 1_500_000_000
+        else:
+            assert stored != 1_500_000_000  # accepted, and honestly not pretended
+        with pytest.raises(FileNotFoundError):
+            await bound.set_attrs("/missing", AttrChanges(mtime=1.0), session)

@@ -168,3 +168,13 @@ class TestLocalBackend(BackendConformance):
         from sftpd.backends.local import LocalBackend
 
         return LocalBackend(tmp_path / "root", create=True, fsync=False)
+
+
+class TestS3Backend(BackendConformance):
+    """The S3 backend against SeaweedFS and moto (AWS semantics)."""
+
+    keeps_mtime = False
+
+    @pytest.fixture
+    def backend(self, s3_backend: Any) -> Any:
+        return s3_backend

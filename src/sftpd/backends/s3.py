@@ -1,0 +1,812 @@
+"""Amazon S3 and S3-compatible storage (MinIO, SeaweedFS...), streaming both ways.
+
+Needs the optional extra: ``pip install 'pysftpd[s3]'`` (aiobotocore).
+
+- Keys: ``/a/b.txt`` is stored as ``<prefix>a/b.txt``. The prefix is static
+  (``prefix="tenant-a/"``) or read from each session's attributes
+  (``prefix=SessionPrefix("sftp_prefix")``, the reference's ``{:session, key}``).
+- Directories: ``mkdir`` writes a ``dir/.keep`` marker; directories implied by keys below
+  them count too. Listings are paginated ``ListObjectsV2`` calls with a delimiter,
+  streamed page by page, with sizes and times from the listing itself.
+- Reads: ranged GETs with a bounded read-ahead window, so a sequential download streams
+  while memory stays bounded; a 416 is the end of the file.
+- Writes: a multipart upload fed as the client writes, with a bounded number of parts in
+  flight; files smaller than one part are a single PutObject at close. The object appears
+  only when the client closes the file; a failed CompleteMultipartUpload fails the close;
+  an abandoned upload is aborted (no object, no open multipart upload).
+- Resume and append (OpenSSH ``reput``): the stored object becomes the first part(s) by
+  ``UploadPartCopy``, so nothing already stored is downloaded or sent again.
+- Rename: server-side copy (multipart copy above 5 GiB) then delete; a directory moves
+  every key below it with bounded concurrency.
+- Errors: 404 is "no such file", 403 "permission denied"; throttling and 5xx are retried
+  with backoff by botocore, then reported as a failure. Raw storage messages never reach
+  the client; they are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from .. import paths
+from .._session import Session
+from ..backend import AttrChanges, DirEntry, FileAttrs, FileType
+from ..errors import (
+    ConfigError,
+    DirectoryNotEmpty,
+    Failure,
+    FileAlreadyExists,
+    InvalidParameter,
+    IsADirectory,
+    NoSuchFile,
+    NotADirectory,
+    PermissionDenied,
+    StorageError,
+    Unsupported,
+)
+
+__all__ = ["S3Backend", "SessionPrefix"]
+
+log = logging.getLogger("sftpd.s3")
+
+MIN_PART_SIZE = 5 << 20
+MAX_COPY_PART = 5 << 30
+KEEP = ".keep"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPrefix:
+    """Read each session's key prefix from ``session.attributes[attribute]``."""
+
+    attribute: str
+
+
+def _import_aiobotocore() -> Any:
+    try:
+        import aiobotocore.session
+        import botocore.config
+        import botocore.exceptions
+    except ImportError as exc:
+        raise ConfigError(
+            "the S3 backend needs aiobotocore: install the extra with pip install 'pysftpd[s3]'"
+        ) from exc
+    return aiobotocore.session, botocore.config, botocore.exceptions
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    error = response.get("Error", {}) if isinstance(response, dict) else {}
+    code = str(error.get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if response else None
+    return code or str(status or "")
+
+
+class S3Backend:
+    """Files in an S3 bucket.
+
+    Args:
+        bucket: The bucket (required).
+        prefix: A static key prefix (``"tenant-a/"``) or a :class:`SessionPrefix`.
+        client: An aiobotocore S3 client you created (and will close); for tests or custom
+            sessions. Otherwise one is created from the standard AWS configuration
+            (environment, ``~/.aws``, ``AWS_ENDPOINT_URL``...).
+        client_factory: A zero-argument callable returning an async context manager that
+            yields a client, instead of ``client``.
+        endpoint_url: Overrides the endpoint (MinIO, SeaweedFS...).
+        region_name: Overrides the region.
+        part_size: Multipart part size in bytes (default 8 MiB, at least 5 MiB).
+        upload_concurrency: Parts of one upload in flight at once.
+        read_ahead: Chunks of one download fetched ahead at once.
+        read_chunk: Size of one ranged GET (default 8 MiB).
+        copy_concurrency: Keys copied at once when a directory is renamed.
+        setstat: ``"ignore"`` (default: accept mtime/mode changes and keep nothing) or
+            ``"refuse"`` (answer "unsupported").
+        max_attempts: Attempts per request, with backoff, for throttling and 5xx.
+
+    Raises:
+        ConfigError: aiobotocore is missing, or an option is invalid.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str | SessionPrefix = "",
+        client: Any = None,
+        client_factory: Any = None,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        part_size: int = 8 << 20,
+        upload_concurrency: int = 4,
+        read_ahead: int = 2,
+        read_chunk: int = 8 << 20,
+        copy_concurrency: int = 8,
+        setstat: str = "ignore",
+        max_attempts: int = 5,
+    ) -> None:
+        self._session_module, self._config_module, self._exceptions = _import_aiobotocore()
+        if not bucket or not isinstance(bucket, str):
+            raise ConfigError("S3Backend needs a bucket name")
+        if isinstance(prefix, str):
+            prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        elif not isinstance(prefix, SessionPrefix):
+            raise ConfigError("prefix must be a string or SessionPrefix('attribute')")
+        if part_size < MIN_PART_SIZE:
+            raise ConfigError(
+                f"part_size must be at least 5 MiB ({MIN_PART_SIZE}), got {part_size}"
+            )
+        for name, value in (("upload_concurrency", upload_concurrency), ("read_ahead", read_ahead),
+                            ("copy_concurrency", copy_concurrency)):  # fmt: skip
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if read_chunk < 64 << 10:
+            raise ConfigError("read_chunk must be at least 64 KiB")
+        if setstat not in ("ignore", "refuse"):
+            raise ConfigError("setstat must be 'ignore' or 'refuse'")
+        if client is not None and client_factory is not None:
+            raise ConfigError("give client or client_factory, not both")
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_size = part_size
+        self.upload_concurrency = upload_concurrency
+        self.read_ahead = read_ahead
+        self.read_chunk = read_chunk
+        self.copy_concurrency = copy_concurrency
+        self.setstat = setstat
+        self._client = client
+        self._factory = client_factory
+        self._endpoint_url = endpoint_url
+        self._region_name = region_name
+        self._max_attempts = max_attempts
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client_lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"S3Backend(bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def client(self) -> Any:
+        """The S3 client, created on first use."""
+        if self._client is not None:
+            return self._client
+        if self._client_lock is None:
+            self._client_lock = asyncio.Lock()
+        async with self._client_lock:
+            if self._client is None:
+                stack = contextlib.AsyncExitStack()
+                if self._factory is not None:
+                    self._client = await stack.enter_async_context(self._factory())
+                else:
+                    session = self._session_module.get_session()
+                    config = self._config_module.Config(
+                        retries={"max_attempts": self._max_attempts, "mode": "standard"},
+                        max_pool_connections=max(16, self.upload_concurrency * 4),
+                    )
+                    self._client = await stack.enter_async_context(
+                        session.create_client(
+                            "s3",
+                            endpoint_url=self._endpoint_url,
+                            region_name=self._region_name,
+                            config=config,
+                        )
+                    )
+                self._stack = stack
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close a client this backend created (not one that was given to it)."""
+        if self._stack is not None:
+            await self._stack.aclose()
+            self._stack = None
+            self._client = None
+
+    def _base(self, session: Session) -> str:
+        prefix = self.prefix
+        if isinstance(prefix, SessionPrefix):
+            value = session.attributes.get(prefix.attribute)
+            if not isinstance(value, str) or not value.strip("/"):
+                log.error("session %s has no %r attribute for its S3 prefix", session.id,
+                          prefix.attribute)  # fmt: skip
+                raise PermissionDenied("No storage prefix for this session")
+            if ".." in value.split("/"):
+                raise PermissionDenied("Invalid storage prefix for this session")
+            return value.strip("/") + "/"
+        return prefix
+
+    def key(self, path: str, session: Session) -> str:
+        """The object key of a file path."""
+        return self._base(session) + paths.to_key(path)
+
+    def dir_prefix(self, path: str, session: Session) -> str:
+        """The key prefix of everything inside a directory path."""
+        key = paths.to_key(path)
+        return self._base(session) + (key + "/" if key else "")
+
+    def _translate(self, exc: BaseException, what: str) -> StorageError:
+        code = _error_code(exc)
+        if code in ("404", "NoSuchKey", "NotFound", "NoSuchUpload"):
+            return NoSuchFile()
+        if code in ("403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
+                    "SignatureDoesNotMatch"):  # fmt: skip
+            log.warning("S3 %s denied (bucket %s): %s", what, self.bucket, exc)
+            return PermissionDenied()
+        if code in ("InvalidRange", "416"):
+            return InvalidParameter("Range not satisfiable")
+        log.error("S3 %s failed (bucket %s): %s", what, self.bucket, exc)
+        return Failure("Storage error")
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except StorageError:
+            raise
+        except (self._exceptions.BotoCoreError, self._exceptions.ClientError) as exc:
+            raise self._translate(exc, what) from exc
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.error("S3 %s failed (bucket %s): %s", what, self.bucket, exc)
+            raise Failure("Storage unavailable") from exc
+
+    async def _head(self, key: str) -> dict[str, Any] | None:
+        client = await self.client()
+        try:
+            async with self._errors("HeadObject"):
+                return dict(await client.head_object(Bucket=self.bucket, Key=key))
+        except NoSuchFile:
+            return None
+
+    async def _has_children(self, prefix: str, limit: int = 1) -> list[str]:
+        """Up to ``limit`` keys below ``prefix`` (any depth)."""
+        client = await self.client()
+        async with self._errors("ListObjectsV2"):
+            page = await client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=limit)
+        return [item["Key"] for item in page.get("Contents", [])]
+
+    async def _kind(self, path: str, session: Session) -> tuple[FileType, dict[str, Any]] | None:
+        if path == "/":
+            return FileType.DIRECTORY, {}
+        head = await self._head(self.key(path, session))
+        if head is not None:
+            return FileType.FILE, head
+        if await self._has_children(self.dir_prefix(path, session)):
+            return FileType.DIRECTORY, {}
+        return None
+
+    async def _require_parent(self, path: str, session: Session) -> None:
+        parent = paths.parent(path)
+        if parent == "/":
+            return
+        kind = await self._kind(parent, session)
+        if kind is None:
+            raise NoSuchFile("Parent directory does not exist")
+        if kind[0] is not FileType.DIRECTORY:
+            raise NoSuchFile("Parent is not a directory")
+
+    # ------------------------------------------------------------------ required
+
+    async def stat(self, path: str, session: Session) -> FileAttrs:
+        """A file from HEAD, or a directory (marker or keys below it)."""
+        kind = await self._kind(path, session)
+        if kind is None:
+            raise NoSuchFile()
+        if kind[0] is FileType.DIRECTORY:
+            return FileAttrs(type=FileType.DIRECTORY, mtime=time.time(), permissions=0o755)
+        head = kind[1]
+        return FileAttrs(
+            type=FileType.FILE,
+            size=int(head.get("ContentLength", 0)),
+            mtime=head["LastModified"].timestamp() if "LastModified" in head else time.time(),
+            permissions=0o644,
+        )
+
+    async def list_dir(self, path: str, session: Session) -> AsyncIterator[DirEntry]:
+        """Stream a directory, one ListObjectsV2 page at a time."""
+        prefix = self.dir_prefix(path, session)
+        client = await self.client()
+        token: str | None = None
+        seen_any = False
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
+            if token:
+                kwargs["ContinuationToken"] = token
+            async with self._errors("ListObjectsV2"):
+                page = await client.list_objects_v2(**kwargs)
+            for common in page.get("CommonPrefixes", []):
+                seen_any = True
+                name = common["Prefix"][len(prefix) :].rstrip("/")
+                if name and "/" not in name:
+                    yield DirEntry(name, FileAttrs(type=FileType.DIRECTORY, mtime=time.time(),
+                                                   permissions=0o755))  # fmt: skip
+            for item in page.get("Contents", []):
+                seen_any = True
+                name = item["Key"][len(prefix) :]
+                if not name or name == KEEP or name.endswith("/") or "/" in name:
+                    continue
+                yield DirEntry(
+                    name,
+                    FileAttrs(
+                        type=FileType.FILE,
+                        size=int(item.get("Size", 0)),
+                        mtime=item["LastModified"].timestamp(),
+                        permissions=0o644,
+                    ),
+                )
+            if not page.get("IsTruncated"):
+                break
+            token = page.get("NextContinuationToken")
+        if not seen_any and path != "/":
+            kind = await self._kind(path, session)
+            if kind is None:
+                raise NoSuchFile()
+            if kind[0] is FileType.FILE:
+                raise NotADirectory()
+
+    async def make_dir(self, path: str, session: Session) -> None:
+        """Write a ``dir/.keep`` marker."""
+        await self._require_parent(path, session)
+        if await self._kind(path, session) is not None:
+            raise FileAlreadyExists()
+        client = await self.client()
+        async with self._errors("PutObject"):
+            await client.put_object(
+                Bucket=self.bucket, Key=self.dir_prefix(path, session) + KEEP, Body=b""
+            )
+
+    async def remove_dir(self, path: str, session: Session) -> None:
+        """Delete an empty directory's marker; fail if anything else is below it."""
+        kind = await self._kind(path, session)
+        if kind is None:
+            raise NoSuchFile()
+        if kind[0] is FileType.FILE:
+            raise NotADirectory()
+        prefix = self.dir_prefix(path, session)
+        below = await self._has_children(prefix, limit=3)
+        if any(key not in (prefix + KEEP, prefix) for key in below):
+            raise DirectoryNotEmpty()
+        client = await self.client()
+        async with self._errors("DeleteObjects"):
+            await client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": prefix + KEEP}, {"Key": prefix}], "Quiet": True},
+            )
+
+    async def remove_file(self, path: str, session: Session) -> None:
+        """Delete an object (after checking it exists: S3 deletes are silent)."""
+        kind = await self._kind(path, session)
+        if kind is None:
+            raise NoSuchFile()
+        if kind[0] is FileType.DIRECTORY:
+            raise IsADirectory()
+        client = await self.client()
+        async with self._errors("DeleteObject"):
+            await client.delete_object(Bucket=self.bucket, Key=self.key(path, session))
+
+    async def rename(self, src: str, dst: str, session: Session, *, overwrite: bool) -> None:
+        """Server-side copy then delete; directories move every key below them."""
+        kind = await self._kind(src, session)
+        if kind is None:
+            raise NoSuchFile()
+        if src == dst:
+            return
+        if dst.startswith(src + "/"):
+            raise InvalidParameter("Cannot move a directory into itself")
+        await self._require_parent(dst, session)
+        target = await self._kind(dst, session)
+        if target is not None:
+            if not overwrite:
+                raise FileAlreadyExists()
+            if target[0] is FileType.DIRECTORY:
+                raise IsADirectory() if kind[0] is FileType.FILE else DirectoryNotEmpty()
+            if kind[0] is FileType.DIRECTORY:
+                raise NotADirectory()
+        if kind[0] is FileType.FILE:
+            src_key = self.key(src, session)
+            await self._copy(src_key, self.key(dst, session), int(kind[1]["ContentLength"]))
+            client = await self.client()
+            async with self._errors("DeleteObject"):
+                await client.delete_object(Bucket=self.bucket, Key=src_key)
+            return
+        await self._move_tree(self.dir_prefix(src, session), self.dir_prefix(dst, session))
+
+    async def _move_tree(self, src_prefix: str, dst_prefix: str) -> None:
+        client = await self.client()
+        limit = asyncio.Semaphore(self.copy_concurrency)
+        moved: list[str] = []
+
+        async def copy_one(key: str, size: int) -> None:
+            async with limit:
+                await self._copy(key, dst_prefix + key[len(src_prefix) :], size)
+            moved.append(key)
+
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": src_prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            async with self._errors("ListObjectsV2"):
+                page = await client.list_objects_v2(**kwargs)
+            items = page.get("Contents", [])
+            await asyncio.gather(*(copy_one(i["Key"], int(i.get("Size", 0))) for i in items))
+            if not page.get("IsTruncated"):
+                break
+            token = page.get("NextContinuationToken")
+        for start in range(0, len(moved), 1000):
+            batch = [{"Key": key} for key in moved[start : start + 1000]]
+            async with self._errors("DeleteObjects"):
+                await client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+        with contextlib.suppress(StorageError):  # SeaweedFS keeps the emptied folder entry
+            async with self._errors("DeleteObject"):
+                await client.delete_object(Bucket=self.bucket, Key=src_prefix)
+
+    async def _copy(self, src_key: str, dst_key: str, size: int) -> None:
+        client = await self.client()
+        source = {"Bucket": self.bucket, "Key": src_key}
+        if size <= MAX_COPY_PART:
+            async with self._errors("CopyObject"):
+                await client.copy_object(Bucket=self.bucket, Key=dst_key, CopySource=source)
+            return
+        async with self._errors("CreateMultipartUpload"):
+            upload = await client.create_multipart_upload(Bucket=self.bucket, Key=dst_key)
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, MAX_COPY_PART), 1):
+                end = min(size, start + MAX_COPY_PART) - 1
+                async with self._errors("UploadPartCopy"):
+                    result = await client.upload_part_copy(
+                        Bucket=self.bucket, Key=dst_key, UploadId=upload_id, PartNumber=number,
+                        CopySource=source, CopySourceRange=f"bytes={start}-{end}",
+                    )  # fmt: skip
+                parts.append({"PartNumber": number, "ETag": result["CopyPartResult"]["ETag"]})
+            async with self._errors("CompleteMultipartUpload"):
+                await client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=dst_key, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )  # fmt: skip
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=dst_key, UploadId=upload_id
+                )
+            raise
+
+    async def read_file(self, path: str, session: Session) -> bytes:
+        """A whole object."""
+        client = await self.client()
+        key = self.key(path, session)
+        async with self._errors("GetObject"):
+            response = await client.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        return data
+
+    async def write_file(self, path: str, data: bytes, session: Session) -> None:
+        """One PutObject."""
+        await self._require_parent(path, session)
+        if await self._is_dir(path, session):
+            raise IsADirectory()
+        client = await self.client()
+        async with self._errors("PutObject"):
+            await client.put_object(Bucket=self.bucket, Key=self.key(path, session), Body=data)
+
+    async def _is_dir(self, path: str, session: Session) -> bool:
+        return path == "/" or bool(await self._has_children(self.dir_prefix(path, session)))
+
+    # ------------------------------------------------------------------ optional
+
+    async def read_range(self, path: str, offset: int, length: int, session: Session) -> bytes:
+        """One ranged GET; ``b""`` past the end (416)."""
+        return await self._get_range(self.key(path, session), offset, length)
+
+    async def _get_range(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        client = await self.client()
+        try:
+            async with self._errors("GetObject"):
+                response = await client.get_object(
+                    Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}"
+                )
+                async with response["Body"] as body:
+                    data: bytes = await body.read()
+        except InvalidParameter:
+            return b""  # 416: at or past the end
+        return data
+
+    async def open_reader(self, path: str, session: Session) -> S3Reader:
+        """A reader with read-ahead for one open file."""
+        key = self.key(path, session)
+        head = await self._head(key)
+        if head is None:
+            raise NoSuchFile()
+        return S3Reader(self, key, int(head.get("ContentLength", 0)), head.get("ETag"))
+
+    async def open_writer(self, path: str, session: Session, *, keep_existing: bool) -> S3Writer:
+        """Start an upload that becomes visible at commit."""
+        await self._require_parent(path, session)
+        if await self._is_dir(path, session):
+            raise IsADirectory()
+        key = self.key(path, session)
+        existing = 0
+        if keep_existing:
+            head = await self._head(key)
+            existing = int(head.get("ContentLength", 0)) if head else 0
+        writer = S3Writer(self, key)
+        if existing:
+            await writer.start_from_existing(existing)
+        return writer
+
+    async def set_attrs(self, path: str, changes: AttrChanges, session: Session) -> None:
+        """Objects keep no times or modes: accept and ignore (or refuse) such changes."""
+        attrs = await self.stat(path, session)
+        if changes.size is not None and changes.size != attrs.size:
+            raise Unsupported("Objects cannot be resized")
+        if self.setstat == "refuse" and (
+            changes.mtime is not None or changes.permissions is not None
+        ):
+            raise Unsupported("Objects keep no times or permissions")
+
+
+class S3Reader:
+    """Sequential downloads with a bounded read-ahead window of ranged GETs."""
+
+    def __init__(self, backend: S3Backend, key: str, size: int, etag: str | None) -> None:
+        self._backend = backend
+        self._key = key
+        self.size = size
+        self._chunk = backend.read_chunk
+        self._chunks: dict[int, asyncio.Task[bytes]] = {}
+
+    def _fetch(self, index: int) -> asyncio.Task[bytes]:
+        task = self._chunks.get(index)
+        if task is None:
+            start = index * self._chunk
+            task = asyncio.get_running_loop().create_task(
+                self._backend._get_range(self._key, start, min(self._chunk, self.size - start))
+            )
+            self._chunks[index] = task
+        return task
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset``; chunks ahead are fetched meanwhile."""
+        if offset >= self.size or length <= 0:
+            return b""
+        end = min(self.size, offset + length)
+        first, last = offset // self._chunk, (end - 1) // self._chunk
+        # Keep only the window: chunks before this read are done with.
+        for index in [i for i in self._chunks if i < first]:
+            self._chunks.pop(index).cancel()
+        last_chunk = (self.size - 1) // self._chunk
+        for index in range(first, min(last_chunk, last + self._backend.read_ahead) + 1):
+            self._fetch(index)
+        pieces = []
+        for index in range(first, last + 1):
+            data = await self._fetch(index)
+            base = index * self._chunk
+            pieces.append(data[max(0, offset - base) : end - base])
+        return b"".join(pieces)
+
+    async def close(self) -> None:
+        """Cancel the read-ahead."""
+        for task in self._chunks.values():
+            task.cancel()
+        self._chunks.clear()
+
+
+class S3Writer:
+    """An upload: a multipart upload fed part by part, or one PutObject for small files.
+
+    Sequential writes fill a part buffer; full parts upload in the background, at most
+    ``upload_concurrency`` at once (so memory stays near ``part_size * (concurrency+1)``).
+    A write that jumps back before the current part (or ahead of it) switches the upload
+    to a temporary file sent at close, unless parts were already sent: rewriting data
+    that was already uploaded is refused with a clear error.
+    """
+
+    def __init__(self, backend: S3Backend, key: str) -> None:
+        self._backend = backend
+        self._key = key
+        self._upload_id: str | None = None
+        self._parts: dict[int, str] = {}
+        self._next_part = 1
+        self._buffer = bytearray()
+        self._buffer_start = 0  # file offset of the buffer's first byte
+        self._limit = asyncio.Semaphore(backend.upload_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._spill: Any = None
+        self._spill_size = 0
+        self._failed: BaseException | None = None
+        self._done = False
+
+    @property
+    def upload_id(self) -> str | None:
+        """The multipart upload id, once one was started."""
+        return self._upload_id
+
+    async def _client(self) -> Any:
+        return await self._backend.client()
+
+    async def _start_multipart(self) -> str:
+        if self._upload_id is None:
+            client = await self._client()
+            async with self._backend._errors("CreateMultipartUpload"):
+                result = await client.create_multipart_upload(
+                    Bucket=self._backend.bucket, Key=self._key
+                )
+            self._upload_id = str(result["UploadId"])
+        return self._upload_id
+
+    async def start_from_existing(self, size: int) -> None:
+        """Begin with the stored object: copied as parts if large, in memory if small."""
+        if size < MIN_PART_SIZE:
+            self._buffer = bytearray(await self._backend._get_range(self._key, 0, size))
+            return
+        upload_id = await self._start_multipart()
+        client = await self._client()
+        source = {"Bucket": self._backend.bucket, "Key": self._key}
+        for start in range(0, size, MAX_COPY_PART):
+            end = min(size, start + MAX_COPY_PART) - 1
+            number = self._next_part
+            self._next_part += 1
+            async with self._backend._errors("UploadPartCopy"):
+                result = await client.upload_part_copy(
+                    Bucket=self._backend.bucket, Key=self._key, UploadId=upload_id,
+                    PartNumber=number, CopySource=source, CopySourceRange=f"bytes={start}-{end}",
+                )  # fmt: skip
+            self._parts[number] = result["CopyPartResult"]["ETag"]
+        self._buffer_start = size
+
+    @property
+    def _end(self) -> int:
+        return self._buffer_start + len(self._buffer)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        """Store ``data`` at ``offset``."""
+        if self._failed is not None:
+            raise Failure("An earlier part of this upload failed")
+        if self._spill is not None:
+            self._spill.seek(offset)
+            self._spill.write(data)
+            self._spill_size = max(self._spill_size, offset + len(data))
+            return
+        sent = self._upload_id is not None
+        if offset < self._buffer_start:
+            raise InvalidParameter(
+                "This part of the file was already sent to storage and cannot be rewritten"
+            )
+        if offset > self._end:
+            if not sent:
+                await self._switch_to_spill()
+                await self.write(offset, data)
+                return
+            if offset - self._end > self._backend.part_size:
+                raise InvalidParameter("Writes may skip ahead at most one part")
+            self._buffer += bytes(offset - self._end)
+        if offset == self._end:
+            self._buffer += data
+        else:
+            end = offset + len(data)
+            if end > self._end:
+                self._buffer += bytes(end - self._end)
+            rel = offset - self._buffer_start
+            self._buffer[rel : rel + len(data)] = data
+        part = self._backend.part_size
+        while len(self._buffer) >= part:
+            await self._send_part(bytes(self._buffer[:part]))
+            del self._buffer[:part]
+            self._buffer_start += part
+
+    async def _switch_to_spill(self) -> None:
+        spill = tempfile.TemporaryFile()  # noqa: SIM115
+        spill.write(self._buffer)
+        self._spill_size = len(self._buffer)
+        self._buffer = bytearray()
+        self._spill = spill
+
+    async def _send_part(self, data: bytes) -> None:
+        upload_id = await self._start_multipart()
+        number = self._next_part
+        self._next_part += 1
+        await self._limit.acquire()
+
+        async def upload() -> None:
+            try:
+                client = await self._client()
+                async with self._backend._errors("UploadPart"):
+                    result = await client.upload_part(
+                        Bucket=self._backend.bucket, Key=self._key, UploadId=upload_id,
+                        PartNumber=number, Body=data,
+                    )  # fmt: skip
+                self._parts[number] = result["ETag"]
+            except BaseException as exc:
+                self._failed = exc
+                raise
+            finally:
+                self._limit.release()
+
+        task = asyncio.get_running_loop().create_task(upload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def commit(self) -> None:
+        """Send what is left and complete the upload (or PutObject a small file)."""
+        client = await self._client()
+        bucket = self._backend.bucket
+        try:
+            if self._spill is not None:
+                await self._commit_spill()
+            elif self._upload_id is None:
+                async with self._backend._errors("PutObject"):
+                    await client.put_object(Bucket=bucket, Key=self._key, Body=bytes(self._buffer))
+            else:
+                if self._buffer or self._next_part == 1:
+                    await self._send_part(bytes(self._buffer))
+                    self._buffer = bytearray()
+                await self._drain()
+                parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
+                async with self._backend._errors("CompleteMultipartUpload"):
+                    await client.complete_multipart_upload(
+                        Bucket=bucket, Key=self._key, UploadId=self._upload_id,
+                        MultipartUpload={"Parts": parts},
+                    )  # fmt: skip
+                self._upload_id = None
+        except BaseException:
+            await self.abort()
+            raise
+        self._done = True
+
+    async def _commit_spill(self) -> None:
+        spill, size = self._spill, self._spill_size
+        self._spill = None
+        try:
+            spill.seek(0)
+            if size < self._backend.part_size:
+                client = await self._client()
+                async with self._backend._errors("PutObject"):
+                    await client.put_object(Bucket=self._backend.bucket, Key=self._key,
+                                            Body=spill.read(size))  # fmt: skip
+                return
+            self._buffer = bytearray()
+            self._buffer_start = 0
+            while chunk := spill.read(self._backend.part_size):
+                await self.write(self._end, chunk)
+        finally:
+            spill.close()
+        await self.commit()
+
+    async def _drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._failed is not None:
+            raise Failure("Uploading a part failed") from self._failed
+
+    async def abort(self) -> None:
+        """Cancel parts in flight and abort the multipart upload: nothing remains."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is not None:
+            try:
+                client = await self._client()
+                await client.abort_multipart_upload(
+                    Bucket=self._backend.bucket, Key=self._key, UploadId=upload_id
+                )
+            except Exception:
+                log.warning("aborting multipart upload %s of %s failed; a bucket lifecycle rule "
+                            "for incomplete uploads will clean it", upload_id, self._key,
+                            exc_info=True)  # fmt: skip
