@@ -42,7 +42,7 @@ def _parse_user(value: str) -> tuple[str, str]:
 
 
 def make_backend(spec: str) -> Any:
-    """Build a backend from its command-line form (``memory``, ``local:/path``)."""
+    """Build a backend from its command-line form (``memory``, ``local:/path``, ``s3://...``)."""
     kind, _, rest = spec.partition(":")
     kind = kind.lower()
     if kind == "memory" and not rest:
@@ -53,8 +53,18 @@ def make_backend(spec: str) -> Any:
                 "local needs a folder: local:/srv/sftp", param_hint="--backend"
             )
         return LocalBackend(rest)
+    if kind == "s3":
+        bucket, _, prefix = rest.removeprefix("//").partition("/")
+        if not bucket:
+            raise click.BadParameter(
+                "s3 needs a bucket: s3://BUCKET/PREFIX", param_hint="--backend"
+            )
+        from .backends.s3 import S3Backend
+
+        return S3Backend(bucket, prefix=prefix)
     raise click.BadParameter(
-        f"unknown backend {spec!r}; choose: memory, local:/path", param_hint="--backend"
+        f"unknown backend {spec!r}; choose: memory, local:/path, s3://BUCKET/PREFIX",
+        param_hint="--backend",
     )
 
 

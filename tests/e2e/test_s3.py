@@ -1,0 +1,352 @@
+"""End-to-end: the S3 backend behind a real server, against SeaweedFS and moto."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+import sftpd
+from sftpd import telemetry
+from sftpd.backends.s3 import S3Backend, SessionPrefix
+from sftpd.testing import running_server
+from tests.conftest import OpenSSH, connect, make_file, sha256, sha256_file
+from tests.s3_servers import aws_env
+
+MiB = 1 << 20
+
+
+async def open_uploads(client: Any, bucket: str) -> list[str]:
+    """Keys with multipart uploads still open."""
+    page = await client.list_multipart_uploads(Bucket=bucket)
+    return [u["Key"] for u in page.get("Uploads", [])]
+
+
+async def keys(client: Any, bucket: str) -> list[str]:
+    """Every key in the bucket."""
+    page = await client.list_objects_v2(Bucket=bucket)
+    return sorted(item["Key"] for item in page.get("Contents", []))
+
+
+async def test_streamed_upload_and_download(
+    s3_backend: S3Backend, s3_client: Any, bucket: str
+) -> None:
+    """A 23 MiB upload goes up as parts while the client writes and downloads intact."""
+    data = os.urandom(23 * MiB)
+    bus = telemetry.TelemetryBus()
+    async with running_server(backend=s3_backend, telemetry=bus) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            f = await sftp.open("/big.bin", "wb")
+            for start in range(0, len(data), MiB):
+                await f.write(data[start : start + MiB], start)
+            assert await keys(s3_client, bucket) == []  # nothing visible before close
+            assert await open_uploads(s3_client, bucket) == ["big.bin"]
+            await f.close()
+            assert await keys(s3_client, bucket) == ["big.bin"]
+            async with sftp.open("/big.bin", "rb") as f:
+                assert sha256(await f.read()) == sha256(data)
+            async with sftp.open("/big.bin", "rb") as f:  # random reads
+                assert await f.read(100, 17 * MiB + 3) == data[17 * MiB + 3 : 17 * MiB + 103]
+                assert await f.read(100, len(data) - 10) == data[-10:]
+    assert await open_uploads(s3_client, bucket) == []
+
+
+async def test_small_file_is_one_put_and_listing_has_sizes(
+    s3_backend: S3Backend, s3_client: Any, bucket: str
+) -> None:
+    """A small upload is one PutObject; listings carry sizes without extra requests."""
+    async with running_server(backend=s3_backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            await sftp.mkdir("/docs")
+            async with sftp.open("/docs/a.txt", "wb") as f:
+                await f.write(b"hello")
+            names = {n.filename: n.attrs for n in await sftp.readdir("/docs")}
+            assert names["a.txt"].size == 5
+            assert ".keep" not in names
+            await sftp.rename("/docs", "/papers")
+            assert await sftp.listdir("/papers") == [".", "..", "a.txt"]
+            with pytest.raises(asyncssh.SFTPNoSuchFile):
+                await sftp.stat("/docs")
+            with pytest.raises(asyncssh.SFTPFailure):
+                await sftp.rmdir("/papers")  # not empty
+            await sftp.remove("/papers/a.txt")
+            await sftp.rmdir("/papers")
+            assert await sftp.listdir("/") == [".", ".."]
+    assert await keys(s3_client, bucket) == []
+
+
+async def test_abandoned_upload_leaves_no_object_and_no_multipart(
+    s3_backend: S3Backend, s3_client: Any, bucket: str
+) -> None:
+    """A client that disconnects mid-upload leaves no object and no open multipart upload."""
+    async with running_server(backend=s3_backend) as server:
+        async with connect(server.port) as conn:
+            sftp = await conn.start_sftp_client()
+            f = await sftp.open("/gone.bin", "wb")
+            await f.write(os.urandom(12 * MiB))
+            assert await open_uploads(s3_client, bucket) == ["gone.bin"]
+        for _ in range(100):
+            if not await open_uploads(s3_client, bucket):
+                break
+            await asyncio.sleep(0.05)
+    assert await open_uploads(s3_client, bucket) == []
+    assert await keys(s3_client, bucket) == []
+
+
+class FailingComplete:
+    """Wraps a client so that CompleteMultipartUpload fails."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def complete_multipart_upload(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "boom"}},
+                          "CompleteMultipartUpload")  # fmt: skip
+
+
+async def test_failed_complete_fails_the_close(s3_client: Any, bucket: str) -> None:
+    """A failed CompleteMultipartUpload is reported on close; nothing is left behind."""
+    backend = S3Backend(bucket, client=FailingComplete(s3_client), part_size=5 * MiB)
+    async with running_server(backend=backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            f = await sftp.open("/x.bin", "wb")
+            await f.write(os.urandom(11 * MiB))
+            with pytest.raises(asyncssh.SFTPFailure, match="Storage error"):
+                await f.close()
+    assert await keys(s3_client, bucket) == []
+    assert await open_uploads(s3_client, bucket) == []
+
+
+async def test_resume_copies_instead_of_resending(
+    s3_backend: S3Backend, s3_client: Any, bucket: str, openssh: OpenSSH, tmp_path: Path
+) -> None:
+    """reput of a half-uploaded file sends only the missing tail (UploadPartCopy for the rest)."""
+    src = make_file(tmp_path / "half.bin", 14 * MiB, seed=9)
+    data = src.read_bytes()
+    await s3_client.put_object(Bucket=bucket, Key="half.bin", Body=data[: 7 * MiB])
+    bus = telemetry.TelemetryBus()
+    written: list[int] = []
+    bus.attach(
+        "w", ("sftpd", "sftp", "write"), lambda e: written.append(int(e.measurements["bytes"]))
+    )
+    async with running_server(backend=s3_backend, telemetry=bus) as server:
+        result = await openssh.run(server.port, "reput half.bin half.bin\n", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sum(written) == 7 * MiB  # only the tail crossed the wire
+    stored = await s3_client.get_object(Bucket=bucket, Key="half.bin")
+    async with stored["Body"] as body:
+        assert sha256(await body.read()) == sha256(data)
+    assert await open_uploads(s3_client, bucket) == []
+
+
+async def test_small_resume_and_append_recompose(
+    s3_backend: S3Backend, s3_client: Any, bucket: str
+) -> None:
+    """Appending to an object smaller than a part recomposes it in memory."""
+    await s3_client.put_object(Bucket=bucket, Key="log.txt", Body=b"one\n")
+    async with running_server(backend=s3_backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/log.txt", "ab") as f:
+                await f.write(b"two\n")
+            async with sftp.open("/log.txt", "rb") as f:
+                assert await f.read() == b"one\ntwo\n"
+
+
+async def test_tenants_isolated_by_session_prefix(s3_client: Any, bucket: str) -> None:
+    """With prefix=SessionPrefix(...), each tenant's keys live under its own prefix."""
+
+    class Auth:
+        def authenticate_password(self, username: str, password: str, peer: Any) -> Any:
+            return {"sftp_prefix": f"tenants/{username}/"} if password == "pw" else None
+
+    backend = S3Backend(bucket, client=s3_client, prefix=SessionPrefix("sftp_prefix"))
+    async with running_server(backend=backend, auth=Auth()) as server:
+        async with connect(server.port, "acme", "pw") as conn, conn.start_sftp_client() as a:
+            async with a.open("/invoice.pdf", "wb") as f:
+                await f.write(b"acme")
+            with pytest.raises(asyncssh.SFTPNoSuchFile):  # acme has no /globex directory
+                await a.open("/../../globex/evil.txt", "wb")
+            async with a.open("/../../evil.txt", "wb") as f:
+                await f.write(b"x")
+        async with connect(server.port, "globex", "pw") as conn, conn.start_sftp_client() as g:
+            assert await g.listdir("/") == [".", ".."]
+            with pytest.raises(asyncssh.SFTPNoSuchFile):
+                await g.stat("/../acme/invoice.pdf")
+    assert await keys(s3_client, bucket) == ["tenants/acme/evil.txt", "tenants/acme/invoice.pdf"]
+
+
+async def test_missing_session_prefix_is_refused(s3_client: Any, bucket: str) -> None:
+    """A session without the prefix attribute gets permission denied, not the bucket root."""
+    backend = S3Backend(bucket, client=s3_client, prefix=SessionPrefix("sftp_prefix"))
+    async with running_server(backend=backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                await sftp.listdir("/")
+
+
+async def test_listing_streams_pages(s3_backend: S3Backend, s3_client: Any, bucket: str) -> None:
+    """A 2100-key prefix lists completely, and the first entry comes before the last page."""
+    await asyncio.gather(*(
+        s3_client.put_object(Bucket=bucket, Key=f"many/{i:05d}", Body=b"")
+        for i in range(2100)
+    ))  # fmt: skip
+    calls = 0
+    original = s3_client.list_objects_v2
+
+    async def counting(**kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await original(**kwargs)
+
+    s3_client.list_objects_v2 = counting
+    try:
+        session = sftpd.testing.make_session()
+        seen = 0
+        first_at = None
+        async for _entry in s3_backend.list_dir("/many", session):
+            seen += 1
+            if first_at is None:
+                first_at = calls
+        assert seen == 2100
+        assert first_at == 1
+        assert calls >= 3
+    finally:
+        s3_client.list_objects_v2 = original
+
+
+async def test_wrong_credentials_answer_permission_denied(seaweedfs: Any) -> None:
+    """A 403 from storage is "permission denied" for the client, never a raw message.
+
+    (SeaweedFS only: moto accepts any credentials.)
+    """
+    backend = S3Backend("any-bucket", endpoint_url=seaweedfs.endpoint, region_name="us-east-1")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "wrong")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        try:
+            async with running_server(backend=backend) as server:
+                async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+                    with pytest.raises(asyncssh.SFTPPermissionDenied) as denied:
+                        await sftp.listdir("/")
+        finally:
+            await backend.aclose()
+    assert "InvalidAccessKeyId" not in str(denied.value)
+    assert "botocore" not in str(denied.value)
+
+
+def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without aiobotocore, constructing the backend fails with the extra to install."""
+    monkeypatch.setitem(sys.modules, "aiobotocore", None)
+    monkeypatch.setitem(sys.modules, "aiobotocore.session", None)
+    with pytest.raises(sftpd.ConfigError, match=r"pysftpd\[s3\]"):
+        S3Backend("bucket")
+
+
+def test_bad_options_fail_at_construction() -> None:
+    """Part sizes under 5 MiB and a missing bucket are configuration errors."""
+    with pytest.raises(sftpd.ConfigError, match="at least 5 MiB"):
+        S3Backend("b", part_size=1 << 20)
+    with pytest.raises(sftpd.ConfigError, match="bucket"):
+        S3Backend("")
+
+
+async def test_cli_s3_backend(s3_server: Any, bucket: str, s3_client: Any, tmp_path: Path) -> None:
+    """`sftpd serve --backend s3://BUCKET/PREFIX` uses the standard AWS environment."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sftpd", "serve", "--port", "0", "--backend",
+        f"s3://{bucket}/inbox", cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**aws_env(s3_server.endpoint), "COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    text = ""
+    while not (match := re.search(r"sftp -P (\d+)", text)):
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line, text
+        text += line.decode()
+    async with connect(int(match.group(1))) as conn, conn.start_sftp_client() as sftp:
+        async with sftp.open("/a.txt", "wb") as f:
+            await f.write(b"via cli")
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert await keys(s3_client, bucket) == ["inbox/a.txt"]
+
+
+@pytest.mark.slow
+async def test_openssh_1gib_round_trip(seaweedfs: Any, openssh: OpenSSH, tmp_path: Path) -> None:
+    """1 GiB up and down through OpenSSH sftp on SeaweedFS, byte for byte."""
+    import aiobotocore.session
+
+    from tests.s3_servers import ACCESS_KEY, SECRET_KEY
+
+    src = make_file(tmp_path / "gig.bin", 1 << 30, seed=21)
+    session = aiobotocore.session.get_session()
+    async with session.create_client(
+        "s3", endpoint_url=seaweedfs.endpoint, aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
+    ) as client:  # fmt: skip
+        await client.create_bucket(Bucket="gigabyte")
+        backend = S3Backend("gigabyte", client=client)
+        async with running_server(backend=backend) as server:
+            result = await openssh.run(
+                server.port, "put gig.bin gig.bin\nget gig.bin back.bin\n", cwd=tmp_path,
+                timeout=600,
+            )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert sha256_file(tmp_path / "back.bin") == sha256_file(src)
+        assert await open_uploads(client, "gigabyte") == []
+
+
+async def write_then_close(f: Any, first_mib: int, last_mib: int) -> None:
+    """Write 1 MiB blocks from ``first_mib`` to ``last_mib``, then close."""
+    for i in range(first_mib, last_mib):
+        await f.write(os.urandom(MiB), i * MiB)
+    await f.close()
+
+
+async def test_storage_outage_mid_upload(seaweedfs: Any, tmp_path: Path) -> None:
+    """Stopping S3 mid-upload fails that upload; the server lives on; nothing partial remains."""
+    import aiobotocore.session
+    from botocore.config import Config
+
+    from tests.s3_servers import ACCESS_KEY, SECRET_KEY
+
+    session = aiobotocore.session.get_session()
+    config = Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5)
+    async with session.create_client(
+        "s3", endpoint_url=seaweedfs.endpoint, aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY, region_name="us-east-1", config=config,
+    ) as client:  # fmt: skip
+        await client.create_bucket(Bucket="outage")
+        backend = S3Backend("outage", client=client, part_size=5 * MiB)
+        async with running_server(backend=backend, close_timeout=20) as server:
+            async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+                f = await sftp.open("/during.bin", "wb")
+                await f.write(os.urandom(6 * MiB))
+                seaweedfs.stop()
+                try:
+                    with pytest.raises(asyncssh.SFTPError):
+                        await write_then_close(f, 6, 20)
+                finally:
+                    seaweedfs.start_again()
+                # The server and this session still work once storage is back.
+                async with sftp.open("/after.txt", "wb") as g:
+                    await g.write(b"fine")
+                assert "after.txt" in await sftp.listdir("/")
+        assert await keys(client, "outage") == ["after.txt"]
+        for _ in range(40):
+            if not await open_uploads(client, "outage"):
+                break
+            await asyncio.sleep(0.25)
+        assert await open_uploads(client, "outage") == []
