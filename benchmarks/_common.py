@@ -25,11 +25,21 @@ def peak_rss_mib(pid: int, field: str = "VmHWM") -> float:
     return float("nan")
 
 
+def reset_peak_rss(pid: int) -> None:
+    """Reset a process's VmHWM to its current RSS (Linux clear_refs)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 @contextlib.contextmanager
-def server(*args: str) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+def server(
+    *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     """Start a benchmark server process; yield its port and process."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks._servers", *args], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "benchmarks._servers", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert proc.stdout is not None
@@ -51,7 +61,8 @@ def sftp_batch(port: int, commands: str, cwd: Path, askpass: Path) -> float:
     argv = [
         "sftp", "-o", "BatchMode=no", "-o", "StrictHostKeyChecking=no",
         "-o", "UserKnownHostsFile=/dev/null", "-o", "PubkeyAuthentication=no",
-        "-o", "LogLevel=ERROR", "-P", str(port), "-b", "-", "dev@127.0.0.1",
+        "-o", "LogLevel=ERROR", *os.environ.get("SFTPD_BENCH_SFTP_OPTS", "").split(),
+        "-P", str(port), "-b", "-", "dev@127.0.0.1",
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(

@@ -2,6 +2,7 @@
 
     python -m benchmarks._servers sftpd KEY_DIR
     python -m benchmarks._servers sftpd-handler KEY_DIR
+    python -m benchmarks._servers sftpd-s3 KEY_DIR ENDPOINT BUCKET
     python -m benchmarks._servers asyncssh KEY_DIR ROOT
 
 Each prints its port on the first line of stdout, then serves until killed.
@@ -60,12 +61,26 @@ async def serve_asyncssh(keys: list[asyncssh.SSHKey], root: str) -> None:
     await asyncio.Event().wait()
 
 
+async def serve_sftpd_s3(key_dir: str, endpoint: str, bucket: str) -> None:
+    """sftpd on the S3 backend (credentials from the environment)."""
+    from sftpd.backends.s3 import S3Backend
+
+    backend = S3Backend(bucket, endpoint_url=endpoint, region_name="us-east-1")
+    async with sftpd.Server(
+        backend=backend, auth={"dev": "dev"}, system_dir=key_dir, port=0
+    ) as server:
+        print(server.port, flush=True)
+        await asyncio.Event().wait()
+
+
 if __name__ == "__main__":
     kind = sys.argv[1]
     if kind == "sftpd":
         asyncio.run(serve_sftpd(sys.argv[2]))
     elif kind == "sftpd-handler":
         asyncio.run(serve_sftpd(sys.argv[2], handler=True))
+    elif kind == "sftpd-s3":
+        asyncio.run(serve_sftpd_s3(sys.argv[2], sys.argv[3], sys.argv[4]))
     elif kind == "asyncssh":
         host_keys = [
             asyncssh.read_private_key(str(p)) for p in Path(sys.argv[2]).glob("ssh_host_*_key")

@@ -123,8 +123,8 @@ class S3Backend:
         endpoint_url: str | None = None,
         region_name: str | None = None,
         part_size: int = 8 << 20,
-        upload_concurrency: int = 4,
-        read_ahead: int = 2,
+        upload_concurrency: int = 2,
+        read_ahead: int = 3,
         read_chunk: int = 8 << 20,
         copy_concurrency: int = 8,
         setstat: str = "ignore",
@@ -188,6 +188,10 @@ class S3Backend:
                     config = self._config_module.Config(
                         retries={"max_attempts": self._max_attempts, "mode": "standard"},
                         max_pool_connections=max(16, self.upload_concurrency * 4),
+                        # SigV4 already hashes every payload; a second (CRC32) checksum
+                        # per part costs CPU and copies for no extra safety.
+                        request_checksum_calculation="when_required",
+                        response_checksum_validation="when_required",
                     )
                     self._client = await stack.enter_async_context(
                         session.create_client(
@@ -602,6 +606,44 @@ class S3Reader:
         self._chunks.clear()
 
 
+class _PartBuffer:
+    """Bytes waiting to become a part: the received pieces, joined once per part."""
+
+    __slots__ = ("length", "pieces")
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.pieces: list[bytes] = [data] if data else []
+        self.length = len(data)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def append(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self.length += len(data)
+
+    def patch(self, offset: int, data: bytes) -> None:
+        """Overwrite (and if needed extend) at ``offset`` within the buffer: rare, so copy."""
+        joined = bytearray(b"".join(self.pieces))
+        end = offset + len(data)
+        if end > len(joined):
+            joined += bytes(end - len(joined))
+        joined[offset:end] = data
+        self.pieces = [bytes(joined)]
+        self.length = len(joined)
+
+    def take(self, size: int) -> bytes:
+        """Remove and return the first ``size`` bytes."""
+        joined = b"".join(self.pieces)
+        head, rest = joined[:size], joined[size:]
+        self.pieces = [rest] if rest else []
+        self.length = len(rest)
+        return head
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.pieces)
+
+
 class S3Writer:
     """An upload: a multipart upload fed part by part, or one PutObject for small files.
 
@@ -618,7 +660,7 @@ class S3Writer:
         self._upload_id: str | None = None
         self._parts: dict[int, str] = {}
         self._next_part = 1
-        self._buffer = bytearray()
+        self._buffer = _PartBuffer()
         self._buffer_start = 0  # file offset of the buffer's first byte
         self._limit = asyncio.Semaphore(backend.upload_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -648,7 +690,7 @@ class S3Writer:
     async def start_from_existing(self, size: int) -> None:
         """Begin with the stored object: copied as parts if large, in memory if small."""
         if size < MIN_PART_SIZE:
-            self._buffer = bytearray(await self._backend._get_range(self._key, 0, size))
+            self._buffer = _PartBuffer(await self._backend._get_range(self._key, 0, size))
             return
         upload_id = await self._start_multipart()
         client = await self._client()
@@ -690,26 +732,21 @@ class S3Writer:
                 return
             if offset - self._end > self._backend.part_size:
                 raise InvalidParameter("Writes may skip ahead at most one part")
-            self._buffer += bytes(offset - self._end)
+            self._buffer.append(bytes(offset - self._end))
         if offset == self._end:
-            self._buffer += data
+            self._buffer.append(bytes(data))
         else:
-            end = offset + len(data)
-            if end > self._end:
-                self._buffer += bytes(end - self._end)
-            rel = offset - self._buffer_start
-            self._buffer[rel : rel + len(data)] = data
+            self._buffer.patch(offset - self._buffer_start, data)
         part = self._backend.part_size
         while len(self._buffer) >= part:
-            await self._send_part(bytes(self._buffer[:part]))
-            del self._buffer[:part]
+            await self._send_part(self._buffer.take(part))
             self._buffer_start += part
 
     async def _switch_to_spill(self) -> None:
         spill = tempfile.TemporaryFile()  # noqa: SIM115
-        spill.write(self._buffer)
+        spill.write(self._buffer.to_bytes())
         self._spill_size = len(self._buffer)
-        self._buffer = bytearray()
+        self._buffer = _PartBuffer()
         self._spill = spill
 
     async def _send_part(self, data: bytes) -> None:
@@ -747,11 +784,13 @@ class S3Writer:
                 await self._commit_spill()
             elif self._upload_id is None:
                 async with self._backend._errors("PutObject"):
-                    await client.put_object(Bucket=bucket, Key=self._key, Body=bytes(self._buffer))
+                    await client.put_object(
+                        Bucket=bucket, Key=self._key, Body=self._buffer.to_bytes()
+                    )
             else:
-                if self._buffer or self._next_part == 1:
-                    await self._send_part(bytes(self._buffer))
-                    self._buffer = bytearray()
+                if len(self._buffer) or self._next_part == 1:
+                    await self._send_part(self._buffer.to_bytes())
+                    self._buffer = _PartBuffer()
                 await self._drain()
                 parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
                 async with self._backend._errors("CompleteMultipartUpload"):
@@ -776,7 +815,7 @@ class S3Writer:
                     await client.put_object(Bucket=self._backend.bucket, Key=self._key,
                                             Body=spill.read(size))  # fmt: skip
                 return
-            self._buffer = bytearray()
+            self._buffer = _PartBuffer()
             self._buffer_start = 0
             while chunk := spill.read(self._backend.part_size):
                 await self.write(self._end, chunk)
