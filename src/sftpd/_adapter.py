@@ -193,25 +193,7 @@ class SftpAdapter(asyncssh.SFTPServer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            expected = is_expected(exc)
-            if expected:
-                log.debug("%s failed for %s: %s", operation, self._session.username, exc)
-            else:
-                log.exception(
-                    "unexpected error in %s for session %s (%s)",
-                    operation,
-                    self._session.id,
-                    self._session.username,
-                )
-            mapped = to_sftp_error(exc)
-            if listening:
-                info = dict(meta or {})
-                if expected:
-                    info.update(result="error", reason=mapped.reason, code=mapped.code)
-                else:
-                    info.update(result="exception", kind=type(exc).__name__, reason=str(exc))
-                self._emit(name, start, info)
-            raise mapped from exc
+            raise self._failed(operation, exc, start if listening else None, meta) from exc
         else:
             if listening:
                 info = dict(meta or {})
@@ -224,6 +206,30 @@ class SftpAdapter(asyncssh.SFTPServer):
             return result
         finally:
             self._in_flight -= 1
+
+    def _failed(
+        self, operation: str, exc: Exception, start: int | None, meta: dict[str, Any] | None
+    ) -> asyncssh.SFTPError:
+        """Log a failed request, emit its event (when ``start`` is given), map it."""
+        expected = is_expected(exc)
+        if expected:
+            log.debug("%s failed for %s: %s", operation, self._session.username, exc)
+        else:
+            log.exception(
+                "unexpected error in %s for session %s (%s)",
+                operation,
+                self._session.id,
+                self._session.username,
+            )
+        mapped = to_sftp_error(exc)
+        if start is not None:
+            info = dict(meta or {})
+            if expected:
+                info.update(result="error", reason=mapped.reason, code=mapped.code)
+            else:
+                info.update(result="exception", kind=type(exc).__name__, reason=str(exc))
+            self._emit(("sftpd", "sftp", operation), start, info)
+        return mapped
 
     def _emit(self, name: tuple[str, ...], start: int, info: dict[str, Any]) -> None:
         measurements: dict[str, float] = {"duration": time.monotonic_ns() - start}
@@ -481,18 +487,9 @@ class SftpAdapter(asyncssh.SFTPServer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            expected = is_expected(exc)
-            if not expected:
-                log.exception("unexpected error listing a directory")
-            mapped = to_sftp_error(exc)
-            if self._bus.listening(name):
-                info: dict[str, Any] = {"path": path, "entries": count}
-                if expected:
-                    info.update(result="error", reason=mapped.reason, code=mapped.code)
-                else:
-                    info.update(result="exception", kind=type(exc).__name__, reason=str(exc))
-                self._emit(name, start, info)
-            raise mapped from exc
+            started = start if self._bus.listening(name) else None
+            meta = {"path": path, "entries": count}
+            raise self._failed("list_dir", exc, started, meta) from exc
         if self._bus.listening(name):
             self._emit(name, start, {"path": path, "entries": count, "result": "ok"})
 

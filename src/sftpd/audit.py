@@ -23,22 +23,29 @@ import threading
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from .telemetry import Event, TelemetryBus
-from .telemetry import bus as default_bus
+from .telemetry import Event, EventName, Listener
 
 __all__ = ["AuditLog"]
 
 _SIMPLE = {"delete": "delete", "del_dir": "rmdir", "make_dir": "mkdir", "rename": "rename"}
 
 
-class AuditLog:
+class AuditLog(Listener):
     """Writes audit lines to a file (appending) or a text stream.
 
     Args:
         target: A path, ``"-"`` for standard output, or an open text stream.
     """
 
+    events: tuple[EventName, ...] = (
+        ("sftpd", "sftp", "close"),
+        ("sftpd", "auth"),
+        ("sftpd", "session", "close"),
+        *(("sftpd", "sftp", op) for op in _SIMPLE),
+    )
+
     def __init__(self, target: str | os.PathLike[str] | IO[str]) -> None:
+        super().__init__()
         if target == "-":
             self._stream: IO[str] = sys.stdout
             self._owned = False
@@ -49,25 +56,10 @@ class AuditLog:
             self._stream = target
             self._owned = False
         self._lock = threading.Lock()
-        self._bus: TelemetryBus | None = None
-        self.handler_id = f"sftpd-audit-{id(self):x}"
-
-    def attach(self, bus: TelemetryBus | None = None) -> AuditLog:
-        """Start listening on ``bus`` (default: the process-wide bus)."""
-        self._bus = bus if bus is not None else default_bus
-        self._bus.attach(
-            self.handler_id,
-            [("sftpd", "sftp", "close"), ("sftpd", "auth"), ("sftpd", "session", "close")]
-            + [("sftpd", "sftp", op) for op in _SIMPLE],
-            self.handle,
-        )
-        return self
 
     def close(self) -> None:
         """Detach and close the file (if this log opened it)."""
-        if self._bus is not None:
-            self._bus.detach(self.handler_id)
-            self._bus = None
+        self.detach()
         if self._owned:
             self._stream.close()
 

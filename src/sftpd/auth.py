@@ -194,19 +194,20 @@ class CombinedAuthenticator:
             self.authorize_public_key = self._public_key
 
     async def _password(self, username: str, password: str, peer: Peer) -> Attributes | None:
-        for bound in self.bound:
-            if bound.password is not None:
-                result = await bound.password(username, password, peer)
-                if isinstance(result, Mapping):  # an empty mapping accepts too
-                    return result
-        return None
+        return await self._first([b.password for b in self.bound], username, password, peer)
 
     async def _public_key(
         self, username: str, key: asyncssh.SSHKey, peer: Peer
     ) -> Attributes | None:
-        for bound in self.bound:
-            if bound.public_key is not None:
-                result = await bound.public_key(username, key, peer)
+        return await self._first([b.public_key for b in self.bound], username, key, peer)
+
+    @staticmethod
+    async def _first(
+        checks: list[Any], username: str, credential: Any, peer: Peer
+    ) -> Attributes | None:
+        for check in checks:
+            if check is not None:
+                result = await check(username, credential, peer)
                 if isinstance(result, Mapping):  # an empty mapping accepts too
                     return result
         return None

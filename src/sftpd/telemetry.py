@@ -42,6 +42,7 @@ __all__ = [
     "Event",
     "EventName",
     "Handler",
+    "Listener",
     "TelemetryBus",
     "attach",
     "bus",
@@ -184,6 +185,36 @@ class TelemetryBus:
 
 bus = TelemetryBus()
 """The process-wide bus servers use unless given their own."""
+
+
+class Listener:
+    """Base for objects that consume events: ``attach(bus)``, ``detach()``, ``handle``.
+
+    Subclasses set ``events`` (names or prefixes) and implement :meth:`handle`.
+    """
+
+    events: tuple[EventName, ...] = (("sftpd",),)
+
+    def __init__(self) -> None:
+        self._bus: TelemetryBus | None = None
+        self.handler_id = f"{type(self).__name__}-{id(self):x}"
+
+    def attach(self, target: TelemetryBus | None = None) -> Any:
+        """Start receiving events from ``target`` (default: the process-wide bus)."""
+        self._bus = target if target is not None else bus
+        self._bus.attach(self.handler_id, self.events, self.handle)
+        return self
+
+    def detach(self) -> None:
+        """Stop receiving events."""
+        if self._bus is not None:
+            self._bus.detach(self.handler_id)
+            self._bus = None
+
+    def handle(self, event: Event) -> None:  # pragma: no cover - abstract
+        """Consume one event."""
+        raise NotImplementedError
+
 
 attach = bus.attach
 detach = bus.detach

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..telemetry import Event, TelemetryBus
-from ..telemetry import bus as default_bus
+from ..telemetry import Event, Listener, TelemetryBus
 
 try:
     from opentelemetry import metrics, trace
@@ -31,10 +30,11 @@ __all__ = ["OpenTelemetryBridge", "instrument"]
 _ATTRIBUTE_TYPES = (str, bool, int, float)
 
 
-class OpenTelemetryBridge:
+class OpenTelemetryBridge(Listener):
     """Turns telemetry events into spans and metric points."""
 
     def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+        super().__init__()
         self.tracer = trace.get_tracer("sftpd", tracer_provider=tracer_provider)
         meter = metrics.get_meter("sftpd", meter_provider=meter_provider)
         self.bytes_in = meter.create_counter("sftpd.bytes.received", unit="By")
@@ -44,20 +44,10 @@ class OpenTelemetryBridge:
         self.active = meter.create_up_down_counter("sftpd.sessions.active")
         self.duration = meter.create_histogram("sftpd.operation.duration", unit="s")
         self._sessions: dict[str, Any] = {}
-        self._bus: TelemetryBus | None = None
-        self.handler_id = f"sftpd-otel-{id(self):x}"
-
-    def attach(self, bus: TelemetryBus | None = None) -> OpenTelemetryBridge:
-        """Start bridging events from ``bus`` (default: the process-wide bus)."""
-        self._bus = bus if bus is not None else default_bus
-        self._bus.attach(self.handler_id, ("sftpd",), self.handle)
-        return self
 
     def detach(self) -> None:
         """Stop bridging; open session spans are ended."""
-        if self._bus is not None:
-            self._bus.detach(self.handler_id)
-            self._bus = None
+        super().detach()
         for span in self._sessions.values():
             span.end()
         self._sessions.clear()
@@ -125,4 +115,6 @@ def instrument(
     tracer_provider: Any = None, meter_provider: Any = None, bus: TelemetryBus | None = None
 ) -> OpenTelemetryBridge:
     """Bridge sftpd's telemetry to OpenTelemetry; returns the bridge (``detach()`` it)."""
-    return OpenTelemetryBridge(tracer_provider, meter_provider).attach(bus)
+    bridge = OpenTelemetryBridge(tracer_provider, meter_provider)
+    bridge.attach(bus)
+    return bridge

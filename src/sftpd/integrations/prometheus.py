@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from ..telemetry import Event, TelemetryBus
-from ..telemetry import bus as default_bus
+from ..telemetry import Event, Listener
 
 try:
     import prometheus_client as prom
@@ -28,7 +27,7 @@ _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                      5, 10, 30)  # fmt: skip
 
 
-class PrometheusMetrics:
+class PrometheusMetrics(Listener):
     """Counters, gauges and histograms fed by telemetry events.
 
     Metrics: ``sftpd_operations_total{operation,result}``,
@@ -42,6 +41,7 @@ class PrometheusMetrics:
     """
 
     def __init__(self, registry: prom.CollectorRegistry | None = None) -> None:
+        super().__init__()
         self.registry = registry if registry is not None else prom.CollectorRegistry()
         r = self.registry
         self.operations = prom.Counter(
@@ -66,20 +66,6 @@ class PrometheusMetrics:
         self.logins = prom.Counter(
             "sftpd_logins", "Login attempts", ["method", "result"], registry=r
         )
-        self._bus: TelemetryBus | None = None
-        self.handler_id = f"sftpd-prometheus-{id(self):x}"
-
-    def attach(self, bus: TelemetryBus | None = None) -> PrometheusMetrics:
-        """Start counting events from ``bus`` (default: the process-wide bus)."""
-        self._bus = bus if bus is not None else default_bus
-        self._bus.attach(self.handler_id, ("sftpd",), self.handle)
-        return self
-
-    def detach(self) -> None:
-        """Stop counting."""
-        if self._bus is not None:
-            self._bus.detach(self.handler_id)
-            self._bus = None
 
     def serve(self, port: int, host: str = "127.0.0.1") -> Any:
         """Serve ``/metrics`` over HTTP from a background thread; returns the server.
