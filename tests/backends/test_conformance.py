@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -178,3 +178,25 @@ class TestS3Backend(BackendConformance):
     @pytest.fixture
     def backend(self, s3_backend: Any) -> Any:
         return s3_backend
+
+
+class TestS3BackendOwnClient(BackendConformance):
+    """The S3 backend with a client it creates itself, on its own IO thread."""
+
+    keeps_mtime = False
+
+    @pytest.fixture
+    async def backend(
+        self, s3_server: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+    ) -> AsyncIterator[Any]:
+        from sftpd.backends.s3 import S3Backend
+        from tests.s3_servers import ACCESS_KEY, SECRET_KEY
+
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        backend = S3Backend(
+            bucket, endpoint_url=s3_server.endpoint, region_name="us-east-1",
+            part_size=5 << 20, read_chunk=1 << 20,
+        )  # fmt: skip
+        yield backend
+        await backend.aclose()

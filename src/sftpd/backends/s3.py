@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -166,6 +167,7 @@ class S3Backend:
         self._max_attempts = max_attempts
         self._stack: contextlib.AsyncExitStack | None = None
         self._client_lock: asyncio.Lock | None = None
+        self._io: _IOThread | None = None
 
     def __repr__(self) -> str:
         return f"S3Backend(bucket={self.bucket!r}, prefix={self.prefix!r})"
@@ -173,43 +175,68 @@ class S3Backend:
     # ------------------------------------------------------------------ plumbing
 
     async def client(self) -> Any:
-        """The S3 client, created on first use."""
+        """The S3 client, created on first use.
+
+        A client this backend creates runs on an event loop in a thread of its own, so
+        request signing, hashing and socket I/O for storage overlap with the SSH work on
+        the server's loop (most of it releases the GIL). A given client stays on the
+        caller's loop.
+        """
         if self._client is not None:
             return self._client
         if self._client_lock is None:
             self._client_lock = asyncio.Lock()
         async with self._client_lock:
             if self._client is None:
-                stack = contextlib.AsyncExitStack()
                 if self._factory is not None:
+                    stack = contextlib.AsyncExitStack()
                     self._client = await stack.enter_async_context(self._factory())
+                    self._stack = stack
                 else:
-                    session = self._session_module.get_session()
-                    config = self._config_module.Config(
-                        retries={"max_attempts": self._max_attempts, "mode": "standard"},
-                        max_pool_connections=max(16, self.upload_concurrency * 4),
-                        # SigV4 already hashes every payload; a second (CRC32) checksum
-                        # per part costs CPU and copies for no extra safety.
-                        request_checksum_calculation="when_required",
-                        response_checksum_validation="when_required",
-                    )
-                    self._client = await stack.enter_async_context(
-                        session.create_client(
-                            "s3",
-                            endpoint_url=self._endpoint_url,
-                            region_name=self._region_name,
-                            config=config,
-                        )
-                    )
-                self._stack = stack
+                    io = _IOThread()
+                    try:
+                        real = await io.run(self._create_client())
+                    except BaseException:
+                        io.stop()
+                        raise
+                    self._io = io
+                    self._client = _ThreadedClient(real, io)
         return self._client
+
+    async def _create_client(self) -> Any:
+        stack = contextlib.AsyncExitStack()
+        session = self._session_module.get_session()
+        config = self._config_module.Config(
+            retries={"max_attempts": self._max_attempts, "mode": "standard"},
+            max_pool_connections=max(16, self.upload_concurrency * 4),
+            # SigV4 already hashes every payload; a second (CRC32) checksum per part
+            # costs CPU and copies for no extra safety.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        client = await stack.enter_async_context(
+            session.create_client(
+                "s3",
+                endpoint_url=self._endpoint_url,
+                region_name=self._region_name,
+                config=config,
+            )
+        )
+        self._stack = stack
+        return client
 
     async def aclose(self) -> None:
         """Close a client this backend created (not one that was given to it)."""
-        if self._stack is not None:
-            await self._stack.aclose()
-            self._stack = None
+        stack, self._stack = self._stack, None
+        io, self._io = self._io, None
+        if stack is not None:
+            if io is not None:
+                await io.run(stack.aclose())
+            else:
+                await stack.aclose()
             self._client = None
+        if io is not None:
+            io.stop()
 
     def _base(self, session: Session) -> str:
         prefix = self.prefix
@@ -558,6 +585,68 @@ class S3Backend:
             changes.mtime is not None or changes.permissions is not None
         ):
             raise Unsupported("Objects keep no times or permissions")
+
+
+class _IOThread:
+    """An event loop in a daemon thread, for the storage client."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="sftpd-s3-io", daemon=True
+        )
+        self._thread.start()
+
+    async def run(self, coro: Any) -> Any:
+        """Run a coroutine on the IO loop and wait for it from the caller's loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def stop(self) -> None:
+        """Stop the loop and the thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class _Body:
+    """A response body already read on the IO loop."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def __aenter__(self) -> _Body:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def read(self) -> bytes:
+        return self._data
+
+
+class _ThreadedClient:
+    """Calls a client that lives on an IO thread's loop, from the server's loop."""
+
+    def __init__(self, client: Any, io: _IOThread) -> None:
+        self._client = client
+        self._io = io
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+
+        async def on_io_loop(**kwargs: Any) -> Any:
+            result = await method(**kwargs)
+            if name == "get_object":
+                async with result["Body"] as body:
+                    data = await body.read()
+                result = {**result, "Body": _Body(data)}
+            return result
+
+        async def call(**kwargs: Any) -> Any:
+            return await self._io.run(on_io_loop(**kwargs))
+
+        return call
 
 
 class S3Reader:
