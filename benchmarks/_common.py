@@ -25,6 +25,13 @@ def peak_rss_mib(pid: int, field: str = "VmHWM") -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
 def reset_peak_rss(pid: int) -> None:
     """Reset a process's VmHWM to its current RSS (Linux clear_refs)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -93,13 +100,23 @@ def make_workspace(tmp: Path, size_mib: int) -> tuple[Path, Path, Path, Path]:
     return keys, askpass, local, root
 
 
-def round_trip(port: int, local: Path, askpass: Path, size: int) -> tuple[float, float]:
-    """Upload then download the payload; returns (upload s, download s) and cleans up."""
+def round_trip(
+    port: int, local: Path, askpass: Path, size: int, pid: int | None = None
+) -> tuple[float, float, float, float]:
+    """Upload then download the payload and clean up.
+
+    Returns:
+        Upload and download wall seconds, and the server's CPU seconds for each (0 when
+        ``pid`` is not given).
+    """
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     up = sftp_batch(port, "put payload.bin payload.bin\n", local, askpass)
+    cpu1 = cpu_seconds(pid) if pid else 0.0
     down = sftp_batch(port, "get payload.bin back.bin\n", local, askpass)
+    cpu2 = cpu_seconds(pid) if pid else 0.0
     if (local / "back.bin").stat().st_size != size:
         raise SystemExit("downloaded size differs")
     (local / "back.bin").unlink()
     # Start each round empty, so peak RSS measures one stored copy.
     sftp_batch(port, "rm payload.bin\n", local, askpass)
-    return up, down
+    return up, down, cpu1 - cpu0, cpu2 - cpu1

@@ -38,9 +38,10 @@ def main() -> None:
         ):
             ports = {names[0]: port_a, names[1]: port_b}
             idle = {names[0]: peak_rss_mib(proc_a.pid), names[1]: peak_rss_mib(proc_b.pid)}
-            for _ in range(args.rounds):
-                for name in names:
-                    up_s, down_s = round_trip(ports[name], local, askpass, size)
+            for round_no in range(args.rounds):
+                # Alternate who goes first, so neither always runs on a warmer machine.
+                for name in names if round_no % 2 == 0 else names[::-1]:
+                    up_s, down_s, _cpu_up, _cpu_down = round_trip(ports[name], local, askpass, size)
                     up[name].append(up_s)
                     down[name].append(down_s)
             rss = {names[0]: peak_rss_mib(proc_a.pid), names[1]: peak_rss_mib(proc_b.pid)}
