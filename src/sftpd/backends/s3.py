@@ -701,7 +701,7 @@ class _PartBuffer:
     __slots__ = ("length", "pieces")
 
     def __init__(self, data: bytes = b"") -> None:
-        self.pieces: list[bytes] = [data] if data else []
+        self.pieces: list[bytes] = [data] if data else []  # oldest first
         self.length = len(data)
 
     def __len__(self) -> int:
@@ -722,12 +722,22 @@ class _PartBuffer:
         self.length = len(joined)
 
     def take(self, size: int) -> bytes:
-        """Remove and return the first ``size`` bytes."""
-        joined = b"".join(self.pieces)
-        head, rest = joined[:size], joined[size:]
-        self.pieces = [rest] if rest else []
-        self.length = len(rest)
-        return head
+        """Remove and return the first ``size`` bytes, copying them once."""
+        taken: list[bytes | memoryview] = []
+        need = size
+        while need:
+            piece = self.pieces[0]
+            if len(piece) <= need:
+                taken.append(piece)
+                self.pieces.pop(0)
+                need -= len(piece)
+            else:
+                view = memoryview(piece)
+                taken.append(view[:need])
+                self.pieces[0] = bytes(view[need:])
+                need = 0
+        self.length -= size
+        return b"".join(taken)
 
     def to_bytes(self) -> bytes:
         return b"".join(self.pieces)
@@ -828,8 +838,9 @@ class S3Writer:
             self._buffer.patch(offset - self._buffer_start, data)
         part = self._backend.part_size
         while len(self._buffer) >= part:
-            await self._send_part(self._buffer.take(part))
+            await self._limit.acquire()  # wait for a slot before building the part
             self._buffer_start += part
+            await self._send_part(self._buffer.take(part), acquired=True)
 
     async def _switch_to_spill(self) -> None:
         spill = tempfile.TemporaryFile()  # noqa: SIM115
@@ -838,11 +849,16 @@ class S3Writer:
         self._buffer = _PartBuffer()
         self._spill = spill
 
-    async def _send_part(self, data: bytes) -> None:
-        upload_id = await self._start_multipart()
+    async def _send_part(self, data: bytes, *, acquired: bool = False) -> None:
+        if not acquired:
+            await self._limit.acquire()
+        try:
+            upload_id = await self._start_multipart()
+        except BaseException:
+            self._limit.release()
+            raise
         number = self._next_part
         self._next_part += 1
-        await self._limit.acquire()
 
         async def upload() -> None:
             try:
