@@ -8,7 +8,7 @@ import errno
 import inspect
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,18 @@ class ServerContext:
     active_sessions: int = 0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
+    def spawn(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run background work, holding a reference until it ends; a failure is logged."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+
+        def finished(done: asyncio.Task[Any]) -> None:
+            self.tasks.discard(done)
+            if not done.cancelled() and done.exception() is not None:
+                log.error("%s failed", what, exc_info=done.exception())
+
+        task.add_done_callback(finished)
+
     def notify_upload(self, upload: Upload) -> None:
         """Run ``on_upload`` in the background: the file is stored, the client not held up."""
         callback = self.config.on_upload
@@ -54,16 +66,11 @@ class ServerContext:
             return
 
         async def call() -> None:
-            try:
-                result = callback(upload)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("on_upload failed for %s", upload.backend_path)
+            result = callback(upload)
+            if inspect.isawaitable(result):
+                await result
 
-        task = asyncio.get_running_loop().create_task(call())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.spawn(call(), f"on_upload for {upload.backend_path}")
 
 
 class _Connection(asyncssh.SSHServer):
@@ -109,9 +116,7 @@ class _Connection(asyncssh.SSHServer):
                 session,
             )  # fmt: skip
         if session is not None and self._ctx.backend.session_closed is not None:
-            hook = self._ctx.backend.session_closed
-            task = asyncio.get_running_loop().create_task(hook(session))
-            task.add_done_callback(_log_hook_failure)
+            self._ctx.spawn(self._ctx.backend.session_closed(session), "backend session_closed")
 
     @property
     def busy(self) -> bool:
@@ -307,8 +312,7 @@ class _Connection(asyncssh.SSHServer):
             session.auth_method,
         )
         if self._ctx.backend.session_opened is not None:
-            task = asyncio.get_running_loop().create_task(self._ctx.backend.session_opened(session))
-            task.add_done_callback(_log_hook_failure)
+            self._ctx.spawn(self._ctx.backend.session_opened(session), "backend session_opened")
 
     # -- everything that is not SFTP is refused
 
@@ -327,11 +331,6 @@ class _Connection(asyncssh.SSHServer):
 
     def unix_server_requested(self, listen_path: str) -> bool:
         return False
-
-
-def _log_hook_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("backend session hook failed", exc_info=task.exception())
 
 
 class Server:

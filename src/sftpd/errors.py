@@ -48,7 +48,6 @@ __all__ = [
     "to_sftp_error",
 ]
 
-FX_EOF = asyncssh.FX_EOF
 FX_NO_SUCH_FILE = asyncssh.FX_NO_SUCH_FILE
 FX_PERMISSION_DENIED = asyncssh.FX_PERMISSION_DENIED
 FX_FAILURE = asyncssh.FX_FAILURE
