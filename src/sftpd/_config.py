@@ -13,7 +13,7 @@ import asyncssh
 
 from ._throttle import LoginLimits
 from ._upload import Upload
-from .auth import Authenticator, StaticPasswords, as_authenticator
+from .auth import Authenticator, as_authenticator
 from .backend import check_backend
 from .errors import ConfigError
 from .telemetry import TelemetryBus
@@ -115,12 +115,6 @@ class ServerConfig:
                 "no host keys: pass system_dir='DIR' with ssh_host_*_key files "
                 "(ssh-keygen -t ed25519 -N '' -f DIR/ssh_host_ed25519_key)"
             )
-
-    @property
-    def static_users(self) -> list[str]:
-        """Names of the static password users, if ``auth`` is a static mapping."""
-        auth = self.authenticator
-        return sorted(auth.users) if isinstance(auth, StaticPasswords) else []
 
 
 def load_host_keys(config: ServerConfig) -> list[asyncssh.SSHKey]:

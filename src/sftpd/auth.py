@@ -10,10 +10,7 @@ logged; it never reaches the client.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import hmac
-import inspect
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -22,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import asyncssh
 
+from .backend import asyncify
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -221,21 +219,9 @@ class BoundAuthenticator:
         self.password: Callable[..., Awaitable[Attributes | None]] | None = None
         self.public_key: Callable[..., Awaitable[Attributes | None]] | None = None
         if callable(getattr(auth, "authenticate_password", None)):
-            self.password = _make_async(auth.authenticate_password)  # type: ignore[attr-defined]
+            self.password = asyncify(auth.authenticate_password)  # type: ignore[attr-defined]
         if callable(getattr(auth, "authorize_public_key", None)):
-            self.public_key = _make_async(auth.authorize_public_key)  # type: ignore[attr-defined]
-
-
-def _make_async(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    if inspect.iscoroutinefunction(func):
-        return func
-
-    @functools.wraps(func)
-    async def in_thread(*args: Any) -> Any:
-        result = await asyncio.to_thread(func, *args)
-        return await result if inspect.isawaitable(result) else result
-
-    return in_thread
+            self.public_key = asyncify(auth.authorize_public_key)  # type: ignore[attr-defined]
 
 
 def as_authenticator(auth: object) -> Authenticator:

@@ -42,7 +42,7 @@ import functools
 import inspect
 import stat as stat_module
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -440,7 +440,13 @@ class BoundBackend:
     capabilities: frozenset[str] = field(default_factory=frozenset)
 
 
-def _asyncify(func: Callable[..., Any], executor: ThreadPoolExecutor) -> Callable[..., Any]:
+def asyncify(
+    func: Callable[..., Any], executor: ThreadPoolExecutor | None = None
+) -> Callable[..., Any]:
+    """Return ``func`` if it is ``async def``, else a coroutine running it in ``executor``.
+
+    ``None`` means the event loop's default executor. Decided once, here, not per call.
+    """
     if inspect.iscoroutinefunction(func):
         return func
 
@@ -453,9 +459,6 @@ def _asyncify(func: Callable[..., Any], executor: ThreadPoolExecutor) -> Callabl
         return result
 
     return call_in_thread
-
-
-_SENTINEL = object()
 
 
 def _asyncify_iter(
@@ -498,19 +501,19 @@ class _AsyncWriter:
     """A sync writer whose methods run in the backend's thread pool."""
 
     def __init__(self, writer: Any, executor: ThreadPoolExecutor) -> None:
-        self.write = _asyncify(writer.write, executor)
-        self.commit = _asyncify(writer.commit, executor)
-        self.abort = _asyncify(writer.abort, executor)
+        self.write = asyncify(writer.write, executor)
+        self.commit = asyncify(writer.commit, executor)
+        self.abort = asyncify(writer.abort, executor)
         if callable(getattr(writer, "read", None)):
-            self.read = _asyncify(writer.read, executor)
+            self.read = asyncify(writer.read, executor)
 
 
 class _AsyncReader:
     """A sync reader whose methods run in the backend's thread pool."""
 
     def __init__(self, reader: Any, executor: ThreadPoolExecutor) -> None:
-        self.read = _asyncify(reader.read, executor)
-        self.close = _asyncify(reader.close, executor)
+        self.read = asyncify(reader.read, executor)
+        self.close = asyncify(reader.close, executor)
 
 
 def _adapting_readers(
@@ -563,12 +566,12 @@ def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
     for name in _REQUIRED:
         func = getattr(backend, name)
         methods[name] = (
-            _asyncify_iter(func, executor) if name == "list_dir" else _asyncify(func, executor)
+            _asyncify_iter(func, executor) if name == "list_dir" else asyncify(func, executor)
         )
     capabilities = {cap for cap in _OPTIONAL if supports(backend, cap)}
     for cap in capabilities:
         for name in _OPTIONAL[cap]:
-            methods[name] = _asyncify(getattr(backend, name), executor)
+            methods[name] = asyncify(getattr(backend, name), executor)
     if "streaming_writes" in capabilities:
         methods["open_writer"] = _adapting_writers(methods["open_writer"], executor)
     if "readers" in capabilities:
@@ -580,10 +583,3 @@ def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
         capabilities=frozenset(capabilities),
         **methods,
     )
-
-
-def iter_entries(entries: Iterable[DirEntry]) -> Iterator[DirEntry]:
-    """Yield entries, skipping the ``.`` and ``..`` a backend may have included."""
-    for entry in entries:
-        if entry.name not in (".", ".."):
-            yield entry
