@@ -316,7 +316,7 @@ class SftpAdapter(asyncssh.SFTPServer):
         elif existing is None:
             raise NoSuchFile()
         self._next_handle += 1
-        return await FileHandle.open(
+        return await FileHandle(
             backend=self._backend,
             session=self._session,
             path=path,
@@ -325,7 +325,7 @@ class SftpAdapter(asyncssh.SFTPServer):
             attrs=existing,
             close_timeout=self._ctx.config.close_timeout,
             handle_id=self._next_handle,
-        )
+        ).start()
 
     async def close(self, file_obj: object) -> None:
         """Close a file; an upload is committed, and a failed commit fails the close."""

@@ -124,46 +124,25 @@ class FileHandle:
         self.bytes_written = 0
         self.opened = time.monotonic_ns()
 
-    @classmethod
-    async def open(
-        cls,
-        *,
-        backend: BoundBackend,
-        session: Session,
-        path: str,
-        client_path: str,
-        mode: OpenMode,
-        attrs: FileAttrs | None,
-        close_timeout: float,
-        handle_id: int,
-    ) -> FileHandle:
-        """Open ``path`` (whose current attributes are ``attrs``, ``None`` if missing)."""
-        handle = cls(
-            backend=backend,
-            session=session,
-            path=path,
-            client_path=client_path,
-            mode=mode,
-            attrs=attrs,
-            close_timeout=close_timeout,
-            handle_id=handle_id,
-        )
+    async def start(self) -> FileHandle:
+        """Open the backend side: a writer (or spool) for writes, a reader if offered."""
+        mode, attrs = self.mode, self._attrs
         if mode.write:
             keep = attrs is not None and not mode.truncate
-            if backend.open_writer is not None:
-                writer = await backend.open_writer(path, session, keep_existing=keep)
+            if self.backend.open_writer is not None:
+                writer = await self.backend.open_writer(self.path, self.session, keep_existing=keep)
                 if mode.read and not callable(getattr(writer, "read", None)):
                     # The backend's writer cannot read back: buffer this handle instead.
                     await writer.abort()
-                    writer = await handle._spool(keep)
-                handle._writer = writer
+                    writer = await self._spool(keep)
+                self._writer = writer
             else:
-                handle._writer = await handle._spool(keep)
+                self._writer = await self._spool(keep)
             # Creating or truncating changes the file even if nothing is written.
-            handle._dirty = attrs is None or mode.truncate
-        elif backend.open_reader is not None:
-            handle._reader = await backend.open_reader(path, session)
-        return handle
+            self._dirty = attrs is None or mode.truncate
+        elif self.backend.open_reader is not None:
+            self._reader = await self.backend.open_reader(self.path, self.session)
+        return self
 
     async def _spool(self, keep_existing: bool) -> _Spool:
         initial = await self.backend.read_file(self.path, self.session) if keep_existing else b""
