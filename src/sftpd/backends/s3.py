@@ -510,21 +510,28 @@ class S3Backend:
                 )
             raise
 
-    async def read_file(self, path: str, session: Session) -> bytes:
-        """A whole object."""
+    async def _get(self, key: str, **extra: str) -> bytes:
+        """GetObject and read the whole body."""
         client = await self.client()
-        key = self.key(path, session)
         async with self._errors("GetObject"):
-            response = await client.get_object(Bucket=self.bucket, Key=key)
+            response = await client.get_object(Bucket=self.bucket, Key=key, **extra)
             async with response["Body"] as body:
                 data: bytes = await body.read()
         return data
 
-    async def write_file(self, path: str, data: bytes, session: Session) -> None:
-        """One PutObject."""
+    async def read_file(self, path: str, session: Session) -> bytes:
+        """A whole object."""
+        return await self._get(self.key(path, session))
+
+    async def _require_upload_target(self, path: str, session: Session) -> None:
+        """The parent must be a directory and ``path`` must not be one."""
         await self._require_parent(path, session)
         if await self._is_dir(path, session):
             raise IsADirectory()
+
+    async def write_file(self, path: str, data: bytes, session: Session) -> None:
+        """One PutObject."""
+        await self._require_upload_target(path, session)
         client = await self.client()
         async with self._errors("PutObject"):
             await client.put_object(Bucket=self.bucket, Key=self.key(path, session), Body=data)
@@ -541,17 +548,10 @@ class S3Backend:
     async def _get_range(self, key: str, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        client = await self.client()
         try:
-            async with self._errors("GetObject"):
-                response = await client.get_object(
-                    Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}"
-                )
-                async with response["Body"] as body:
-                    data: bytes = await body.read()
+            return await self._get(key, Range=f"bytes={offset}-{offset + length - 1}")
         except InvalidParameter:
             return b""  # 416: at or past the end
-        return data
 
     async def open_reader(self, path: str, session: Session) -> S3Reader:
         """A reader with read-ahead for one open file."""
@@ -563,9 +563,7 @@ class S3Backend:
 
     async def open_writer(self, path: str, session: Session, *, keep_existing: bool) -> S3Writer:
         """Start an upload that becomes visible at commit."""
-        await self._require_parent(path, session)
-        if await self._is_dir(path, session):
-            raise IsADirectory()
+        await self._require_upload_target(path, session)
         key = self.key(path, session)
         existing = 0
         if keep_existing:
