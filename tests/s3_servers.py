@@ -16,6 +16,8 @@ from pathlib import Path
 
 ACCESS_KEY = "sftpd-test-key"
 SECRET_KEY = "sftpd-test-secret"
+READ_ONLY_KEY = "sftpd-reader-key"  # SeaweedFS only: may read and list, not write
+READ_ONLY_SECRET = "sftpd-reader-secret"
 
 
 def free_port() -> int:
@@ -90,6 +92,10 @@ def start_seaweedfs(workdir: Path) -> S3Server:
         "name": "sftpd-test",
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }, {
+        "name": "sftpd-reader",
+        "credentials": [{"accessKey": READ_ONLY_KEY, "secretKey": READ_ONLY_SECRET}],
+        "actions": ["Read", "List"],
     }]}))  # fmt: skip
     ports = {name: free_port() for name in (
         "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",

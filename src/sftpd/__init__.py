@@ -11,7 +11,7 @@ async with sftpd.Server(
     ...
 """
 
-from ._config import ServerConfig
+from ._config import CIPHERS, DEFAULT_CIPHERS, ServerConfig
 from ._permissions import Permissions
 from ._server import Server, run
 from ._session import Peer, Session
@@ -59,6 +59,8 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CIPHERS",
+    "DEFAULT_CIPHERS",
     "AttrChanges",
     "Authenticator",
     "AuthorizedKeys",

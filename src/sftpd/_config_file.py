@@ -7,6 +7,7 @@ host_key_dir = "/etc/sftpd/host_keys"
 backend = "memory"
 max_sessions = 20
 idle_timeout = 900
+ciphers = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"]
 
 [users.alice]
 password_env = "ALICE_PASSWORD"         # or password = "..." (not recommended)
@@ -44,6 +45,7 @@ SERVER_KEYS = {
     "shutdown_grace": float,
     "login_timeout": float,
     "idle_timeout": float,
+    "ciphers": list,
 }
 USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions"}
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from ._adapter import SftpAdapter
+from ._coalesce import coalesce_writes
 from ._config import ServerConfig, load_host_keys
 from ._session import Peer, Session
 from ._throttle import LoginThrottle
@@ -93,6 +94,7 @@ class _Connection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        coalesce_writes(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self.peer = Peer(str(peer[0]), int(peer[1]))
         self._ctx.connections.add(self)
@@ -333,6 +335,18 @@ class _Connection(asyncssh.SSHServer):
         return False
 
 
+async def _start_backend(backend: BoundBackend) -> None:
+    """Run the backend's optional ``startup()``; any failure becomes a ConfigError."""
+    if backend.startup is None:
+        return
+    try:
+        await backend.startup()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{backend.name} failed to start: {exc}") from exc
+
+
 class Server:
     """An SFTP server serving one backend.
 
@@ -376,6 +390,7 @@ class Server:
             bus=config.telemetry if config.telemetry is not None else default_bus,
         )
         ctx = self._ctx
+        await _start_backend(ctx.backend)
         try:
             self._acceptor = await asyncssh.create_server(
                 lambda: _Connection(ctx),
@@ -389,6 +404,7 @@ class Server:
                 allow_pty=False,
                 login_timeout=config.login_timeout,
                 server_version=config.server_version,
+                encryption_algs=list(config.ciphers),
                 encoding=None,
             )
         except OSError as exc:

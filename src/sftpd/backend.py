@@ -28,6 +28,8 @@ Optional, each its own small protocol, detected once at start-up:
 - :class:`SetAttrs` ``set_attrs(path, changes, session)``: mtime, permissions, size.
 - :class:`DiskUsage` ``disk_usage(path, session) -> SpaceInfo``: for ``df``/statvfs.
 - :class:`SessionHooks` ``session_opened(session)`` / ``session_closed(session)``.
+- :class:`Startup` ``startup()``: connect and check the configuration when the server
+  starts, so a misconfiguration stops the start with a message, not the first upload.
 
 Errors: raise the exceptions of :mod:`sftpd.errors` (or the builtin ones they subclass,
 ``FileNotFoundError``, ``PermissionError``, ``FileExistsError``...). Each method's
@@ -66,6 +68,7 @@ __all__ = [
     "SessionHooks",
     "SetAttrs",
     "SpaceInfo",
+    "Startup",
     "StreamingWrites",
     "Writer",
     "directory_info",
@@ -372,6 +375,19 @@ class SessionHooks(Protocol):
         """Called once when a session ends, after its open files were closed."""
 
 
+@runtime_checkable
+class Startup(Protocol):
+    """Optional: get ready when the server starts."""
+
+    async def startup(self) -> None:
+        """Called once by ``Server.start`` before it listens (again on each start).
+
+        Connect, warm caches, check that the storage is reachable. Raise
+        :class:`~sftpd.errors.ConfigError` with a message that says what to fix; any other
+        exception also stops the start, wrapped in a ``ConfigError``.
+        """
+
+
 _REQUIRED = (
     "stat",
     "list_dir",
@@ -390,6 +406,7 @@ _OPTIONAL: dict[str, tuple[str, ...]] = {
     "set_attrs": ("set_attrs",),
     "disk_usage": ("disk_usage",),
     "session_hooks": ("session_opened", "session_closed"),
+    "startup": ("startup",),
 }
 
 
@@ -399,7 +416,7 @@ def supports(backend: object, capability: str) -> bool:
     Args:
         backend: Any object.
         capability: One of ``range_reads``, ``readers``, ``streaming_writes``, ``set_attrs``,
-            ``disk_usage``, ``session_hooks``.
+            ``disk_usage``, ``session_hooks``, ``startup``.
     """
     try:
         names = _OPTIONAL[capability]
@@ -437,6 +454,7 @@ class BoundBackend:
     disk_usage: Callable[..., Any] | None = None
     session_opened: Callable[..., Any] | None = None
     session_closed: Callable[..., Any] | None = None
+    startup: Callable[..., Any] | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
 
 

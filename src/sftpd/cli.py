@@ -129,6 +129,9 @@ def main() -> None:
 @click.option("--login-timeout", default=120.0, show_default=True,
               type=click.FloatRange(0.001),
               help="Seconds a client has to log in.")  # fmt: skip
+@click.option("--ciphers", default=None, metavar="LIST",
+              help="Comma-separated SSH ciphers to offer. Default: AES-GCM and AES-CTR; "
+                   "add chacha20-poly1305@openssh.com to offer it too (slower here).")  # fmt: skip
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics "
                    "(needs pysftpd[metrics]).")  # fmt: skip
@@ -181,6 +184,9 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
             created = ensure_host_key(key_dir)
             if created is not None:
                 console.print(f"Generated host key [bold]{created}[/]")
+        ciphers = options.pop("ciphers")
+        if ciphers is not None:
+            options["ciphers"] = ciphers.split(",") if isinstance(ciphers, str) else ciphers
         metrics_port = options.pop("metrics_port")
         metrics_host = options.pop("metrics_host")
         audit_target = options.pop("audit_log")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 import asyncssh
+import pytest
 
+import sftpd
 from sftpd.testing import running_server
 from tests.backends.test_conformance import SyncDictBackend
 from tests.conftest import connect, sha256
@@ -35,3 +37,35 @@ async def test_buffered_upload_and_whole_file_download() -> None:
                 pass
             else:  # pragma: no cover
                 raise AssertionError("statvfs should be unsupported without disk_usage")
+
+
+class StartupBackend(SyncDictBackend):
+    """A custom backend with a sync ``startup()`` that can be told to fail."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        super().__init__()
+        self.error = error
+        self.startups = 0
+
+    def startup(self) -> None:
+        self.startups += 1
+        if self.error is not None:
+            raise self.error
+
+
+async def test_backend_startup_runs_before_listening_and_can_stop_the_start() -> None:
+    """startup() runs once per start; its failure is a ConfigError and nothing listens."""
+    backend = StartupBackend()
+    async with running_server(backend=backend) as server:
+        assert backend.startups == 1
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            assert await sftp.listdir("/") == [".", ".."]
+    assert backend.startups == 1
+    failing = StartupBackend(RuntimeError("database is down"))
+    with pytest.raises(sftpd.ConfigError, match="StartupBackend failed to start: database is down"):
+        async with running_server(backend=failing):
+            pytest.fail("the server started")
+    explained = StartupBackend(sftpd.ConfigError("set DATABASE_URL"))
+    with pytest.raises(sftpd.ConfigError, match=r"^set DATABASE_URL$"):
+        async with running_server(backend=explained):
+            pytest.fail("the server started")

@@ -226,24 +226,71 @@ async def test_listing_streams_pages(s3_backend: S3Backend, s3_client: Any, buck
         s3_client.list_objects_v2 = original
 
 
-async def test_wrong_credentials_answer_permission_denied(seaweedfs: Any) -> None:
+async def test_storage_refusal_answers_permission_denied(seaweedfs: Any) -> None:
     """A 403 from storage is "permission denied" for the client, never a raw message.
 
-    (SeaweedFS only: moto accepts any credentials.)
+    (SeaweedFS only: moto accepts any credentials.) The credentials may read, not write.
     """
-    backend = S3Backend("any-bucket", endpoint_url=seaweedfs.endpoint, region_name="us-east-1")
+    import aiobotocore.session
+
+    from tests.s3_servers import ACCESS_KEY, READ_ONLY_KEY, READ_ONLY_SECRET, SECRET_KEY
+
+    session = aiobotocore.session.get_session()
+    async with session.create_client(
+        "s3", endpoint_url=seaweedfs.endpoint, aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
+    ) as admin:  # fmt: skip
+        await admin.create_bucket(Bucket="read-only")
+        await admin.put_object(Bucket="read-only", Key="seen.txt", Body=b"hello")
+    backend = S3Backend("read-only", endpoint_url=seaweedfs.endpoint, region_name="us-east-1")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "wrong")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        mp.setenv("AWS_ACCESS_KEY_ID", READ_ONLY_KEY)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", READ_ONLY_SECRET)
         try:
             async with running_server(backend=backend) as server:
                 async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+                    assert "seen.txt" in await sftp.listdir("/")
                     with pytest.raises(asyncssh.SFTPPermissionDenied) as denied:
-                        await sftp.listdir("/")
+                        async with sftp.open("/new.txt", "wb") as f:
+                            await f.write(b"refused")
         finally:
             await backend.aclose()
-    assert "InvalidAccessKeyId" not in str(denied.value)
+    assert "AccessDenied" not in str(denied.value)
     assert "botocore" not in str(denied.value)
+
+
+async def test_startup_says_what_to_fix(seaweedfs: Any, tmp_path: Path) -> None:
+    """Wrong credentials, a missing bucket or no S3 at the endpoint stop the server start.
+
+    Each with a message naming the fix, before any client can connect.
+    """
+    from tests.s3_servers import ACCESS_KEY, SECRET_KEY, free_port
+
+    weed = seaweedfs.endpoint
+    cases = [
+        (weed, "no-such-bucket", ACCESS_KEY, r"bucket 'no-such-bucket' does not exist"),
+        (weed, "no-such-bucket", "wrong", r"denied .*check the credentials"),
+        (f"http://127.0.0.1:{free_port()}", "any", ACCESS_KEY, r"cannot reach http://127"),
+        (weed, "any", None, r"no S3 credentials found: set AWS_ACCESS_KEY_ID"),
+    ]
+    for endpoint, name, key, message in cases:
+        backend = S3Backend(name, endpoint_url=endpoint, region_name="us-east-1", max_attempts=1)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+            mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+            mp.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+            if key is None:
+                mp.delenv("AWS_ACCESS_KEY_ID", raising=False)
+                mp.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+            else:
+                mp.setenv("AWS_ACCESS_KEY_ID", key)
+                mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            try:
+                with pytest.raises(sftpd.ConfigError, match=message):
+                    async with running_server(backend=backend):
+                        pytest.fail("the server started")
+            finally:
+                await backend.aclose()
 
 
 def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,11 +91,14 @@ async def test_serve_prints_how_to_connect_and_stops_on_sigterm(tmp_path: Path) 
 
 
 async def test_config_file_users_keys_roots_and_permissions(tmp_path: Path) -> None:
-    """A TOML file gives users passwords (from the environment), keys, roots and permissions."""
+    """A TOML file gives users passwords (from the environment), keys, roots and permissions.
+
+    Its [server] section sets server options too (here the ciphers offered).
+    """
     key = asyncssh.generate_private_key("ssh-ed25519")
     (tmp_path / "bob.keys").write_text("# bob\n" + key.export_public_key().decode())
     (tmp_path / "sftpd.toml").write_text(
-        "[server]\nmax_sessions = 5\nidle_timeout = 60\n\n"
+        '[server]\nmax_sessions = 5\nidle_timeout = 60\nciphers = ["aes256-ctr"]\n\n'
         '[users.alice]\npassword_env = "ALICE_PW"\nroot = "/drop/alice"\n'
         'permissions = "upload-only"\n\n'
         '[users.bob]\nauthorized_keys = "bob.keys"\nroot = "/drop"\n'
@@ -109,6 +112,9 @@ async def test_config_file_users_keys_roots_and_permissions(tmp_path: Path) -> N
             await f.write(b"a,b\n")
         with pytest.raises(asyncssh.SFTPPermissionDenied):
             await alice.listdir("/")
+    with pytest.raises(asyncssh.KeyExchangeFailed):  # only the configured cipher is offered
+        async with connect(port, "alice", "s3cret", encryption_algs=["aes128-ctr"]):
+            pass
     async with (
         asyncssh.connect(
             "127.0.0.1", port, username="bob", client_keys=[key], known_hosts=None

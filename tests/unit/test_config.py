@@ -38,6 +38,9 @@ def config(**kw: Any) -> ServerConfig:
         ({"auth": {"dev": ""}}, "needs a non-empty password"),
         ({"auth": 42}, "auth must be"),
         ({"system_dir": None}, "no host keys"),
+        ({"ciphers": ["arcfour"]}, "unsupported cipher.*arcfour; choose from aes128-gcm"),
+        ({"ciphers": "aes128-ctr"}, "ciphers must be a non-empty list"),
+        ({"ciphers": []}, "ciphers must be a non-empty list"),
     ],
 )
 def test_bad_options_fail_with_a_helpful_message(kw: dict[str, Any], message: str) -> None:

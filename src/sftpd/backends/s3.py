@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import tempfile
 import threading
@@ -224,6 +225,37 @@ class S3Backend:
         )
         self._stack = stack
         return client
+
+    async def startup(self) -> None:
+        """Create the client and check that the bucket exists and these credentials reach it.
+
+        Raises:
+            ConfigError: with what to fix (credentials, endpoint, bucket name or policy).
+        """
+        where = self._endpoint_url or "the configured S3 endpoint"
+        try:
+            client = await self.client()
+            await client.head_bucket(Bucket=self.bucket)
+        except self._exceptions.NoCredentialsError as exc:
+            raise ConfigError(
+                "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE, or ~/.aws/credentials)"
+            ) from exc
+        except (self._exceptions.EndpointConnectionError, OSError) as exc:
+            raise ConfigError(f"cannot reach {where}: {exc}; check AWS_ENDPOINT_URL") from exc
+        except self._exceptions.ClientError as exc:
+            code = _error_code(exc)
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise ConfigError(
+                    f"bucket {self.bucket!r} does not exist at {where}: create it or fix "
+                    "the bucket name"
+                ) from exc
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise ConfigError(
+                    f"access to bucket {self.bucket!r} at {where} was denied ({code}): check "
+                    "the credentials and the bucket policy"
+                ) from exc
+            raise ConfigError(f"checking bucket {self.bucket!r} at {where} failed: {exc}") from exc
 
     async def aclose(self) -> None:
         """Close a client this backend created (not one that was given to it)."""
@@ -694,51 +726,53 @@ class S3Reader:
 
 
 class _PartBuffer:
-    """Bytes waiting to become a part: the received pieces, joined once per part."""
+    """The part being filled: an in-memory file, later sent as the request body as is.
 
-    __slots__ = ("length", "pieces")
+    Each byte is copied once, into the file. The HTTP client streams the file in chunks
+    with back-pressure, so a part in flight costs its own size and no second copy in the
+    socket's send buffer (as one large ``bytes`` body would).
+    """
+
+    __slots__ = ("file", "length")
 
     def __init__(self, data: bytes = b"") -> None:
-        self.pieces: list[bytes] = [data] if data else []  # oldest first
+        self.file = io.BytesIO()
+        self.file.write(data)
         self.length = len(data)
 
     def __len__(self) -> int:
         return self.length
 
     def append(self, data: bytes) -> None:
-        self.pieces.append(data)
+        self.file.write(data)
         self.length += len(data)
 
     def patch(self, offset: int, data: bytes) -> None:
-        """Overwrite (and if needed extend) at ``offset`` within the buffer: rare, so copy."""
-        joined = bytearray(b"".join(self.pieces))
-        end = offset + len(data)
-        if end > len(joined):
-            joined += bytes(end - len(joined))
-        joined[offset:end] = data
-        self.pieces = [bytes(joined)]
-        self.length = len(joined)
+        """Overwrite (and if needed extend) at ``offset`` within the buffer (zero-filled)."""
+        self.file.seek(offset)
+        self.file.write(data)
+        self.length = max(self.length, offset + len(data))
+        self.file.seek(self.length)
 
-    def take(self, size: int) -> bytes:
-        """Remove and return the first ``size`` bytes, copying them once."""
-        taken: list[bytes | memoryview] = []
-        need = size
-        while need:
-            piece = self.pieces[0]
-            if len(piece) <= need:
-                taken.append(piece)
-                self.pieces.pop(0)
-                need -= len(piece)
-            else:
-                view = memoryview(piece)
-                taken.append(view[:need])
-                self.pieces[0] = bytes(view[need:])
-                need = 0
-        self.length -= size
-        return b"".join(taken)
+    def take(self, size: int) -> io.BytesIO:
+        """Remove the first ``size`` bytes and return them as a file positioned at 0."""
+        body = self.file
+        with body.getbuffer() as view:
+            rest = bytes(view[size : self.length])
+        body.truncate(size)
+        body.seek(0)
+        self.file = io.BytesIO()
+        self.file.write(rest)
+        self.length = len(rest)
+        return body
+
+    def body(self) -> io.BytesIO:
+        """All of it, as a file positioned at 0 (the buffer is not used afterwards)."""
+        self.file.seek(0)
+        return self.file
 
     def to_bytes(self) -> bytes:
-        return b"".join(self.pieces)
+        return self.file.getvalue()
 
 
 class S3Writer:
@@ -847,7 +881,7 @@ class S3Writer:
         self._buffer = _PartBuffer()
         self._spill = spill
 
-    async def _send_part(self, data: bytes, *, acquired: bool = False) -> None:
+    async def _send_part(self, data: io.BytesIO, *, acquired: bool = False) -> None:
         if not acquired:
             await self._limit.acquire()
         try:
@@ -887,12 +921,10 @@ class S3Writer:
                 await self._commit_spill()
             elif self._upload_id is None:
                 async with self._backend._errors("PutObject"):
-                    await client.put_object(
-                        Bucket=bucket, Key=self._key, Body=self._buffer.to_bytes()
-                    )
+                    await client.put_object(Bucket=bucket, Key=self._key, Body=self._buffer.body())
             else:
                 if len(self._buffer) or self._next_part == 1:
-                    await self._send_part(self._buffer.to_bytes())
+                    await self._send_part(self._buffer.body())
                     self._buffer = _PartBuffer()
                 await self._drain()
                 parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
