@@ -347,6 +347,16 @@ async def _start_backend(backend: BoundBackend) -> None:
         raise ConfigError(f"{backend.name} failed to start: {exc}") from exc
 
 
+async def _stop_backend(backend: BoundBackend) -> None:
+    """Run the backend's optional ``shutdown()``; a failure is logged, the stop goes on."""
+    if backend.shutdown is None:
+        return
+    try:
+        await backend.shutdown()
+    except Exception:
+        log.exception("%s failed to shut down", backend.name)
+
+
 class Server:
     """An SFTP server serving one backend.
 
@@ -509,6 +519,9 @@ class Server:
         hard_stop = loop.time() + 5
         while ctx.connections and loop.time() < hard_stop:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+        if ctx.tasks:  # session_closed hooks and on_upload callbacks still running
+            await asyncio.wait(list(ctx.tasks), timeout=max(0.0, hard_stop - loop.time()))
+        await _stop_backend(ctx.backend)
         self._closed.set()
         log.info("sftpd stopped")
         ctx.bus.execute(

@@ -30,6 +30,7 @@ Optional, each its own small protocol, detected once at start-up:
 - :class:`SessionHooks` ``session_opened(session)`` / ``session_closed(session)``.
 - :class:`Startup` ``startup()``: connect and check the configuration when the server
   starts, so a misconfiguration stops the start with a message, not the first upload.
+- :class:`Shutdown` ``shutdown()``: release connections when the server has stopped.
 
 Errors: raise the exceptions of :mod:`sftpd.errors` (or the builtin ones they subclass,
 ``FileNotFoundError``, ``PermissionError``, ``FileExistsError``...). Each method's
@@ -67,6 +68,7 @@ __all__ = [
     "Readers",
     "SessionHooks",
     "SetAttrs",
+    "Shutdown",
     "SpaceInfo",
     "Startup",
     "StreamingWrites",
@@ -388,6 +390,17 @@ class Startup(Protocol):
         """
 
 
+@runtime_checkable
+class Shutdown(Protocol):
+    """Optional: release resources when the server stops."""
+
+    async def shutdown(self) -> None:
+        """Called once by a server's stop, after its sessions and background work ended.
+
+        A later ``Server.start`` calls ``startup()`` again. Failures are logged.
+        """
+
+
 _REQUIRED = (
     "stat",
     "list_dir",
@@ -407,6 +420,7 @@ _OPTIONAL: dict[str, tuple[str, ...]] = {
     "disk_usage": ("disk_usage",),
     "session_hooks": ("session_opened", "session_closed"),
     "startup": ("startup",),
+    "shutdown": ("shutdown",),
 }
 
 
@@ -416,7 +430,7 @@ def supports(backend: object, capability: str) -> bool:
     Args:
         backend: Any object.
         capability: One of ``range_reads``, ``readers``, ``streaming_writes``, ``set_attrs``,
-            ``disk_usage``, ``session_hooks``, ``startup``.
+            ``disk_usage``, ``session_hooks``, ``startup``, ``shutdown``.
     """
     try:
         names = _OPTIONAL[capability]
@@ -455,6 +469,7 @@ class BoundBackend:
     session_opened: Callable[..., Any] | None = None
     session_closed: Callable[..., Any] | None = None
     startup: Callable[..., Any] | None = None
+    shutdown: Callable[..., Any] | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
 
 

@@ -251,6 +251,3 @@ async def _serve(config: ServerConfig, users: list[str]) -> None:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        aclose = getattr(config.backend, "aclose", None)
-        if aclose is not None:
-            await aclose()

@@ -40,27 +40,32 @@ async def test_buffered_upload_and_whole_file_download() -> None:
 
 
 class StartupBackend(SyncDictBackend):
-    """A custom backend with a sync ``startup()`` that can be told to fail."""
+    """A custom backend with sync ``startup()`` (which can be told to fail) and ``shutdown()``."""
 
     def __init__(self, error: Exception | None = None) -> None:
         super().__init__()
         self.error = error
         self.startups = 0
+        self.shutdowns = 0
 
     def startup(self) -> None:
         self.startups += 1
         if self.error is not None:
             raise self.error
 
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
 
 async def test_backend_startup_runs_before_listening_and_can_stop_the_start() -> None:
-    """startup() runs once per start; its failure is a ConfigError and nothing listens."""
+    """startup() runs once per start, shutdown() once per stop; failed startups are ConfigErrors."""
     backend = StartupBackend()
-    async with running_server(backend=backend) as server:
-        assert backend.startups == 1
-        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
-            assert await sftp.listdir("/") == [".", ".."]
-    assert backend.startups == 1
+    for start in (1, 2):
+        async with running_server(backend=backend) as server:
+            assert (backend.startups, backend.shutdowns) == (start, start - 1)
+            async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+                assert await sftp.listdir("/") == [".", ".."]
+        assert (backend.startups, backend.shutdowns) == (start, start)
     failing = StartupBackend(RuntimeError("database is down"))
     with pytest.raises(sftpd.ConfigError, match="StartupBackend failed to start: database is down"):
         async with running_server(backend=failing):

@@ -58,6 +58,24 @@ async def test_streamed_upload_and_download(
     assert await open_uploads(s3_client, bucket) == []
 
 
+async def test_file_replaced_during_download_fails_instead_of_mixing(
+    s3_backend: S3Backend, s3_client: Any, bucket: str
+) -> None:
+    """A download pins the version it opened: a replaced object fails the next read."""
+    old, new = os.urandom(8 * MiB), os.urandom(8 * MiB)
+    await s3_client.put_object(Bucket=bucket, Key="f.bin", Body=old)
+    async with running_server(backend=s3_backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/f.bin", "rb") as f:
+                assert await f.read(100, 0) == old[:100]  # fetches chunks 0-3 ahead
+                await s3_client.put_object(Bucket=bucket, Key="f.bin", Body=new)
+                assert await f.read(100, MiB) == old[MiB : MiB + 100]  # already fetched
+                with pytest.raises(asyncssh.SFTPFailure, match="changed while it was being read"):
+                    await f.read(100, 6 * MiB)
+            async with sftp.open("/f.bin", "rb") as f:  # a new open reads the new version
+                assert await f.read(100, 6 * MiB) == new[6 * MiB : 6 * MiB + 100]
+
+
 async def test_small_file_is_one_put_and_listing_has_sizes(
     s3_backend: S3Backend, s3_client: Any, bucket: str
 ) -> None:
@@ -224,6 +242,36 @@ async def test_listing_streams_pages(s3_backend: S3Backend, s3_client: Any, buck
         assert calls >= 3
     finally:
         s3_client.list_objects_v2 = original
+
+
+async def test_own_client_follows_the_server_to_a_new_event_loop(
+    seaweedfs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend whose server is started again under another asyncio.run makes a new client."""
+    import aiobotocore.session
+
+    from tests.s3_servers import ACCESS_KEY, SECRET_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    session = aiobotocore.session.get_session()
+    async with session.create_client(
+        "s3", endpoint_url=seaweedfs.endpoint, region_name="us-east-1"
+    ) as admin:
+        await admin.create_bucket(Bucket="two-loops")
+    backend = S3Backend("two-loops", endpoint_url=seaweedfs.endpoint, region_name="us-east-1")
+
+    async def round_trip(name: str) -> list[str]:
+        async with running_server(backend=backend) as server:
+            async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+                async with sftp.open(f"/{name}", "wb") as f:
+                    await f.write(name.encode())
+                return sorted(await sftp.listdir("/"))
+
+    assert "first.txt" in await round_trip("first.txt")
+    second = await asyncio.to_thread(asyncio.run, round_trip("second.txt"))
+    assert {"first.txt", "second.txt"} <= set(second)
+    await backend.aclose()
 
 
 async def test_storage_refusal_answers_permission_denied(seaweedfs: Any) -> None:

@@ -30,7 +30,6 @@ import contextlib
 import io
 import logging
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -87,6 +86,30 @@ def _error_code(exc: BaseException) -> str:
     code = str(error.get("Code", ""))
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if response else None
     return code or str(status or "")
+
+
+async def _read_body(body: Any, size: int, spare: bytearray | None = None) -> bytearray:
+    """Read a response body of ``size`` bytes into one buffer, copying each byte once.
+
+    ``spare``, if it has the right size, is filled instead of a new buffer.
+    """
+    buffer = spare if spare is not None and len(spare) == size else bytearray(size)
+    done = 0
+    stream = getattr(getattr(body, "raw_stream", None), "content", None)
+    if stream is not None and hasattr(stream, "readany"):  # aiohttp: take its chunks as is
+        while done < size and (chunk := await stream.readany()):
+            end = done + len(chunk)
+            if end > size:
+                break
+            buffer[done:end] = chunk
+            done = end
+    else:
+        view = memoryview(buffer)
+        while done < size and (count := await body.readinto(view[done:])):
+            done += count
+    if done != size:
+        raise Failure("Storage sent a response of the wrong length")
+    return buffer
 
 
 class S3Backend:
@@ -168,7 +191,7 @@ class S3Backend:
         self._max_attempts = max_attempts
         self._stack: contextlib.AsyncExitStack | None = None
         self._client_lock: asyncio.Lock | None = None
-        self._io: _IOThread | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"S3Backend(bucket={self.bucket!r}, prefix={self.prefix!r})"
@@ -176,17 +199,18 @@ class S3Backend:
     # ------------------------------------------------------------------ plumbing
 
     async def client(self) -> Any:
-        """The S3 client, created on first use.
+        """The S3 client, created on first use (``startup()`` does it at server start).
 
-        A client this backend creates runs on an event loop in a thread of its own, so
-        request signing, hashing and socket I/O for storage overlap with the SSH work on
-        the server's loop (most of it releases the GIL). A given client stays on the
-        caller's loop.
+        A client this backend creates lives on the event loop that created it; used from
+        another loop (a server started again under a new ``asyncio.run``), a new one is
+        made. A given client (``client=``) is used as is.
         """
-        if self._client is not None:
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._client_loop in (None, loop):
             return self._client
-        if self._client_lock is None:
+        if self._client_lock is None or self._client_loop is not loop:
             self._client_lock = asyncio.Lock()
+            self._client, self._stack, self._client_loop = None, None, loop
         async with self._client_lock:
             if self._client is None:
                 if self._factory is not None:
@@ -194,14 +218,7 @@ class S3Backend:
                     self._client = await stack.enter_async_context(self._factory())
                     self._stack = stack
                 else:
-                    io = _IOThread()
-                    try:
-                        real = await io.run(self._create_client())
-                    except BaseException:
-                        io.stop()
-                        raise
-                    self._io = io
-                    self._client = _ThreadedClient(real, io)
+                    self._client = await self._create_client()
         return self._client
 
     async def _create_client(self) -> Any:
@@ -257,18 +274,16 @@ class S3Backend:
                 ) from exc
             raise ConfigError(f"checking bucket {self.bucket!r} at {where} failed: {exc}") from exc
 
+    async def shutdown(self) -> None:
+        """Close a client this backend created (a server calls this when it stops)."""
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Close a client this backend created (not one that was given to it)."""
         stack, self._stack = self._stack, None
-        io, self._io = self._io, None
         if stack is not None:
-            if io is not None:
-                await io.run(stack.aclose())
-            else:
-                await stack.aclose()
+            await stack.aclose()
             self._client = None
-        if io is not None:
-            io.stop()
 
     def _base(self, session: Session) -> str:
         prefix = self.prefix
@@ -302,6 +317,9 @@ class S3Backend:
             return PermissionDenied()
         if code in ("InvalidRange", "416"):
             return InvalidParameter("Range not satisfiable")
+        if code in ("PreconditionFailed", "412"):
+            log.info("S3 %s: %s changed while it was being read", what, self.bucket)
+            return Failure("The file changed while it was being read")
         log.error("S3 %s failed (bucket %s): %s", what, self.bucket, exc)
         return Failure("Storage error")
 
@@ -585,6 +603,24 @@ class S3Backend:
         except InvalidParameter:
             return b""  # 416: at or past the end
 
+    async def _get_chunk(
+        self, key: str, offset: int, length: int, etag: str | None, spare: bytearray | None
+    ) -> bytearray:
+        """A ranged GET of the version ``etag``, read straight into one buffer (``spare``)."""
+        client = await self.client()
+        pinned = {"IfMatch": etag} if etag else {}
+        try:
+            async with self._errors("GetObject"):
+                response = await client.get_object(
+                    Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}",
+                    **pinned,
+                )  # fmt: skip
+                async with response["Body"] as body:
+                    size = int(response.get("ContentLength", length))
+                    return await _read_body(body, size, spare)
+        except InvalidParameter:
+            return bytearray()  # 416: the object got shorter
+
     async def open_reader(self, path: str, session: Session) -> S3Reader:
         """A reader with read-ahead for one open file."""
         key = self.key(path, session)
@@ -617,87 +653,42 @@ class S3Backend:
             raise Unsupported("Objects keep no times or permissions")
 
 
-class _IOThread:
-    """An event loop in a daemon thread, for the storage client."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="sftpd-s3-io", daemon=True
-        )
-        self._thread.start()
-
-    async def run(self, coro: Any) -> Any:
-        """Run a coroutine on the IO loop and wait for it from the caller's loop."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
-
-    def stop(self) -> None:
-        """Stop the loop and the thread."""
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        if not self._thread.is_alive():
-            self.loop.close()
-
-
-class _Body:
-    """A response body already read on the IO loop."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    async def __aenter__(self) -> _Body:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    async def read(self) -> bytes:
-        return self._data
-
-
-class _ThreadedClient:
-    """Calls a client that lives on an IO thread's loop, from the server's loop."""
-
-    def __init__(self, client: Any, io: _IOThread) -> None:
-        self._client = client
-        self._io = io
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._client, name)
-
-        async def on_io_loop(**kwargs: Any) -> Any:
-            result = await method(**kwargs)
-            if name == "get_object":
-                async with result["Body"] as body:
-                    data = await body.read()
-                result = {**result, "Body": _Body(data)}
-            return result
-
-        async def call(**kwargs: Any) -> Any:
-            return await self._io.run(on_io_loop(**kwargs))
-
-        return call
-
-
 class S3Reader:
-    """Sequential downloads with a bounded read-ahead window of ranged GETs."""
+    """Sequential downloads with a bounded read-ahead window of ranged GETs.
+
+    Every GET asks for the version (ETag) the file had when it was opened, so a file
+    replaced during a download fails the download instead of mixing two versions.
+    """
 
     def __init__(self, backend: S3Backend, key: str, size: int, etag: str | None) -> None:
         self._backend = backend
         self._key = key
+        self._etag = etag
         self.size = size
         self._chunk = backend.read_chunk
-        self._chunks: dict[int, asyncio.Task[bytes]] = {}
+        self._chunks: dict[int, asyncio.Task[bytearray]] = {}
+        self._spare: list[bytearray] = []  # buffers of chunks done with, to fill again
 
-    def _fetch(self, index: int) -> asyncio.Task[bytes]:
+    def _fetch(self, index: int) -> asyncio.Task[bytearray]:
         task = self._chunks.get(index)
         if task is None:
             start = index * self._chunk
+            spare = self._spare.pop() if self._spare else None
             task = asyncio.get_running_loop().create_task(
-                self._backend._get_range(self._key, start, min(self._chunk, self.size - start))
+                self._backend._get_chunk(
+                    self._key, start, min(self._chunk, self.size - start), self._etag, spare
+                )
             )
             self._chunks[index] = task
         return task
+
+    def _drop(self, index: int) -> None:
+        """Forget a chunk; keep its buffer for the next one (no fresh pages to fault in)."""
+        task = self._chunks.pop(index)
+        if task.done() and not task.cancelled() and task.exception() is None:
+            self._spare.append(task.result())
+        else:
+            task.cancel()
 
     async def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``; chunks ahead are fetched meanwhile."""
@@ -707,13 +698,13 @@ class S3Reader:
         first, last = offset // self._chunk, (end - 1) // self._chunk
         # Keep only the window: chunks before this read are done with.
         for index in [i for i in self._chunks if i < first]:
-            self._chunks.pop(index).cancel()
+            self._drop(index)
         last_chunk = (self.size - 1) // self._chunk
         for index in range(first, min(last_chunk, last + self._backend.read_ahead) + 1):
             self._fetch(index)
         pieces = []
         for index in range(first, last + 1):
-            data = await self._fetch(index)
+            data = memoryview(await self._fetch(index))
             base = index * self._chunk
             pieces.append(data[max(0, offset - base) : end - base])
         return b"".join(pieces)
@@ -723,6 +714,7 @@ class S3Reader:
         for task in self._chunks.values():
             task.cancel()
         self._chunks.clear()
+        self._spare.clear()
 
 
 class _PartBuffer:
