@@ -48,13 +48,18 @@ async def serve_sftpd(key_dir: str, handler: bool = False) -> None:
 
 
 async def serve_asyncssh(keys: list[asyncssh.SSHKey], root: str) -> None:
-    """asyncssh's stock SFTPServer serving a directory (chrooted)."""
+    """asyncssh's stock SFTPServer serving a directory (chrooted).
+
+    It offers sftpd's default ciphers, so both servers speak the same cipher to OpenSSH and
+    the comparison is of the servers, not of the ciphers.
+    """
     acceptor = await asyncssh.create_server(
         _PasswordServer,
         "127.0.0.1",
         0,
         server_host_keys=keys,
         sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=root.encode()),
+        encryption_algs=list(sftpd.DEFAULT_CIPHERS),
         encoding=None,
     )
     print(acceptor.sockets[0].getsockname()[1], flush=True)

@@ -22,6 +22,7 @@ from tests.s3_servers import ACCESS_KEY, SECRET_KEY, aws_env, start_seaweedfs
 
 from benchmarks._common import (
     TMPFS,
+    cpu_seconds,
     make_workspace,
     peak_rss_mib,
     reset_peak_rss,
@@ -31,6 +32,7 @@ from benchmarks._common import (
 
 PART = 8 << 20  # the backend's defaults
 CONCURRENCY = 2
+SFTP_COMMANDS = (("up", "put payload.bin payload.bin\n"), ("down", "get payload.bin back.bin\n"))
 
 
 async def direct_upload(client: object, bucket: str, path: Path) -> float:
@@ -102,19 +104,19 @@ async def run(size_mib: int, rounds: int) -> None:
                     results = {"sftp up": [], "sftp down": [], "direct up": [],
                                "direct down": []}  # type: dict[str, list[float]]  # fmt: skip
                     growth = {"up": 0.0, "down": 0.0}
+                    cpus: dict[str, list[float]] = {"up": [], "down": []}
                     with server("sftpd-s3", str(keys), weed.endpoint, "bench",
                                 env=aws_env(weed.endpoint)) as (port, proc):  # fmt: skip
                         for _ in range(rounds):
-                            base = peak_rss_mib(proc.pid, "VmRSS")
-                            reset_peak_rss(proc.pid)
-                            results["sftp up"].append(sftp_batch(
-                                port, "put payload.bin payload.bin\n", local, askpass))  # fmt: skip
-                            growth["up"] = max(growth["up"], peak_rss_mib(proc.pid) - base)
-                            base = peak_rss_mib(proc.pid, "VmRSS")
-                            reset_peak_rss(proc.pid)
-                            results["sftp down"].append(sftp_batch(
-                                port, "get payload.bin back.bin\n", local, askpass))  # fmt: skip
-                            growth["down"] = max(growth["down"], peak_rss_mib(proc.pid) - base)
+                            for way, command in SFTP_COMMANDS:
+                                base = peak_rss_mib(proc.pid, "VmRSS")
+                                reset_peak_rss(proc.pid)
+                                cpu = cpu_seconds(proc.pid)
+                                results[f"sftp {way}"].append(
+                                    sftp_batch(port, command, local, askpass)
+                                )
+                                cpus[way].append(cpu_seconds(proc.pid) - cpu)
+                                growth[way] = max(growth[way], peak_rss_mib(proc.pid) - base)
                             if (local / "back.bin").stat().st_size != size:
                                 raise SystemExit("sftp download size differs")
                             (local / "back.bin").unlink()
@@ -130,9 +132,12 @@ async def run(size_mib: int, rounds: int) -> None:
     rate = {k: size / min(v) / 1e6 for k, v in results.items()}
     print(f"file size: {size_mib} MiB, best of {rounds}, SeaweedFS on loopback")
     for key, value in rate.items():
-        print(f"{key:12s} {value:8.1f} MB/s")
+        rounds_text = ", ".join(f"{size / t / 1e6:.0f}" for t in results[key])
+        print(f"{key:12s} {value:8.1f} MB/s   (rounds: {rounds_text})")
     print(f"ratio sftp/direct: upload {rate['sftp up'] / rate['direct up']:.2f}, download "
           f"{rate['sftp down'] / rate['direct down']:.2f} (target >= 0.8)")  # fmt: skip
+    print(f"sftpd CPU seconds per GiB: upload {min(cpus['up']) * 1024 / size_mib:.1f}, "
+          f"download {min(cpus['down']) * 1024 / size_mib:.1f}")  # fmt: skip
     print(f"sftpd peak RSS growth: upload {growth['up']:.0f} MiB, download "
           f"{growth['down']:.0f} MiB (target <= 64)")  # fmt: skip
 

@@ -4,8 +4,8 @@ asyncssh writes every SSH packet to the transport separately, and precedes each 
 an empty ``MSG_IGNORE`` packet, so a 255 KiB SFTP read reply becomes 16 ``send()`` calls.
 On a busy machine those system calls (and the wake-ups of the peer they cause) cost more
 than the encryption. :class:`CoalescingTransport` gathers what is written during one pass
-of the event loop and sends it at the end of the pass as one buffer. Nothing waits longer
-than the current pass, so latency is unchanged.
+of the event loop and sends it at the end of the pass in buffers of about 256 KiB. Nothing
+waits longer than the current pass, so latency is unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ import logging
 from typing import Any
 
 log = logging.getLogger("sftpd")
+
+#: Bytes joined into one send at most: large enough that system calls are few, small
+#: enough that the joined copy costs little memory.
+BATCH = 256 << 10
 
 
 class CoalescingTransport:
@@ -38,9 +42,23 @@ class CoalescingTransport:
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        if not pending or self._transport.is_closing():
+        transport = self._transport
+        if not pending or transport.is_closing():
             return
-        self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        batch: list[bytes] = []
+        size = 0
+        for data in pending:
+            if transport.get_write_buffer_size():
+                # The socket is backed up: a write only appends to the buffer, no send().
+                transport.write(data)
+                continue
+            batch.append(data)
+            size += len(data)
+            if size >= BATCH:
+                transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
