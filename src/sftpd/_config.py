@@ -71,6 +71,8 @@ class ServerConfig:
         server_version: Text after ``SSH-2.0-`` in the server's greeting.
         ciphers: The SSH ciphers offered, from :data:`CIPHERS` (default
             :data:`DEFAULT_CIPHERS`: AES in GCM and CTR modes; see there why not chacha20).
+        reuse_port: Listen with ``SO_REUSEPORT``, so several processes can serve one port
+            (``sftpd serve --workers N`` sets it).
     """
 
     backend: Any
@@ -91,6 +93,7 @@ class ServerConfig:
     telemetry: TelemetryBus | None = None
     server_version: str = "sftpd"
     ciphers: Sequence[str] = DEFAULT_CIPHERS
+    reuse_port: bool = False
     authenticator: Authenticator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -46,6 +46,7 @@ SERVER_KEYS = {
     "login_timeout": float,
     "idle_timeout": float,
     "ciphers": list,
+    "workers": int,
 }
 USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions"}
 

@@ -415,6 +415,7 @@ class Server:
                 login_timeout=config.login_timeout,
                 server_version=config.server_version,
                 encryption_algs=list(config.ciphers),
+                reuse_port=config.reuse_port or None,
                 encoding=None,
             )
         except OSError as exc:

@@ -80,6 +80,7 @@ class AuditLog(Listener):
             "time": datetime.fromtimestamp(event.time, timezone.utc)
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
+            "pid": os.getpid(),  # which process, when workers share one log
         }
         session = event.session
         if kind[0] == "auth":

@@ -18,9 +18,10 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from . import __version__
-from ._config import HOST_KEY_GLOB, ServerConfig
+from ._config import HOST_KEY_GLOB, ServerConfig, load_host_keys
 from ._config_file import UserTable, load_config_file
 from ._server import Server
+from ._workers import Worker, supervise
 from .audit import AuditLog
 from .auth import fingerprint
 from .backends.local import LocalBackend
@@ -32,6 +33,7 @@ __all__ = ["main"]
 DEFAULT_KEY_DIR = Path(".sftpd") / "host_keys"
 
 console = Console(stderr=True)
+log = logging.getLogger("sftpd")
 
 
 def _parse_user(value: str) -> tuple[str, str]:
@@ -140,6 +142,9 @@ def main() -> None:
 @click.option("--audit-log", type=str, default=None, metavar="FILE|-",
               help="Append one JSON line per login, logout, upload, download, delete, "
                    "rename, mkdir and rmdir to FILE ('-' for standard output).")  # fmt: skip
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Server processes sharing the port, e.g. one per core; each has its own "
+                   "sessions (and --max-sessions). Not with the memory backend.")  # fmt: skip
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
 @click.pass_context
@@ -187,11 +192,17 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         ciphers = options.pop("ciphers")
         if ciphers is not None:
             options["ciphers"] = ciphers.split(",") if isinstance(ciphers, str) else ciphers
+        workers = options.pop("workers")
         metrics_port = options.pop("metrics_port")
         metrics_host = options.pop("metrics_host")
         audit_target = options.pop("audit_log")
         if audit_target is not None:
             AuditLog(audit_target).attach()
+        if workers > 1 and metrics_port is not None:
+            raise ConfigError(
+                "--metrics-port serves one process's metrics; with --workers, run one "
+                "sftpd serve per port instead, or use the OpenTelemetry bridge"
+            )
         if metrics_port is not None:
             try:
                 from .integrations.prometheus import PrometheusMetrics
@@ -207,13 +218,69 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
             system_dir=key_dir,
             **options,
         )
+        if workers > 1:
+            if isinstance(config.backend, MemoryBackend):
+                raise ConfigError(
+                    "the memory backend keeps files inside one process, so workers would "
+                    "not see each other's files: use --backend local:/path or s3://BUCKET"
+                )
+            names = table.names
+            sys.exit(
+                supervise(
+                    config,
+                    workers,
+                    lambda cfg, worker: _run_worker(cfg, worker),
+                    lambda cfg: _announce(cfg, names, load_host_keys(cfg), workers),
+                )
+            )
         asyncio.run(_serve(config, table.names))
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        _print_error(exc)
         sys.exit(2)
 
 
-async def _serve(config: ServerConfig, users: list[str]) -> None:
+def _print_error(exc: ConfigError) -> None:
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")
+
+
+def _run_worker(config: ServerConfig, worker: Worker) -> int:
+    """One worker process of --workers: serve until told to stop; return the exit status."""
+    try:
+        asyncio.run(_serve(config, [], worker=worker))
+    except ConfigError as exc:
+        _print_error(exc)
+        return 2
+    except Exception:
+        log.exception("worker %d failed", worker.index)
+        return 1
+    return 0
+
+
+def _announce(
+    config: ServerConfig,
+    users: list[str],
+    host_keys: list[asyncssh.SSHKey],
+    workers: int,
+    port: int | None = None,
+) -> None:
+    """Print where the server listens, who may log in and the host key fingerprints."""
+    prints = "\n".join(f"  {k.get_algorithm()}  {fingerprint(k)}" for k in host_keys)
+    where = "localhost" if config.host in ("127.0.0.1", "::1", "localhost") else config.host
+    port = config.port if port is None else port
+    processes = f" in {workers} worker processes" if workers > 1 else ""
+    console.print(
+        Panel.fit(
+            f"sftpd {__version__} serving [bold]{type(config.backend).__name__}[/] on "
+            f"{config.host}:{port}{processes}\n"
+            f"Users: {', '.join(users)}\n"
+            f"Connect: [bold]sftp -P {port} {users[0]}@{where}[/]\n"
+            f"Host key fingerprints:\n{prints}",
+            title="sftpd",
+        )
+    )
+
+
+async def _serve(config: ServerConfig, users: list[str], worker: Worker | None = None) -> None:
     server = Server(config)
     await server.start()
     loop = asyncio.get_running_loop()
@@ -222,30 +289,31 @@ async def _serve(config: ServerConfig, users: list[str]) -> None:
     def on_signal(signum: int) -> None:
         nonlocal stopping
         if stopping:
-            console.print("Stopping now.")
+            if worker is None:
+                console.print("Stopping now.")
             server.close(grace=0.001)
             return
         stopping = True
-        console.print(
-            f"{signal.Signals(signum).name}: finishing open transfers "
-            f"(up to {config.shutdown_grace:g} s; press Ctrl-C again to stop now)"
-        )
+        if worker is None:
+            console.print(
+                f"{signal.Signals(signum).name}: finishing open transfers "
+                f"(up to {config.shutdown_grace:g} s; press Ctrl-C again to stop now)"
+            )
         server.close()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-    prints = "\n".join(f"  {k.get_algorithm()}  {fingerprint(k)}" for k in server.host_keys)
-    where = "localhost" if config.host in ("127.0.0.1", "::1", "localhost") else config.host
-    console.print(
-        Panel.fit(
-            f"sftpd {__version__} serving [bold]{type(config.backend).__name__}[/] on "
-            f"{config.host}:{server.port}\n"
-            f"Users: {', '.join(users)}\n"
-            f"Connect: [bold]sftp -P {server.port} {users[0]}@{where}[/]\n"
-            f"Host key fingerprints:\n{prints}",
-            title="sftpd",
-        )
-    )
+    if worker is None:
+        _announce(config, users, server.host_keys, 1, port=server.port)
+    else:
+        os.write(worker.ready_fd, b"1")
+        os.close(worker.ready_fd)
+
+        def orphaned() -> None:  # the supervisor is gone: stop as if told to
+            loop.remove_reader(worker.lifeline_fd)
+            on_signal(signal.SIGTERM)
+
+        loop.add_reader(worker.lifeline_fd, orphaned)
     try:
         await server.serve_forever()
     finally:

@@ -61,6 +61,7 @@ async def test_audit_log_lines() -> None:
         "login_failed", "login", "mkdir", "upload", "download", "rename", "delete", "delete",
         "rmdir", "logout",
     ]  # fmt: skip
+    assert {line["pid"] for line in lines} == {os.getpid()}
     by_event = {line["event"]: line for line in lines}
     upload = by_event["upload"]
     assert upload["path"] == "/in/r.csv"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -149,3 +150,94 @@ def test_bad_config_file_fails_with_the_key_named(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["serve", "--config", str(tmp_path / "bad.toml")])
     assert result.exit_code == 2
     assert "unknown [server] key 'prot'" in result.output
+
+
+def children_of(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (Linux /proc)."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return sorted(int(p) for p in text.split())
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (Linux /proc)."""
+    return Path(f"/proc/{pid}").exists()
+
+
+async def upload_many(port: int, count: int) -> None:
+    """Open ``count`` sessions at once, each uploading one file."""
+
+    async def one(i: int) -> None:
+        async with connect(port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open(f"/f{i}.txt", "wb") as f:
+                await f.write(b"x" * i)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
+    """--workers 2 serves one port from two processes; SIGTERM stops them all with status 0."""
+    (tmp_path / "data").mkdir()
+    audit = tmp_path / "audit.jsonl"
+    proc, port, text = await start_cli(
+        "--workers", "2", "--backend", f"local:{tmp_path / 'data'}",
+        "--audit-log", str(audit), cwd=tmp_path,
+    )  # fmt: skip
+    assert "in 2 worker processes" in text
+    workers = children_of(proc.pid)
+    assert len(workers) == 2
+    await upload_many(port, 16)
+    assert len(list((tmp_path / "data").iterdir())) == 16
+    pids = {json.loads(line)["pid"] for line in audit.read_text().splitlines()}
+    assert pids == set(workers)  # 16 sessions spread over both (all on one: p = 2**-15)
+    assert await stop_cli(proc) == 0
+    assert not any(map(alive, workers))
+
+
+async def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
+    """A worker killed with SIGKILL is started again; the port keeps being served."""
+    (tmp_path / "data").mkdir()
+    proc, port, _text = await start_cli(
+        "--workers", "2", "--backend", f"local:{tmp_path / 'data'}", cwd=tmp_path
+    )
+    first = children_of(proc.pid)
+    os.kill(first[0], signal.SIGKILL)
+    for _ in range(100):
+        now = children_of(proc.pid)
+        if len(now) == 2 and first[0] not in now:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail(f"worker not replaced: {first} -> {now}")
+    assert first[1] in now
+    await upload_many(port, 6)
+    assert len(list((tmp_path / "data").iterdir())) == 6
+    assert await stop_cli(proc) == 0
+
+
+def test_workers_refuse_what_cannot_be_shared(tmp_path: Path) -> None:
+    """The memory backend and --metrics-port cannot be split across workers: exit 2, why."""
+    runner = CliRunner()
+    memory = runner.invoke(main, ["serve", "--workers", "2", "--host-key-dir", str(tmp_path)])
+    assert memory.exit_code == 2
+    assert "memory backend keeps files inside one process" in memory.output
+    metrics = runner.invoke(main, ["serve", "--workers", "2", "--metrics-port", "0",
+                                   "--backend", f"local:{tmp_path}"])  # fmt: skip
+    assert metrics.exit_code == 2
+    assert "--metrics-port serves one process's metrics" in metrics.output
+
+
+async def test_workers_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
+    """If the supervisor is killed outright, its workers stop by themselves."""
+    (tmp_path / "data").mkdir()
+    proc, _port, _text = await start_cli(
+        "--workers", "2", "--backend", f"local:{tmp_path / 'data'}", cwd=tmp_path
+    )
+    workers = children_of(proc.pid)
+    proc.kill()
+    await proc.wait()
+    for _ in range(100):
+        if not any(map(alive, workers)):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail(f"workers {workers} outlived their supervisor")

@@ -1,0 +1,163 @@
+"""``sftpd serve --workers N``: server processes sharing one port, one per core.
+
+The supervisor binds the port with ``SO_REUSEPORT`` (so ``--port 0`` works too) and forks
+the workers; each runs its own :class:`~sftpd.Server` on a listening socket of its own on
+that port, and the kernel spreads new connections across them. Workers share nothing but
+the storage, as separate ``sftpd serve`` instances behind a load balancer would.
+
+- Workers start one after another; one that fails to start (a misconfiguration) stops
+  the whole start with its message and exit status.
+- A worker that dies is started again; one that keeps dying at once stops everything.
+- SIGTERM or Ctrl-C to the supervisor stops every worker gracefully; a second one stops
+  them now. Workers live in their own process group, so Ctrl-C reaches them only through
+  the supervisor, and they stop by themselves if the supervisor disappears.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from ._config import ServerConfig
+from .errors import ConfigError
+
+__all__ = ["Worker", "reserve_port", "supervise"]
+
+log = logging.getLogger("sftpd")
+
+#: A worker that dies sooner than this after starting counts as a crash loop.
+QUICK_DEATH = 2.0
+#: Crash-loop deaths in a row after which the supervisor gives up.
+MAX_QUICK_DEATHS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """What a worker process is handed: its number and its pipes to the supervisor."""
+
+    index: int
+    ready_fd: int  # write one byte once listening
+    lifeline_fd: int  # end of file: the supervisor is gone
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (without listening) ``host:port`` with SO_REUSEPORT; port 0 picks a free one.
+
+    Raises:
+        ConfigError: the platform has no SO_REUSEPORT, or the address cannot be bound.
+    """
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("--workers needs SO_REUSEPORT (Linux); run one process per port")
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"cannot bind {host}:{port} for the workers: {exc}") from exc
+    return sock
+
+
+def supervise(
+    config: ServerConfig,
+    workers: int,
+    run_worker: Callable[[ServerConfig, Worker], int],
+    on_ready: Callable[[ServerConfig], None],
+) -> int:
+    """Run ``workers`` processes serving ``config``; return the exit status for the CLI.
+
+    ``run_worker(config, worker)`` runs in each forked process and returns its exit
+    status; ``on_ready(config)`` is called once every worker listens (``config.port`` is
+    the bound port).
+    """
+    reserved = reserve_port(config.host, config.port)
+    config = dataclasses.replace(config, port=int(reserved.getsockname()[1]), reuse_port=True)
+    lifeline_read, lifeline_write = os.pipe()
+    children: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
+    stopping = 0
+
+    def start(index: int) -> int | None:
+        """Fork worker ``index`` and wait until it listens; its exit status if it could not."""
+        ready_read, ready_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                os.setpgid(0, 0)
+                os.close(ready_read)
+                os.close(lifeline_write)
+                reserved.close()
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(signum, signal.SIG_DFL)
+                status = run_worker(config, Worker(index, ready_write, lifeline_read))
+            finally:
+                os._exit(status)
+        os.close(ready_write)
+        children[pid] = (index, time.monotonic())
+        try:
+            ready = os.read(ready_read, 1)
+        finally:
+            os.close(ready_read)
+        if ready:
+            return None
+        _, status = os.waitpid(pid, 0)
+        del children[pid]
+        return os.waitstatus_to_exitcode(status) or 1
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping += 1
+        _terminate(children)
+
+    try:
+        for index in range(workers):
+            failed = start(index)
+            if failed is not None:
+                _stop_all(children)
+                return failed
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, forward)
+        on_ready(config)
+        quick_deaths = 0
+        while children:
+            pid, status = os.wait()
+            index, started = children.pop(pid, (-1, 0.0))
+            if stopping or index < 0:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            log.error("worker %d (pid %d) exited with status %d; starting it again",
+                      index, pid, code)  # fmt: skip
+            quick_deaths = quick_deaths + 1 if time.monotonic() - started < QUICK_DEATH else 0
+            failed = start(index) if quick_deaths < MAX_QUICK_DEATHS else code or 1
+            if failed is not None and not stopping:
+                log.error("worker %d cannot stay up; stopping", index)
+                _stop_all(children)
+                return failed
+        return 0
+    finally:
+        os.close(lifeline_write)
+        os.close(lifeline_read)
+        reserved.close()
+
+
+def _terminate(children: dict[int, tuple[int, float]]) -> None:
+    """SIGTERM every worker: a graceful stop (a second one stops it now)."""
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _stop_all(children: dict[int, tuple[int, float]]) -> None:
+    """Stop the started workers gracefully and wait for them."""
+    _terminate(children)
+    for pid in list(children):
+        os.waitpid(pid, 0)
+        del children[pid]
