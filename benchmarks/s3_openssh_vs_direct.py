@@ -17,8 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiobotocore.session
-from tests.s3_servers import ACCESS_KEY, SECRET_KEY, aws_env, start_seaweedfs
+from tests.s3_servers import aws_env, client_for, start_seaweedfs
 
 from benchmarks._common import (
     TMPFS,
@@ -95,11 +94,7 @@ async def run(size_mib: int, rounds: int) -> None:
         with tempfile.TemporaryDirectory(prefix="sftpd-bench-weed-") as weed_dir:
             weed = start_seaweedfs(Path(weed_dir))
             try:
-                session = aiobotocore.session.get_session()
-                async with session.create_client(
-                    "s3", endpoint_url=weed.endpoint, aws_access_key_id=ACCESS_KEY,
-                    aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
-                ) as client:  # fmt: skip
+                async with client_for(weed.endpoint) as client:
                     await client.create_bucket(Bucket="bench")
                     results = {"sftp up": [], "sftp down": [], "direct up": [],
                                "direct down": []}  # type: dict[str, list[float]]  # fmt: skip

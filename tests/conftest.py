@@ -213,18 +213,9 @@ def s3_server(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 async def s3_client(s3_server: Any) -> Any:
     """An aiobotocore client for the test server."""
-    import aiobotocore.session
+    from tests.s3_servers import client_for
 
-    from tests.s3_servers import ACCESS_KEY, SECRET_KEY
-
-    session = aiobotocore.session.get_session()
-    async with session.create_client(
-        "s3",
-        endpoint_url=s3_server.endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-    ) as client:
+    async with client_for(s3_server.endpoint) as client:
         yield client
 
 

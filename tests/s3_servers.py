@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ACCESS_KEY = "sftpd-test-key"
 SECRET_KEY = "sftpd-test-secret"
@@ -124,6 +125,18 @@ def start_moto() -> S3Server:
     endpoint = f"http://127.0.0.1:{port}"
     _wait_http(endpoint, time.monotonic() + 30)
     return S3Server("moto", endpoint, moto=server)
+
+
+def client_for(
+    endpoint: str, key: str = ACCESS_KEY, secret: str = SECRET_KEY, **options: Any
+) -> Any:
+    """An aiobotocore S3 client (an async context manager) for a test server."""
+    import aiobotocore.session
+
+    return aiobotocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
+        region_name="us-east-1", **options,
+    )  # fmt: skip
 
 
 def aws_env(endpoint: str) -> dict[str, str]:

@@ -248,16 +248,11 @@ async def test_own_client_follows_the_server_to_a_new_event_loop(
     seaweedfs: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A backend whose server is started again under another asyncio.run makes a new client."""
-    import aiobotocore.session
-
-    from tests.s3_servers import ACCESS_KEY, SECRET_KEY
+    from tests.s3_servers import ACCESS_KEY, SECRET_KEY, client_for
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    session = aiobotocore.session.get_session()
-    async with session.create_client(
-        "s3", endpoint_url=seaweedfs.endpoint, region_name="us-east-1"
-    ) as admin:
+    async with client_for(seaweedfs.endpoint) as admin:
         await admin.create_bucket(Bucket="two-loops")
     backend = S3Backend("two-loops", endpoint_url=seaweedfs.endpoint, region_name="us-east-1")
 
@@ -279,15 +274,9 @@ async def test_storage_refusal_answers_permission_denied(seaweedfs: Any) -> None
 
     (SeaweedFS only: moto accepts any credentials.) The credentials may read, not write.
     """
-    import aiobotocore.session
+    from tests.s3_servers import READ_ONLY_KEY, READ_ONLY_SECRET, client_for
 
-    from tests.s3_servers import ACCESS_KEY, READ_ONLY_KEY, READ_ONLY_SECRET, SECRET_KEY
-
-    session = aiobotocore.session.get_session()
-    async with session.create_client(
-        "s3", endpoint_url=seaweedfs.endpoint, aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
-    ) as admin:  # fmt: skip
+    async with client_for(seaweedfs.endpoint) as admin:
         await admin.create_bucket(Bucket="read-only")
         await admin.put_object(Bucket="read-only", Key="seen.txt", Body=b"hello")
     backend = S3Backend("read-only", endpoint_url=seaweedfs.endpoint, region_name="us-east-1")
@@ -381,16 +370,10 @@ async def test_cli_s3_backend(s3_server: Any, bucket: str, s3_client: Any, tmp_p
 @pytest.mark.slow
 async def test_openssh_1gib_round_trip(seaweedfs: Any, openssh: OpenSSH, tmp_path: Path) -> None:
     """1 GiB up and down through OpenSSH sftp on SeaweedFS, byte for byte."""
-    import aiobotocore.session
-
-    from tests.s3_servers import ACCESS_KEY, SECRET_KEY
+    from tests.s3_servers import client_for
 
     src = make_file(tmp_path / "gig.bin", 1 << 30, seed=21)
-    session = aiobotocore.session.get_session()
-    async with session.create_client(
-        "s3", endpoint_url=seaweedfs.endpoint, aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
-    ) as client:  # fmt: skip
+    async with client_for(seaweedfs.endpoint) as client:
         await client.create_bucket(Bucket="gigabyte")
         backend = S3Backend("gigabyte", client=client)
         async with running_server(backend=backend) as server:
@@ -412,17 +395,12 @@ async def write_then_close(f: Any, first_mib: int, last_mib: int) -> None:
 
 async def test_storage_outage_mid_upload(seaweedfs: Any, tmp_path: Path) -> None:
     """Stopping S3 mid-upload fails that upload; the server lives on; nothing partial remains."""
-    import aiobotocore.session
     from botocore.config import Config
 
-    from tests.s3_servers import ACCESS_KEY, SECRET_KEY
+    from tests.s3_servers import client_for
 
-    session = aiobotocore.session.get_session()
     config = Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5)
-    async with session.create_client(
-        "s3", endpoint_url=seaweedfs.endpoint, aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY, region_name="us-east-1", config=config,
-    ) as client:  # fmt: skip
+    async with client_for(seaweedfs.endpoint, config=config) as client:
         await client.create_bucket(Bucket="outage")
         backend = S3Backend("outage", client=client, part_size=5 * MiB)
         async with running_server(backend=backend, close_timeout=20) as server:
