@@ -560,18 +560,14 @@ class S3Backend:
                 )
             raise
 
-    async def _get(self, key: str, **extra: str) -> bytes:
-        """GetObject and read the whole body."""
+    async def read_file(self, path: str, session: Session) -> bytes:
+        """A whole object."""
         client = await self.client()
         async with self._errors("GetObject"):
-            response = await client.get_object(Bucket=self.bucket, Key=key, **extra)
+            response = await client.get_object(Bucket=self.bucket, Key=self.key(path, session))
             async with response["Body"] as body:
                 data: bytes = await body.read()
         return data
-
-    async def read_file(self, path: str, session: Session) -> bytes:
-        """A whole object."""
-        return await self._get(self.key(path, session))
 
     async def _require_upload_target(self, path: str, session: Session) -> None:
         """The parent must be a directory and ``path`` must not be one."""
@@ -598,10 +594,7 @@ class S3Backend:
     async def _get_range(self, key: str, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        try:
-            return await self._get(key, Range=f"bytes={offset}-{offset + length - 1}")
-        except InvalidParameter:
-            return b""  # 416: at or past the end
+        return bytes(await self._get_chunk(key, offset, length, None, None))
 
     async def _get_chunk(
         self, key: str, offset: int, length: int, etag: str | None, spare: bytearray | None
