@@ -47,6 +47,22 @@ log = logging.getLogger("sftpd")
 
 T = TypeVar("T")
 
+#: Read replies the client has not taken yet, in bytes, above which the next read waits.
+#: asyncssh queues every reply in the channel whatever the client's window, so a client
+#: with many reads outstanding (OpenSSH: 64 of 255 KiB), or one that stops reading, would
+#: otherwise make the server hold all of them. Above the usual 2 MiB window, so a client
+#: that keeps up never waits.
+REPLY_BACKLOG = 4 << 20
+
+
+async def wait_for_client(channel: Any, limit: int = REPLY_BACKLOG) -> None:
+    """Wait while more than ``limit`` bytes of replies wait for the client to take them."""
+    delay = 0.001
+    while channel.get_write_buffer_size() > limit:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
 _TYPES = {
     FileType.FILE: asyncssh.FILEXFER_TYPE_REGULAR,
     FileType.DIRECTORY: asyncssh.FILEXFER_TYPE_DIRECTORY,
@@ -368,6 +384,7 @@ class SftpAdapter(asyncssh.SFTPServer):
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         """Read from an open file."""
         handle = cast(FileHandle, file_obj)
+        await wait_for_client(self.channel)
         data = await self._run(
             "read", handle.read(offset, size),
             {"handle": handle.id, "offset": offset, "bytes_requested": size},

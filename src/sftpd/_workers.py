@@ -23,6 +23,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ._config import ServerConfig
 from .errors import ConfigError
@@ -35,6 +36,7 @@ log = logging.getLogger("sftpd")
 QUICK_DEATH = 2.0
 #: Crash-loop deaths in a row after which the supervisor gives up.
 MAX_QUICK_DEATHS = 3
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +60,20 @@ def reserve_port(host: str, port: int) -> socket.socket:
         family, kind, proto, _name, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
+        # First without SO_REUSEPORT: this fails if anyone (another sftpd with workers
+        # included) holds the port, where SO_REUSEPORT would silently share it; and for
+        # port 0 the kernel then picks a port nobody has.
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+            address = (address[0], probe.getsockname()[1], *address[2:])
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError as exc:
-        raise ConfigError(f"cannot bind {host}:{port} for the workers: {exc}") from exc
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another port or "
+            "stop the server using it"
+        ) from exc
     return sock
 
 
@@ -81,6 +92,7 @@ def supervise(
     reserved = reserve_port(config.host, config.port)
     config = dataclasses.replace(config, port=int(reserved.getsockname()[1]), reuse_port=True)
     lifeline_read, lifeline_write = os.pipe()
+    previous: dict[int, Any] = {}
     children: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
     stopping = 0
 
@@ -95,7 +107,7 @@ def supervise(
                 os.close(ready_read)
                 os.close(lifeline_write)
                 reserved.close()
-                for signum in (signal.SIGINT, signal.SIGTERM):
+                for signum in STOP_SIGNALS:
                     signal.signal(signum, signal.SIG_DFL)
                 status = run_worker(config, Worker(index, ready_write, lifeline_read))
             finally:
@@ -123,8 +135,7 @@ def supervise(
             if failed is not None:
                 _stop_all(children)
                 return failed
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, forward)
+        previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
         on_ready(config)
         quick_deaths = 0
         while children:
@@ -143,6 +154,8 @@ def supervise(
                 return failed
         return 0
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         os.close(lifeline_write)
         os.close(lifeline_read)
         reserved.close()

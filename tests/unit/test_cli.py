@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncssh
@@ -72,6 +74,18 @@ async def start_cli(
     for _ in range(3):
         text += (await asyncio.wait_for(proc.stdout.readline(), 5)).decode()
     return proc, int(match.group(1)), text
+
+
+@contextlib.asynccontextmanager
+async def cli(*args: str, cwd: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, str]]:
+    """`sftpd serve ARGS` for the duration of a test; killed afterwards if still running."""
+    proc, port, text = await start_cli(*args, cwd=cwd)
+    try:
+        yield proc, port, text
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def stop_cli(proc: asyncio.subprocess.Process) -> int:
@@ -178,40 +192,46 @@ async def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
     """--workers 2 serves one port from two processes; SIGTERM stops them all with status 0."""
     (tmp_path / "data").mkdir()
     audit = tmp_path / "audit.jsonl"
-    proc, port, text = await start_cli(
+    async with cli(
         "--workers", "2", "--backend", f"local:{tmp_path / 'data'}",
         "--audit-log", str(audit), cwd=tmp_path,
-    )  # fmt: skip
-    assert "in 2 worker processes" in text
-    workers = children_of(proc.pid)
-    assert len(workers) == 2
-    await upload_many(port, 16)
-    assert len(list((tmp_path / "data").iterdir())) == 16
-    pids = {json.loads(line)["pid"] for line in audit.read_text().splitlines()}
-    assert pids == set(workers)  # 16 sessions spread over both (all on one: p = 2**-15)
-    assert await stop_cli(proc) == 0
+    ) as (proc, port, text):  # fmt: skip
+        assert "in 2 worker processes" in text
+        workers = children_of(proc.pid)
+        assert len(workers) == 2
+        await upload_many(port, 16)
+        assert len(list((tmp_path / "data").iterdir())) == 16
+        pids = {json.loads(line)["pid"] for line in audit.read_text().splitlines()}
+        assert pids == set(workers)  # 16 sessions spread over both (all on one: p = 2**-15)
+        taken = CliRunner().invoke(main, ["serve", "--workers", "2", "--port", str(port),
+                                          "--backend", f"local:{tmp_path}"])  # fmt: skip
+        assert taken.exit_code == 2  # never joins another server's port
+        assert f"cannot listen on 127.0.0.1:{port}" in taken.output
+        assert await stop_cli(proc) == 0
     assert not any(map(alive, workers))
 
 
 async def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
     """A worker killed with SIGKILL is started again; the port keeps being served."""
     (tmp_path / "data").mkdir()
-    proc, port, _text = await start_cli(
-        "--workers", "2", "--backend", f"local:{tmp_path / 'data'}", cwd=tmp_path
-    )
-    first = children_of(proc.pid)
-    os.kill(first[0], signal.SIGKILL)
-    for _ in range(100):
-        now = children_of(proc.pid)
-        if len(now) == 2 and first[0] not in now:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        pytest.fail(f"worker not replaced: {first} -> {now}")
-    assert first[1] in now
-    await upload_many(port, 6)
-    assert len(list((tmp_path / "data").iterdir())) == 6
-    assert await stop_cli(proc) == 0
+    async with cli("--workers", "2", "--backend", f"local:{tmp_path / 'data'}", cwd=tmp_path) as (
+        proc,
+        port,
+        _text,
+    ):
+        first = children_of(proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        for _ in range(100):
+            now = children_of(proc.pid)
+            if len(now) == 2 and first[0] not in now:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"worker not replaced: {first} -> {now}")
+        assert first[1] in now
+        await upload_many(port, 6)
+        assert len(list((tmp_path / "data").iterdir())) == 6
+        assert await stop_cli(proc) == 0
 
 
 def test_workers_refuse_what_cannot_be_shared(tmp_path: Path) -> None:
@@ -229,12 +249,14 @@ def test_workers_refuse_what_cannot_be_shared(tmp_path: Path) -> None:
 async def test_workers_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
     """If the supervisor is killed outright, its workers stop by themselves."""
     (tmp_path / "data").mkdir()
-    proc, _port, _text = await start_cli(
-        "--workers", "2", "--backend", f"local:{tmp_path / 'data'}", cwd=tmp_path
-    )
-    workers = children_of(proc.pid)
-    proc.kill()
-    await proc.wait()
+    async with cli("--workers", "2", "--backend", f"local:{tmp_path / 'data'}", cwd=tmp_path) as (
+        proc,
+        _port,
+        _text,
+    ):
+        workers = children_of(proc.pid)
+        proc.kill()
+        await proc.wait()
     for _ in range(100):
         if not any(map(alive, workers)):
             break

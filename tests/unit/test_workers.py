@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,9 @@ def test_a_worker_that_keeps_dying_stops_everything(
         os.write(worker.ready_fd, b"1")
         return 1
 
+    handler = signal.getsignal(signal.SIGTERM)
     assert supervise(config(), 1, die_at_once, ready.append) == 1
+    assert signal.getsignal(signal.SIGTERM) is handler  # the caller's handlers are back
     [announced] = ready
     assert announced.port > 0
     assert announced.reuse_port
