@@ -139,9 +139,9 @@ def supervise(
         on_ready(config)
         quick_deaths = 0
         while children:
-            pid, status = os.wait()
-            index, started = children.pop(pid, (-1, 0.0))
-            if stopping or index < 0:
+            pid, status = _wait_any(children)
+            index, started = children.pop(pid)
+            if stopping:
                 continue
             code = os.waitstatus_to_exitcode(status)
             log.error("worker %d (pid %d) exited with status %d; starting it again",
@@ -159,6 +159,16 @@ def supervise(
         os.close(lifeline_write)
         os.close(lifeline_read)
         reserved.close()
+
+
+def _wait_any(children: dict[int, tuple[int, float]]) -> tuple[int, int]:
+    """Wait until one of ``children`` exits (never reaping other children of this process)."""
+    while True:
+        for pid in list(children):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return done, status
+        time.sleep(0.1)
 
 
 def _terminate(children: dict[int, tuple[int, float]]) -> None:
