@@ -9,8 +9,9 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -188,14 +189,27 @@ async def upload_many(port: int, count: int) -> None:
     await asyncio.gather(*(one(i) for i in range(count)))
 
 
+def local_workers(tmp_path: Path, *extra: str) -> Any:
+    """`sftpd serve --workers 2` on a local folder, as :func:`cli`."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return cli("--workers", "2", "--backend", f"local:{tmp_path / 'data'}", *extra, cwd=tmp_path)
+
+
+async def eventually(check: Callable[[], bool], what: str) -> None:
+    """Wait up to 10 s for ``check()``; fail the test with ``what`` otherwise."""
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(what)
+
+
 async def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
     """--workers 2 serves one port from two processes; SIGTERM stops them all with status 0."""
-    (tmp_path / "data").mkdir()
     audit = tmp_path / "audit.jsonl"
-    async with cli(
-        "--workers", "2", "--backend", f"local:{tmp_path / 'data'}",
-        "--audit-log", str(audit), cwd=tmp_path,
-    ) as (proc, port, text):  # fmt: skip
+    # --max-sessions is per worker: 20 lets all 16 sessions land on one worker if they do.
+    options = ("--audit-log", str(audit), "--max-sessions", "20")
+    async with local_workers(tmp_path, *options) as (proc, port, text):
         assert "in 2 worker processes" in text
         workers = children_of(proc.pid)
         assert len(workers) == 2
@@ -213,22 +227,15 @@ async def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
 
 async def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
     """A worker killed with SIGKILL is started again; the port keeps being served."""
-    (tmp_path / "data").mkdir()
-    async with cli("--workers", "2", "--backend", f"local:{tmp_path / 'data'}", cwd=tmp_path) as (
-        proc,
-        port,
-        _text,
-    ):
+    async with local_workers(tmp_path) as (proc, port, _text):
         first = children_of(proc.pid)
         os.kill(first[0], signal.SIGKILL)
-        for _ in range(100):
+
+        def replaced() -> bool:
             now = children_of(proc.pid)
-            if len(now) == 2 and first[0] not in now:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail(f"worker not replaced: {first} -> {now}")
-        assert first[1] in now
+            return len(now) == 2 and first[0] not in now and first[1] in now
+
+        await eventually(replaced, f"worker {first[0]} was not replaced")
         await upload_many(port, 6)
         assert len(list((tmp_path / "data").iterdir())) == 6
         assert await stop_cli(proc) == 0
@@ -248,18 +255,8 @@ def test_workers_refuse_what_cannot_be_shared(tmp_path: Path) -> None:
 
 async def test_workers_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
     """If the supervisor is killed outright, its workers stop by themselves."""
-    (tmp_path / "data").mkdir()
-    async with cli("--workers", "2", "--backend", f"local:{tmp_path / 'data'}", cwd=tmp_path) as (
-        proc,
-        _port,
-        _text,
-    ):
+    async with local_workers(tmp_path) as (proc, _port, _text):
         workers = children_of(proc.pid)
         proc.kill()
         await proc.wait()
-    for _ in range(100):
-        if not any(map(alive, workers)):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        pytest.fail(f"workers {workers} outlived their supervisor")
+    await eventually(lambda: not any(map(alive, workers)), f"{workers} outlived the supervisor")
