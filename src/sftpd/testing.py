@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,13 @@ class BackendConformance:
     def session(self) -> Session:
         """A session for direct calls."""
         return make_session()
+
+    @pytest.fixture
+    def open_writer(self, bound: BoundBackend) -> Callable[..., Any]:
+        """The backend's ``open_writer``; tests using it skip backends without one."""
+        if bound.open_writer is None:
+            pytest.skip("backend has no streaming writes")
+        return bound.open_writer
 
     async def test_root_is_a_listable_directory(
         self, bound: BoundBackend, session: Session
@@ -212,11 +219,11 @@ class BackendConformance:
         ]
         assert b"".join(chunks) == data
 
-    async def test_streaming_write_commit(self, bound: BoundBackend, session: Session) -> None:
+    async def test_streaming_write_commit(
+        self, bound: BoundBackend, session: Session, open_writer: Callable[..., Any]
+    ) -> None:
         """A streamed upload is invisible until commit, then holds every chunk in order."""
-        if bound.open_writer is None:
-            pytest.skip("backend has no streaming writes")
-        writer = await bound.open_writer("/stream.bin", session, keep_existing=False)
+        writer = await open_writer("/stream.bin", session, keep_existing=False)
         chunks = [bytes([i]) * 100_000 for i in range(20)]
         offset = 0
         for chunk in chunks:
@@ -228,42 +235,36 @@ class BackendConformance:
         assert await bound.read_file("/stream.bin", session) == b"".join(chunks)
 
     async def test_streaming_write_out_of_order(
-        self, bound: BoundBackend, session: Session
+        self, bound: BoundBackend, session: Session, open_writer: Callable[..., Any]
     ) -> None:
         """Writes at any offset land in place; holes read as zeros."""
-        if bound.open_writer is None:
-            pytest.skip("backend has no streaming writes")
-        writer = await bound.open_writer("/ooo.bin", session, keep_existing=False)
+        writer = await open_writer("/ooo.bin", session, keep_existing=False)
         await writer.write(10, b"world")
         await writer.write(0, b"hello")
         await writer.commit()
         assert await bound.read_file("/ooo.bin", session) == b"hello" + bytes(5) + b"world"
 
     async def test_streaming_write_abort_leaves_nothing(
-        self, bound: BoundBackend, session: Session
+        self, bound: BoundBackend, session: Session, open_writer: Callable[..., Any]
     ) -> None:
         """An aborted upload leaves no file and keeps the one it would have replaced."""
-        if bound.open_writer is None:
-            pytest.skip("backend has no streaming writes")
-        writer = await bound.open_writer("/gone.bin", session, keep_existing=False)
+        writer = await open_writer("/gone.bin", session, keep_existing=False)
         await writer.write(0, b"partial")
         await writer.abort()
         with pytest.raises(FileNotFoundError):
             await bound.stat("/gone.bin", session)
         await bound.write_file("/kept.bin", b"old", session)
-        writer = await bound.open_writer("/kept.bin", session, keep_existing=False)
+        writer = await open_writer("/kept.bin", session, keep_existing=False)
         await writer.write(0, b"new content")
         await writer.abort()
         assert await bound.read_file("/kept.bin", session) == b"old"
 
     async def test_streaming_write_keep_existing_appends(
-        self, bound: BoundBackend, session: Session
+        self, bound: BoundBackend, session: Session, open_writer: Callable[..., Any]
     ) -> None:
         """keep_existing=True starts from the stored content (resume/append)."""
-        if bound.open_writer is None:
-            pytest.skip("backend has no streaming writes")
         await bound.write_file("/resume.bin", b"first half|", session)
-        writer = await bound.open_writer("/resume.bin", session, keep_existing=True)
+        writer = await open_writer("/resume.bin", session, keep_existing=True)
         await writer.write(11, b"second half")
         await writer.commit()
         assert await bound.read_file("/resume.bin", session) == b"first half|second half"
