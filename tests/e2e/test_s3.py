@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import pytest
 
 import sftpd
 from sftpd import telemetry
+from sftpd.backends import s3 as s3_module
 from sftpd.backends.s3 import S3Backend, SessionPrefix
 from sftpd.testing import running_server
 from tests.conftest import OpenSSH, connect, make_file, sha256, sha256_file
@@ -180,6 +182,43 @@ async def test_small_resume_and_append_recompose(
                 await f.write(b"two\n")
             async with sftp.open("/log.txt", "rb") as f:
                 assert await f.read() == b"one\ntwo\n"
+
+
+async def test_resume_and_rename_of_objects_over_one_copy_part(
+    s3_backend: S3Backend, s3_client: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects larger than one copy part are copied in equal parts, none under 5 MiB.
+
+    S3's 5 GiB copy-part limit is scaled down to 12 MiB so that a 13 MiB object needs two
+    copy parts. Split as 12 MiB + 1 MiB, the appended upload would fail to complete with
+    EntityTooSmall on moto (and on AWS), because a 1 MiB part would be followed by others.
+    """
+    monkeypatch.setattr(s3_module, "MAX_COPY_PART", 12 * MiB)
+    stored, tail = os.urandom(13 * MiB), os.urandom(6 * MiB)
+    await s3_client.put_object(Bucket=bucket, Key="big.bin", Body=stored)
+    async with running_server(backend=s3_backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/big.bin", "ab") as f:
+                await f.write(tail)
+            await sftp.rename("/big.bin", "/moved.bin")
+    assert await keys(s3_client, bucket) == ["moved.bin"]
+    parts = await s3_client.head_object(Bucket=bucket, Key="moved.bin", PartNumber=1)
+    assert parts["PartsCount"] == 2  # the rename copied 19 MiB as two parts
+    result = await s3_client.get_object(Bucket=bucket, Key="moved.bin")
+    async with result["Body"] as body:
+        assert sha256(await body.read()) == sha256(stored + tail)
+    assert await open_uploads(s3_client, bucket) == []
+
+
+@pytest.mark.parametrize("size", [5 * MiB, 5 << 30, (5 << 30) + 1, (10 << 30) + 5, 5 << 40])
+def test_copy_ranges_cover_the_object_within_s3_limits(size: int) -> None:
+    """Copy ranges at S3's real limits are contiguous, at most 5 GiB, at least 5 MiB, few."""
+    ranges = s3_module._copy_ranges(size)
+    assert ranges[0][0] == 0
+    assert ranges[-1][1] == size - 1
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(ranges))
+    assert all(5 * MiB <= end - start + 1 <= 5 << 30 for start, end in ranges)
+    assert len(ranges) == -(-size // (5 << 30))
 
 
 async def test_tenants_isolated_by_session_prefix(s3_client: Any, bucket: str) -> None:

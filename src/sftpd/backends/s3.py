@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import logging
 import tempfile
 import time
@@ -59,6 +60,18 @@ log = logging.getLogger("sftpd.s3")
 MIN_PART_SIZE = 5 << 20
 MAX_COPY_PART = 5 << 30
 KEEP = ".keep"
+
+
+def _copy_ranges(size: int) -> list[tuple[int, int]]:
+    """Inclusive byte ranges that copy ``size`` bytes in as few parts as S3 allows.
+
+    The parts are of equal size (to the byte), not 5 GiB and a remainder: a copied object
+    that new parts follow must not end in a part under 5 MiB, and equal parts of an object
+    over 5 GiB are each over 2.5 GiB.
+    """
+    count = max(1, -(-size // MAX_COPY_PART))
+    bounds = [size * i // count for i in range(count + 1)]
+    return [(start, end - 1) for start, end in itertools.pairwise(bounds)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,8 +553,7 @@ class S3Backend:
         upload_id = upload["UploadId"]
         try:
             parts = []
-            for number, start in enumerate(range(0, size, MAX_COPY_PART), 1):
-                end = min(size, start + MAX_COPY_PART) - 1
+            for number, (start, end) in enumerate(_copy_ranges(size), 1):
                 async with self._errors("UploadPartCopy"):
                     result = await client.upload_part_copy(
                         Bucket=self.bucket, Key=dst_key, UploadId=upload_id, PartNumber=number,
@@ -811,8 +823,7 @@ class S3Writer:
         upload_id = await self._start_multipart()
         client = await self._client()
         source = {"Bucket": self._backend.bucket, "Key": self._key}
-        for start in range(0, size, MAX_COPY_PART):
-            end = min(size, start + MAX_COPY_PART) - 1
+        for start, end in _copy_ranges(size):
             number = self._next_part
             self._next_part += 1
             async with self._backend._errors("UploadPartCopy"):
