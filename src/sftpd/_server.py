@@ -17,6 +17,7 @@ import asyncssh
 
 from ._adapter import SftpAdapter
 from ._coalesce import coalesce_writes
+from ._compat import install as tolerate_client_bugs
 from ._config import ServerConfig, load_host_keys
 from ._session import Peer, Session
 from ._throttle import LoginThrottle
@@ -401,6 +402,7 @@ class Server:
         )
         ctx = self._ctx
         await _start_backend(ctx.backend)
+        tolerate_client_bugs()
         try:
             self._acceptor = await asyncssh.create_server(
                 lambda: _Connection(ctx),

@@ -6,48 +6,15 @@ import asyncio
 import os
 import struct
 
-import asyncssh
-
 import sftpd
 from sftpd import telemetry
 from sftpd._adapter import REPLY_BACKLOG
 from sftpd.testing import running_server
 from tests.conftest import connect
+from tests.raw_sftp import open_raw, packet, string
 
 READ = 256 << 10
 COUNT = 120  # 30 MiB of reads asked for at once
-
-
-def packet(kind: int, *fields: bytes) -> bytes:
-    """One SFTP packet: length, type, fields."""
-    body = bytes([kind]) + b"".join(fields)
-    return struct.pack(">I", len(body)) + body
-
-
-def string(value: bytes) -> bytes:
-    return struct.pack(">I", len(value)) + value
-
-
-class RawSftp(asyncssh.SSHClientSession[bytes]):
-    """The sftp subsystem spoken by hand, so the test decides when to stop reading."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.arrived = asyncio.Event()
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self.buffer += data
-        self.arrived.set()
-
-    async def packet(self) -> tuple[int, bytes]:
-        """The next whole SFTP packet: its type and the rest."""
-        while len(self.buffer) < 4 or len(self.buffer) < 4 + int.from_bytes(self.buffer[:4], "big"):
-            self.arrived.clear()
-            await asyncio.wait_for(self.arrived.wait(), 30)
-        size = int.from_bytes(self.buffer[:4], "big")
-        body = bytes(self.buffer[4 : 4 + size])
-        del self.buffer[: 4 + size]
-        return body[0], body[1:]
 
 
 async def test_reads_wait_while_the_client_takes_no_replies() -> None:
@@ -61,11 +28,7 @@ async def test_reads_wait_while_the_client_takes_no_replies() -> None:
         async with connect(server.port) as conn:
             async with conn.start_sftp_client() as sftp, sftp.open("/big.bin", "wb") as f:
                 await f.write(data)
-            chan, raw = await conn.create_session(
-                RawSftp, subsystem="sftp", encoding=None, window=64 << 10
-            )
-            chan.write(packet(1, struct.pack(">I", 3)))  # INIT, version 3
-            assert (await raw.packet())[0] == 2  # VERSION
+            chan, raw = await open_raw(conn, window=64 << 10)
             chan.write(packet(3, struct.pack(">I", 1), string(b"/big.bin"),
                               struct.pack(">II", 1, 0)))  # OPEN for reading  # fmt: skip
             kind, rest = await raw.packet()

@@ -1,0 +1,251 @@
+"""End-to-end with clients on other SSH stacks: curl (libssh2) and rclone (Go's pkg/sftp)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+import sftpd
+from sftpd import telemetry
+from sftpd._compat import trailing_bytes
+from sftpd.backends.s3 import S3Backend
+from sftpd.testing import running_server
+from tests.conftest import SftpResult, connect, make_file, sha256, sha256_file
+from tests.raw_sftp import open_raw, packet, string
+
+MiB = 1 << 20
+
+
+async def run(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) -> SftpResult:
+    """Run a client command to completion; returns its exit code and output."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return SftpResult(proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture(scope="session")
+def curl() -> list[str]:
+    """curl with SFTP support (libssh2), logging in as dev, host key not checked."""
+    path = shutil.which("curl")
+    version = (
+        subprocess.run([path or "curl", "-V"], capture_output=True, text=True) if path else None
+    )
+    if path is None or version is None or " sftp" not in version.stdout:
+        pytest.fail("curl with SFTP support is not installed (apt-get install curl)")
+    return [path, "--silent", "--show-error", "--insecure", "--user", "dev:dev"]
+
+
+class Rclone:
+    """Runs rclone against an SFTP server given on the command line, not in a config."""
+
+    def __init__(self, config: Path) -> None:
+        path = shutil.which("rclone")
+        if path is None:  # pragma: no cover - CI installs rclone
+            pytest.fail("rclone is not installed (apt-get install rclone)")
+        self.path = path
+        self.env = {"RCLONE_CONFIG": str(config)}
+        obscured = subprocess.run([path, "obscure", "dev"], capture_output=True, text=True)
+        self.password = obscured.stdout.strip()
+
+    def remote(self, port: int, path: str = "") -> str:
+        """An on-the-fly sftp remote for user dev at ``path``."""
+        return f":sftp,host=127.0.0.1,port={port},user=dev,pass={self.password}:{path}"
+
+    async def __call__(self, *args: str) -> SftpResult:
+        """Run one rclone command, with no retries so that a failure shows at once."""
+        return await run(
+            self.path, "--retries", "1", "--low-level-retries", "1", *args, env=self.env
+        )
+
+
+@pytest.fixture(scope="session")
+def rclone(tmp_path_factory: pytest.TempPathFactory) -> Rclone:
+    """The rclone driver, with an empty config file of its own."""
+    config = tmp_path_factory.mktemp("rclone") / "rclone.conf"
+    config.write_text("")
+    return Rclone(config)
+
+
+def test_trailing_bytes_of_write_requests() -> None:
+    """Bytes after a WRITE request's data are counted; well-formed or short packets give 0."""
+    fields = (4).to_bytes(4, "big") + b"hndl" + (7).to_bytes(8, "big")
+    data = (3).to_bytes(4, "big") + b"abc"
+    assert trailing_bytes(b"\x06" + fields + data, 1) == 0
+    assert trailing_bytes(b"\x06" + fields + data + bytes(29), 1) == 29
+    assert trailing_bytes(b"\x06" + fields + (9).to_bytes(4, "big") + b"abc", 1) == 0
+
+
+class _AnyoneServer(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False  # no authentication needed
+
+
+async def write_with_trailing_bytes(port: int, path: bytes) -> tuple[int, int]:
+    """OPEN ``path``, WRITE b"abc" followed by 29 stray bytes, CLOSE.
+
+    Returns the status codes of the WRITE and of the CLOSE.
+    """
+    async with connect(port) as conn:
+        chan, raw = await open_raw(conn)
+        chan.write(packet(3, struct.pack(">I", 1), string(path),
+                          struct.pack(">II", 0x1A, 0)))  # OPEN write|create|truncate  # fmt: skip
+        kind, rest = await raw.packet()
+        assert kind == 102, rest  # HANDLE
+        handle = rest[4:]
+        chan.write(packet(6, struct.pack(">I", 2), handle, struct.pack(">Q", 0),
+                          string(b"abc"), bytes(29)))  # WRITE, then stray bytes  # fmt: skip
+        kind, rest = await raw.packet()
+        assert kind == 101  # STATUS
+        write_status = struct.unpack(">I", rest[4:8])[0]
+        chan.write(packet(4, struct.pack(">I", 3), handle))  # CLOSE
+        kind, rest = await raw.packet()
+        assert kind == 101  # STATUS
+        chan.close()
+        return write_status, struct.unpack(">I", rest[4:8])[0]
+
+
+async def test_stray_bytes_after_write_data_are_ignored_by_sftpd_only(
+    host_key_dir: Path, tmp_path: Path
+) -> None:
+    """A WRITE with bytes after its data stores exactly the data, as OpenSSH's server does.
+
+    asyncssh's own SFTP server in the same process still answers BAD_MESSAGE: the tolerance
+    is sftpd's, not a change to asyncssh for everyone.
+    """
+    backend = sftpd.MemoryBackend()
+    async with running_server(backend=backend) as server:
+        assert await write_with_trailing_bytes(server.port, b"/w.bin") == (0, 0)
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/w.bin", "rb") as f:
+                assert await f.read() == b"abc"
+    stock = await asyncssh.create_server(
+        _AnyoneServer,
+        "127.0.0.1",
+        0,
+        server_host_keys=[str(host_key_dir / "ssh_host_ed25519_key")],
+        sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=str(tmp_path).encode()),
+    )
+    try:
+        port = stock.sockets[0].getsockname()[1]
+        assert (await write_with_trailing_bytes(port, b"/w.bin"))[0] == 5  # BAD_MESSAGE
+    finally:
+        stock.close()
+        await stock.wait_closed()
+
+
+async def test_curl_upload_listing_download_and_commands(
+    curl: list[str], server: sftpd.Server, tmp_path: Path
+) -> None:
+    """libssh2 (curl) uploads, lists, downloads, renames and deletes; a missing file fails."""
+    url = f"sftp://127.0.0.1:{server.port}"
+    src = make_file(tmp_path / "a.bin", 3 * MiB + 5, seed=1)
+    result = await run(*curl, "--upload-file", str(src), f"{url}/a.bin")
+    assert result.returncode == 0, result.stderr
+    result = await run(*curl, f"{url}/")
+    assert result.returncode == 0, result.stderr
+    assert any(
+        line.split()[4] == str(3 * MiB + 5) and line.endswith(" a.bin")
+        for line in result.stdout.splitlines()
+    ), result.stdout
+    back = tmp_path / "back.bin"
+    result = await run(*curl, "--output", str(back), f"{url}/a.bin")
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(back) == sha256_file(src)
+    result = await run(*curl, "--quote", "mkdir /d", "--quote", "rename /a.bin /d/b.bin", f"{url}/")
+    assert result.returncode == 0, result.stderr
+    result = await run(*curl, "--output", str(tmp_path / "none"), f"{url}/a.bin")
+    assert result.returncode == 78  # CURLE_REMOTE_FILE_NOT_FOUND
+    assert "No such file" in result.stderr
+    result = await run(*curl, "--quote", "rm /d/b.bin", "--quote", "rmdir /d", f"{url}/")
+    assert result.returncode == 0, result.stderr
+    async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+        assert await sftp.listdir("/") == [".", ".."]
+
+
+async def test_curl_resume_sends_only_the_tail(curl: list[str], tmp_path: Path) -> None:
+    """curl -C - after a partial upload appends the missing tail and nothing more."""
+    full = make_file(tmp_path / "full.bin", 6 * MiB, seed=2)
+    (tmp_path / "half.bin").write_bytes(full.read_bytes()[: 2 * MiB])
+    bus = telemetry.TelemetryBus()
+    written: list[int] = []
+    bus.attach(
+        "w", ("sftpd", "sftp", "write"), lambda e: written.append(int(e.measurements["bytes"]))
+    )
+    async with running_server(backend=sftpd.MemoryBackend(), telemetry=bus) as server:
+        url = f"sftp://127.0.0.1:{server.port}/r.bin"
+        result = await run(*curl, "--upload-file", str(tmp_path / "half.bin"), url)
+        assert result.returncode == 0, result.stderr
+        written.clear()
+        result = await run(*curl, "--continue-at", "-", "--upload-file", str(full), url)
+        assert result.returncode == 0, result.stderr
+        assert sum(written) == 4 * MiB
+        result = await run(*curl, "--output", str(tmp_path / "back.bin"), url)
+        assert result.returncode == 0, result.stderr
+    assert sha256_file(tmp_path / "back.bin") == sha256_file(full)
+
+
+async def test_rclone_copy_check_move_and_purge(
+    rclone: Rclone, server: sftpd.Server, tmp_path: Path
+) -> None:
+    """rclone (pkg/sftp) copies a tree with times kept, verifies it, moves and purges it.
+
+    Its 5 MiB file goes up as concurrent writes; rclone 1.60 (Debian 12) sends each with
+    stale bytes after the data, which OpenSSH's server ignores and so must sftpd.
+    """
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    make_file(src / "big.bin", 5 * MiB + 7, seed=3)
+    (src / "sub" / "note.txt").write_text("hello\n")
+    os.utime(src / "big.bin", (1_600_000_000, 1_600_000_000))
+    remote = rclone.remote(server.port, "/up")
+    result = await rclone("copy", str(src), remote)
+    assert result.returncode == 0, result.stderr
+    result = await rclone("check", "--download", str(src), remote)
+    assert result.returncode == 0, result.stderr
+    result = await rclone("lsjson", "--recursive", "--files-only", remote)
+    assert result.returncode == 0, result.stderr
+    listed = {e["Path"]: e for e in json.loads(result.stdout)}
+    assert {p: e["Size"] for p, e in listed.items()} == {"big.bin": 5 * MiB + 7, "sub/note.txt": 6}
+    assert listed["big.bin"]["ModTime"].startswith("2020-09-13T12:26:40")
+    result = await rclone("moveto", f"{remote}/big.bin", f"{remote}/sub/moved.bin")
+    assert result.returncode == 0, result.stderr
+    async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+        assert sorted(await sftp.listdir("/up/sub")) == [".", "..", "moved.bin", "note.txt"]
+        async with sftp.open("/up/sub/moved.bin", "rb") as f:
+            assert sha256(await f.read()) == sha256_file(src / "big.bin")
+    result = await rclone("purge", remote)
+    assert result.returncode == 0, result.stderr
+    async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+        assert await sftp.listdir("/") == [".", ".."]
+
+
+async def test_rclone_upload_to_s3(rclone: Rclone, s3_backend: S3Backend, s3_client: Any,
+                                   bucket: str, tmp_path: Path) -> None:  # fmt: skip
+    """rclone's concurrent writes of a 12 MiB file land as one intact object, no upload left."""
+    src = tmp_path / "src"
+    src.mkdir()
+    make_file(src / "data.bin", 12 * MiB + 3, seed=4)
+    async with running_server(backend=s3_backend) as server:
+        result = await rclone("copy", str(src), rclone.remote(server.port, "/in"))
+    assert result.returncode == 0, result.stderr
+    stored = await s3_client.get_object(Bucket=bucket, Key="in/data.bin")
+    async with stored["Body"] as body:
+        assert sha256(await body.read()) == sha256_file(src / "data.bin")
+    page = await s3_client.list_multipart_uploads(Bucket=bucket)
+    assert page.get("Uploads", []) == []
