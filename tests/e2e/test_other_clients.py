@@ -1,4 +1,8 @@
-"""End-to-end with clients on other SSH stacks: curl (libssh2) and rclone (Go's pkg/sftp)."""
+"""End-to-end with clients on other SSH stacks.
+
+curl (libssh2), rclone (Go's pkg/sftp) and PuTTY's psftp, whose SSH and SFTP code
+FileZilla's fzsftp is built from (and WinSCP's SSH layer).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import pytest
 import sftpd
 from sftpd import telemetry
 from sftpd._compat import trailing_bytes
+from sftpd.auth import fingerprint
 from sftpd.backends.s3 import S3Backend
 from sftpd.testing import running_server
 from tests.conftest import SftpResult, connect, make_file, sha256, sha256_file
@@ -25,10 +30,13 @@ from tests.raw_sftp import open_raw, packet, string
 MiB = 1 << 20
 
 
-async def run(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) -> SftpResult:
+async def run(
+    *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> SftpResult:
     """Run a client command to completion; returns its exit code and output."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
@@ -80,6 +88,34 @@ def rclone(tmp_path_factory: pytest.TempPathFactory) -> Rclone:
     config = tmp_path_factory.mktemp("rclone") / "rclone.conf"
     config.write_text("")
     return Rclone(config)
+
+
+class Psftp:
+    """Runs PuTTY's psftp in batch mode, trusting exactly the test server's host key."""
+
+    def __init__(self) -> None:
+        path = shutil.which("psftp")
+        if path is None:  # pragma: no cover - CI installs putty-tools
+            pytest.fail("PuTTY's psftp is not installed (apt-get install putty-tools)")
+        self.path = path
+
+    async def __call__(
+        self, server: sftpd.Server, commands: str, cwd: Path, password: str = "dev"
+    ) -> SftpResult:
+        """Run ``commands`` (one per line) as user dev."""
+        script = cwd / "psftp-commands.txt"
+        script.write_text(commands)
+        return await run(
+            self.path, "-batch", "-P", str(server.port), "-pw", password,
+            "-hostkey", fingerprint(server.host_keys[0]), "-b", str(script),
+            "-bc", "dev@127.0.0.1", cwd=cwd,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def psftp() -> Psftp:
+    """The psftp driver."""
+    return Psftp()
 
 
 def test_trailing_bytes_of_write_requests() -> None:
@@ -249,3 +285,38 @@ async def test_rclone_upload_to_s3(rclone: Rclone, s3_backend: S3Backend, s3_cli
         assert sha256(await body.read()) == sha256_file(src / "data.bin")
     page = await s3_client.list_multipart_uploads(Bucket=bucket)
     assert page.get("Uploads", []) == []
+
+
+async def test_psftp_transfers_resumes_and_manages(
+    psftp: Psftp, server: sftpd.Server, tmp_path: Path
+) -> None:
+    """PuTTY's psftp uploads, lists, downloads, resumes with reput, renames and deletes."""
+    make_file(tmp_path / "a.bin", 3 * MiB + 1, seed=5)
+    (tmp_path / "half.bin").write_bytes((tmp_path / "a.bin").read_bytes()[:MiB])
+    result = await psftp(server, "put a.bin a.bin\nls\nget a.bin back.bin\n", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert str(3 * MiB + 1) in result.stdout
+    assert sha256_file(tmp_path / "back.bin") == sha256_file(tmp_path / "a.bin")
+    commands = "mkdir d\nput half.bin d/r.bin\nreput a.bin d/r.bin\nmv a.bin d/b.bin\n"
+    result = await psftp(server, commands, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"restarting at file position {MiB}" in result.stdout
+    async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+        assert sorted(await sftp.listdir("/d")) == [".", "..", "b.bin", "r.bin"]
+        async with sftp.open("/d/r.bin", "rb") as f:
+            assert sha256(await f.read()) == sha256_file(tmp_path / "a.bin")
+    result = await psftp(server, "rm d/b.bin\nrm d/r.bin\nrmdir d\nget nope.bin\n", tmp_path)
+    assert result.returncode != 0  # the batch stops at the failed get
+    assert "no such file" in (result.stdout + result.stderr).lower()
+    async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+        assert await sftp.listdir("/") == [".", ".."]
+
+
+async def test_psftp_wrong_password_is_refused(
+    psftp: Psftp, server: sftpd.Server, tmp_path: Path
+) -> None:
+    """psftp with a wrong password fails to log in and runs nothing."""
+    result = await psftp(server, "mkdir should-not-exist\n", tmp_path, password="wrong")
+    assert result.returncode != 0
+    async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+        assert await sftp.listdir("/") == [".", ".."]
