@@ -70,21 +70,34 @@ def make_backend(spec: str) -> Any:
     )
 
 
-def ensure_host_key(directory: Path) -> Path | None:
-    """Create an ed25519 host key in ``directory`` unless it already has one.
+#: The host keys generated for a directory that has none, as OpenSSH's ``ssh-keygen -A``:
+#: ed25519 for current clients, ECDSA P-256 for clients without ed25519 (JSch 0.1.x, still
+#: common in Java systems), RSA 3072 for the oldest (signing with SHA-2 where asked).
+GENERATED_HOST_KEYS: tuple[tuple[str, str, dict[str, int]], ...] = (
+    ("ed25519", "ssh-ed25519", {}),
+    ("ecdsa", "ecdsa-sha2-nistp256", {}),
+    ("rsa", "ssh-rsa", {"key_size": 3072}),
+)
+
+
+def ensure_host_keys(directory: Path) -> list[Path]:
+    """Create ed25519, ECDSA and RSA host keys in ``directory`` unless it has a key already.
 
     Returns:
-        The new key's path, or ``None`` when a key existed already.
+        The new keys' paths; empty when the directory had a key (it is left as it is).
     """
     if directory.is_dir() and any(directory.glob(HOST_KEY_GLOB)):
-        return None
+        return []
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / "ssh_host_ed25519_key"
-    key = asyncssh.generate_private_key("ssh-ed25519", comment="sftpd host key")
-    key.write_private_key(str(path))
-    os.chmod(path, 0o600)
-    key.write_public_key(str(path) + ".pub")
-    return path
+    created = []
+    for name, algorithm, options in GENERATED_HOST_KEYS:
+        path = directory / f"ssh_host_{name}_key"
+        key = asyncssh.generate_private_key(algorithm, comment="sftpd host key", **options)
+        key.write_private_key(str(path))
+        os.chmod(path, 0o600)
+        key.write_public_key(str(path) + ".pub")
+        created.append(path)
+    return created
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,10 +121,11 @@ def main() -> None:
                    "(repeatable).")  # fmt: skip
 @click.option("--host-key-dir", type=click.Path(file_okay=False, path_type=Path),
               default=None,
-              help=f"Directory of ssh_host_*_key files. Default: {DEFAULT_KEY_DIR}, where an "
-                   "ed25519 key is generated on first run and reused.")  # fmt: skip
+              help=f"Directory of ssh_host_*_key files. Default: {DEFAULT_KEY_DIR}, where "
+                   "keys are generated on first run and reused.")  # fmt: skip
 @click.option("--generate-host-key", is_flag=True,
-              help="Generate an ed25519 key in --host-key-dir if it has none.")  # fmt: skip
+              help="Generate ed25519, ECDSA and RSA host keys in --host-key-dir if it has "
+                   "no key (as ssh-keygen -A).")  # fmt: skip
 @click.option("--backend", "backend_spec", default="memory", show_default=True,
               metavar="SPEC",
               help="Storage: 'memory', 'local:/path' to serve a folder, or "
@@ -186,8 +200,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         host_key_dir = options.pop("host_key_dir")
         key_dir = host_key_dir if host_key_dir is not None else DEFAULT_KEY_DIR
         if host_key_dir is None or generate_host_key:
-            created = ensure_host_key(key_dir)
-            if created is not None:
+            for created in ensure_host_keys(key_dir):
                 console.print(f"Generated host key [bold]{created}[/]")
         ciphers = options.pop("ciphers")
         if ciphers is not None:

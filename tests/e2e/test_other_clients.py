@@ -1,7 +1,8 @@
 """End-to-end with clients on other SSH stacks.
 
-curl (libssh2), rclone (Go's pkg/sftp) and PuTTY's psftp, whose SSH and SFTP code
-FileZilla's fzsftp is built from (and WinSCP's SSH layer).
+curl (libssh2), rclone (Go's pkg/sftp), PuTTY's psftp, whose SSH and SFTP code
+FileZilla's fzsftp is built from (and WinSCP's SSH layer), and JSch 0.1.x, the Java
+library of many older business systems.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from sftpd import telemetry
 from sftpd._compat import trailing_bytes
 from sftpd.auth import fingerprint
 from sftpd.backends.s3 import S3Backend
+from sftpd.cli import ensure_host_keys
 from sftpd.testing import running_server
 from tests.conftest import SftpResult, connect, make_file, sha256, sha256_file
 from tests.raw_sftp import open_raw, packet, string
 
 MiB = 1 << 20
+CLIENTS = Path(__file__).resolve().parent.parent / "clients"
 
 
 async def run(
@@ -320,3 +323,88 @@ async def test_psftp_wrong_password_is_refused(
     assert result.returncode != 0
     async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
         assert await sftp.listdir("/") == [".", ".."]
+
+
+@pytest.fixture(scope="session")
+def jsch(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """tests/clients/JschClient.java compiled against Debian's JSch: the command to run it."""
+    jars = [Path("/usr/share/java/jsch.jar"), Path("/usr/share/java/jzlib.jar")]
+    javac, java = shutil.which("javac"), shutil.which("java")
+    if not jars[0].is_file() or javac is None or java is None:  # pragma: no cover
+        pytest.fail("JSch or a JDK is missing (apt-get install libjsch-java default-jdk-headless)")
+    out = tmp_path_factory.mktemp("jsch")
+    source = CLIENTS / "JschClient.java"
+    subprocess.run([javac, "-d", str(out), "-cp", str(jars[0]), str(source)], check=True)
+    classpath = ":".join([str(out), *(str(jar) for jar in jars if jar.is_file())])
+    return [java, "-cp", classpath, "JschClient"]
+
+
+@pytest.fixture(scope="session")
+def generated_host_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with the host keys `sftpd serve` generates: ed25519, ECDSA and RSA."""
+    directory = tmp_path_factory.mktemp("generated_host_keys") / "keys"
+    ensure_host_keys(directory)
+    return directory
+
+
+async def run_jsch(jsch: list[str], port: int, commands: str, cwd: Path) -> SftpResult:
+    """Run JschClient as dev with ``commands`` on standard input."""
+    proc = await asyncio.create_subprocess_exec(
+        *jsch, str(port), "dev", "dev", cwd=cwd, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(commands.encode()), 120)
+    assert proc.returncode is not None
+    return SftpResult(proc.returncode, out.decode(), err.decode())
+
+
+async def test_jsch_transfers_resumes_appends_and_manages(
+    jsch: list[str], generated_host_keys: Path, tmp_path: Path
+) -> None:
+    """JSch 0.1.x logs in to a server with the generated keys and uses every basic command.
+
+    Its resume (RESUME mode) sends only the missing tail; its APPEND mode appends.
+    """
+    make_file(tmp_path / "a.bin", 3 * MiB + 3, seed=6)
+    full = (tmp_path / "a.bin").read_bytes()
+    (tmp_path / "half.bin").write_bytes(full[:MiB])
+    bus = telemetry.TelemetryBus()
+    written: list[int] = []
+    bus.attach(
+        "w", ("sftpd", "sftp", "write"), lambda e: written.append(int(e.measurements["bytes"]))
+    )
+    commands = """mkdir /j
+put half.bin /j/r.bin
+resume a.bin /j/r.bin
+get /j/r.bin back.bin
+ls /j
+append half.bin /j/r.bin
+rename /j/r.bin /j/s.bin
+"""
+    backend = sftpd.MemoryBackend()
+    async with running_server(
+        backend=backend, system_dir=generated_host_keys, telemetry=bus
+    ) as server:
+        result = await run_jsch(jsch, server.port, commands, tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert sum(written) == MiB + (len(full) - MiB) + MiB  # put, the tail, the append
+        assert (tmp_path / "back.bin").read_bytes() == full
+        assert str(len(full)) in result.stdout  # the ls line
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/j/s.bin", "rb") as f:
+                assert await f.read() == full + full[:MiB]
+        result = await run_jsch(jsch, server.port, "rm /j/s.bin\nrmdir /j\nget /j x\n", tmp_path)
+        assert result.returncode == 1
+        assert "sftp error 2: No such file" in result.stderr
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            assert await sftp.listdir("/") == [".", ".."]
+
+
+async def test_jsch_needs_more_than_an_ed25519_host_key(
+    jsch: list[str], host_key_dir: Path, tmp_path: Path
+) -> None:
+    """JSch 0.1.x cannot connect to a server with only an ed25519 key: why serve makes three."""
+    async with running_server(backend=sftpd.MemoryBackend(), system_dir=host_key_dir) as server:
+        result = await run_jsch(jsch, server.port, "ls /\n", tmp_path)
+    assert result.returncode == 1
+    assert "Algorithm negotiation fail" in result.stderr

@@ -17,7 +17,7 @@ import asyncssh
 import pytest
 from click.testing import CliRunner
 
-from sftpd.cli import ensure_host_key, main
+from sftpd.cli import ensure_host_keys, main
 from tests.conftest import connect
 
 
@@ -41,14 +41,27 @@ def test_bad_user_and_backend_are_rejected() -> None:
     assert "unknown backend" in bad_backend.output
 
 
-def test_host_key_is_generated_once_and_reused(tmp_path: Path) -> None:
-    """The first run creates an ed25519 key with 0600 permissions; later runs reuse it."""
-    created = ensure_host_key(tmp_path / "keys")
-    assert created is not None
-    assert created.stat().st_mode & 0o777 == 0o600
-    first = created.read_bytes()
-    assert ensure_host_key(tmp_path / "keys") is None
-    assert created.read_bytes() == first
+def test_host_keys_are_generated_once_and_reused(tmp_path: Path) -> None:
+    """The first run creates ed25519, ECDSA and RSA keys (0600); later runs reuse them."""
+    created = ensure_host_keys(tmp_path / "keys")
+    assert [asyncssh.read_private_key(str(p)).get_algorithm() for p in created] == [
+        "ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa",
+    ]  # fmt: skip
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in created)
+    first = [path.read_bytes() for path in created]
+    assert ensure_host_keys(tmp_path / "keys") == []
+    assert [path.read_bytes() for path in created] == first
+
+
+def test_a_directory_with_a_key_gets_no_more(tmp_path: Path) -> None:
+    """A key directory the operator filled is left exactly as it is."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(
+        str(keys / "ssh_host_ed25519_key")
+    )
+    assert ensure_host_keys(keys) == []
+    assert sorted(p.name for p in keys.iterdir()) == ["ssh_host_ed25519_key"]
 
 
 async def start_cli(
