@@ -40,6 +40,26 @@ CIPHERS = (
 DEFAULT_CIPHERS = CIPHERS[:5]
 
 
+#: What is taken out of asyncssh's defaults unless ``legacy_sha1`` is set, in asyncssh's
+#: OpenSSH-style syntax ("-" removes the matching names).
+WITHOUT_SHA1 = {
+    "kex_algs": "-*-sha1",
+    "mac_algs": "-hmac-sha1*",
+    "signature_algs": "-ssh-rsa",
+}
+
+
+def host_key_pairs(
+    keys: Sequence[asyncssh.SSHKey], *, legacy_sha1: bool
+) -> list[asyncssh.SSHKeyPair]:
+    """The host keys as asyncssh key pairs; RSA keys sign with SHA-2 only unless legacy."""
+    pairs = list(asyncssh.load_keypairs(list(keys)))
+    if not legacy_sha1:
+        for pair in pairs:
+            pair.host_key_algorithms = [a for a in pair.host_key_algorithms if a != b"ssh-rsa"]
+    return pairs
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """Everything a :class:`~sftpd.Server` needs, checked in ``__post_init__``.
@@ -73,6 +93,10 @@ class ServerConfig:
             :data:`DEFAULT_CIPHERS`: AES in GCM and CTR modes; see there why not chacha20).
         reuse_port: Listen with ``SO_REUSEPORT``, so several processes can serve one port
             (``sftpd serve --workers N`` sets it).
+        legacy_sha1: Also offer what rests on SHA-1: ``diffie-hellman-group14-sha1`` key
+            exchange, ``hmac-sha1`` MACs and ``ssh-rsa`` signatures (host key and client
+            keys), for clients that support nothing newer. Off by default, as in OpenSSH
+            since 8.8; every client the tests drive works without it.
     """
 
     backend: Any
@@ -94,6 +118,7 @@ class ServerConfig:
     server_version: str = "sftpd"
     ciphers: Sequence[str] = DEFAULT_CIPHERS
     reuse_port: bool = False
+    legacy_sha1: bool = False
     authenticator: Authenticator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +154,8 @@ class ServerConfig:
                 f"{', '.join(CIPHERS)}"
             )
         object.__setattr__(self, "ciphers", tuple(self.ciphers))
+        if not isinstance(self.legacy_sha1, bool):
+            raise ConfigError(f"legacy_sha1 must be True or False, got {self.legacy_sha1!r}")
         if not isinstance(self.login_limits, LoginLimits):
             raise ConfigError("login_limits must be a sftpd.LoginLimits")
         if self.on_upload is not None and not callable(self.on_upload):

@@ -8,6 +8,7 @@ backend = "memory"
 max_sessions = 20
 idle_timeout = 900
 ciphers = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"]
+legacy_sha1 = false                      # true: also SHA-1 kex, MACs, ssh-rsa signatures
 
 [users.alice]
 password_env = "ALICE_PASSWORD"         # or password = "..." (not recommended)
@@ -47,6 +48,7 @@ SERVER_KEYS = {
     "idle_timeout": float,
     "ciphers": list,
     "workers": int,
+    "legacy_sha1": bool,
 }
 USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions"}
 
@@ -107,7 +109,7 @@ def load_config_file(path: Path) -> FileConfig:
             raise ConfigError(f"{path}: unknown [server] key {key!r}; known: {sorted(SERVER_KEYS)}")
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             server[key] = float(value)
-        elif not isinstance(value, kind) or isinstance(value, bool):
+        elif not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ConfigError(f"{path}: [server] {key} must be a {kind.__name__}, got {value!r}")
     table = UserTable()
     for name, spec in data.get("users", {}).items():

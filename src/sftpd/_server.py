@@ -18,7 +18,7 @@ import asyncssh
 from ._adapter import SftpAdapter
 from ._coalesce import coalesce_writes
 from ._compat import install as tolerate_client_bugs
-from ._config import ServerConfig, load_host_keys
+from ._config import WITHOUT_SHA1, ServerConfig, host_key_pairs, load_host_keys
 from ._session import Peer, Session
 from ._throttle import LoginThrottle
 from ._upload import Upload
@@ -408,7 +408,7 @@ class Server:
                 lambda: _Connection(ctx),
                 config.host,
                 config.port,
-                server_host_keys=self.host_keys,
+                server_host_keys=host_key_pairs(self.host_keys, legacy_sha1=config.legacy_sha1),
                 sftp_factory=lambda chan: SftpAdapter(chan, ctx),
                 allow_scp=False,
                 agent_forwarding=False,
@@ -417,6 +417,7 @@ class Server:
                 login_timeout=config.login_timeout,
                 server_version=config.server_version,
                 encryption_algs=list(config.ciphers),
+                **({} if config.legacy_sha1 else WITHOUT_SHA1),
                 reuse_port=config.reuse_port or None,
                 encoding=None,
             )

@@ -148,6 +148,9 @@ def main() -> None:
 @click.option("--ciphers", default=None, metavar="LIST",
               help="Comma-separated SSH ciphers to offer. Default: AES-GCM and AES-CTR; "
                    "add chacha20-poly1305@openssh.com to offer it too (slower here).")  # fmt: skip
+@click.option("--legacy-sha1", is_flag=True,
+              help="Also offer SHA-1 key exchange, hmac-sha1 and ssh-rsa signatures, for "
+                   "clients with nothing newer (off by default, as in OpenSSH).")  # fmt: skip
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics "
                    "(needs pysftpd[metrics]).")  # fmt: skip
@@ -168,7 +171,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
     """Serve SFTP until Ctrl-C or SIGTERM (both stop gracefully).
 
     With no options: the memory backend on 127.0.0.1:2222, user dev with password dev, and
-    a host key generated into .sftpd/host_keys. Connect with: sftp -P 2222 dev@localhost
+    host keys generated into .sftpd/host_keys. Connect with: sftp -P 2222 dev@localhost
     """
     logging.basicConfig(
         level=log_level.upper(),

@@ -1,14 +1,17 @@
-"""End-to-end: the SSH layer as clients see it: ciphers offered, packets coalesced."""
+"""End-to-end: the SSH layer as clients see it: algorithms offered, packets coalesced."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
 
 import sftpd
 from sftpd._coalesce import CoalescingTransport
+from sftpd.cli import ensure_host_keys
 from sftpd.testing import running_server
 from tests.conftest import OpenSSH, connect
 
@@ -69,3 +72,55 @@ async def test_server_connections_coalesce_their_writes() -> None:
             assert transport.get_extra_info("peername")[0] == "127.0.0.1"
         with pytest.raises(asyncssh.KeyExchangeFailed):  # and the cipher list is honoured
             await connect(server.port, encryption_algs=["chacha20-poly1305@openssh.com"])
+
+
+SHA1_ONLY: list[dict[str, Any]] = [
+    {"kex_algs": ["diffie-hellman-group14-sha1"]},
+    {"mac_algs": ["hmac-sha1"], "encryption_algs": ["aes128-ctr"]},
+    {"mac_algs": ["hmac-sha1-etm@openssh.com"], "encryption_algs": ["aes128-ctr"]},
+    {"server_host_key_algs": ["ssh-rsa"]},
+]
+
+
+@pytest.fixture(scope="module")
+def rsa_and_ed25519_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A host key directory with an RSA key besides ed25519, as sftpd serve generates."""
+    directory = tmp_path_factory.mktemp("sha1") / "keys"
+    ensure_host_keys(directory)
+    return directory
+
+
+# cryptography deprecates finite-field Diffie-Hellman, which the SHA-1 kex uses.
+@pytest.mark.filterwarnings("ignore:Diffie-Hellman over finite fields")
+@pytest.mark.parametrize("client_algs", SHA1_ONLY, ids=lambda algs: "+".join(algs))
+async def test_sha1_is_refused_unless_legacy_sha1(
+    client_algs: dict[str, Any], rsa_and_ed25519_keys: Path
+) -> None:
+    """A client offering only a SHA-1 kex, MAC or host signature is refused, unless legacy."""
+    options = {"backend": sftpd.MemoryBackend(), "system_dir": rsa_and_ed25519_keys}
+    async with running_server(**options) as server:
+        with pytest.raises(asyncssh.KeyExchangeFailed):
+            await connect(server.port, **client_algs)
+    async with running_server(**options, legacy_sha1=True) as server:
+        async with connect(server.port, **client_algs) as conn, conn.start_sftp_client() as sftp:
+            assert await sftp.listdir("/") == [".", ".."]
+
+
+async def test_openssh_is_not_offered_ssh_rsa_host_signatures(
+    openssh: OpenSSH, rsa_and_ed25519_keys: Path
+) -> None:
+    """OpenSSH gets the RSA host key signed with SHA-2 (rsa-sha2-256), never with ssh-rsa."""
+    debug = ["-o", "LogLevel=DEBUG1"]
+    async with running_server(
+        backend=sftpd.MemoryBackend(), system_dir=rsa_and_ed25519_keys
+    ) as server:
+        sha1 = await openssh.run(
+            server.port, "ls /\n", extra=["-o", "HostKeyAlgorithms=ssh-rsa", *debug]
+        )
+        sha2 = await openssh.run(
+            server.port, "ls /\n", extra=["-o", "HostKeyAlgorithms=rsa-sha2-256", *debug]
+        )
+    assert sha1.returncode != 0
+    assert "no matching host key type" in sha1.stderr
+    assert sha2.returncode == 0, sha2.stderr
+    assert "kex: host key algorithm: rsa-sha2-256" in sha2.stderr

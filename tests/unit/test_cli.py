@@ -172,12 +172,32 @@ async def test_authorized_keys_option(tmp_path: Path) -> None:
     assert await stop_cli(proc) == 0
 
 
+@pytest.mark.parametrize("how", ["flag", "config file"])
+async def test_legacy_sha1_from_the_command_line_or_config_file(how: str, tmp_path: Path) -> None:
+    """--legacy-sha1 or legacy_sha1 = true lets an hmac-sha1-only client in; else refused."""
+    sha1_client: dict[str, Any] = {"mac_algs": ["hmac-sha1"], "encryption_algs": ["aes128-ctr"]}
+    async with cli(cwd=tmp_path) as (proc, port, _):
+        with pytest.raises(asyncssh.KeyExchangeFailed):
+            await connect(port, **sha1_client)
+        assert await stop_cli(proc) == 0
+    (tmp_path / "legacy.toml").write_text("[server]\nlegacy_sha1 = true\n")
+    args = ["--legacy-sha1"] if how == "flag" else ["--config", "legacy.toml"]
+    async with cli(*args, cwd=tmp_path) as (proc, port, _):
+        async with connect(port, **sha1_client) as conn, conn.start_sftp_client() as sftp:
+            assert await sftp.listdir("/") == [".", ".."]
+        assert await stop_cli(proc) == 0
+
+
 def test_bad_config_file_fails_with_the_key_named(tmp_path: Path) -> None:
-    """An unknown key in the config file stops start-up with exit 2 and names the key."""
+    """An unknown key or a wrong type in the config file stops start-up naming the key."""
     (tmp_path / "bad.toml").write_text("[server]\nprot = 22\n")
     result = CliRunner().invoke(main, ["serve", "--config", str(tmp_path / "bad.toml")])
     assert result.exit_code == 2
     assert "unknown [server] key 'prot'" in result.output
+    (tmp_path / "bad.toml").write_text('[server]\nlegacy_sha1 = "yes"\n')
+    result = CliRunner().invoke(main, ["serve", "--config", str(tmp_path / "bad.toml")])
+    assert result.exit_code == 2
+    assert "legacy_sha1 must be a bool" in result.output
 
 
 def children_of(pid: int) -> list[int]:
