@@ -97,6 +97,10 @@ class ServerConfig:
             exchange, ``hmac-sha1`` MACs and ``ssh-rsa`` signatures (host key and client
             keys), for clients that support nothing newer. Off by default, as in OpenSSH
             since 8.8; every client the tests drive works without it.
+        proxy_protocol: Every connection starts with a PROXY protocol header (v1 or v2)
+            from a TCP load balancer, naming the client's address; that address is then
+            the session's peer (login throttling, audit, authenticators). Connections
+            without one are dropped. Only the balancer must be able to reach the port.
     """
 
     backend: Any
@@ -119,6 +123,7 @@ class ServerConfig:
     ciphers: Sequence[str] = DEFAULT_CIPHERS
     reuse_port: bool = False
     legacy_sha1: bool = False
+    proxy_protocol: bool = False
     authenticator: Authenticator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -154,8 +159,9 @@ class ServerConfig:
                 f"{', '.join(CIPHERS)}"
             )
         object.__setattr__(self, "ciphers", tuple(self.ciphers))
-        if not isinstance(self.legacy_sha1, bool):
-            raise ConfigError(f"legacy_sha1 must be True or False, got {self.legacy_sha1!r}")
+        for name in ("legacy_sha1", "proxy_protocol", "reuse_port"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.login_limits, LoginLimits):
             raise ConfigError("login_limits must be a sftpd.LoginLimits")
         if self.on_upload is not None and not callable(self.on_upload):

@@ -9,6 +9,7 @@ max_sessions = 20
 idle_timeout = 900
 ciphers = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"]
 legacy_sha1 = false                      # true: also SHA-1 kex, MACs, ssh-rsa signatures
+proxy_protocol = false                   # true: behind a balancer sending PROXY headers
 
 [users.alice]
 password_env = "ALICE_PASSWORD"         # or password = "..." (not recommended)
@@ -49,6 +50,7 @@ SERVER_KEYS = {
     "ciphers": list,
     "workers": int,
     "legacy_sha1": bool,
+    "proxy_protocol": bool,
 }
 USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions"}
 

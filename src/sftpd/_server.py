@@ -7,6 +7,7 @@ import contextlib
 import errno
 import inspect
 import logging
+import socket
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from ._adapter import SftpAdapter
 from ._coalesce import coalesce_writes
 from ._compat import install as tolerate_client_bugs
 from ._config import WITHOUT_SHA1, ServerConfig, host_key_pairs, load_host_keys
+from ._proxy import ProxyListener
 from ._session import Peer, Session
 from ._throttle import LoginThrottle
 from ._upload import Upload
@@ -78,9 +80,10 @@ class ServerContext:
 class _Connection(asyncssh.SSHServer):
     """One client connection: authentication, session bookkeeping, refusals."""
 
-    def __init__(self, context: ServerContext) -> None:
+    def __init__(self, context: ServerContext, client: Peer | None = None) -> None:
         self._ctx = context
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._client = client  # from a PROXY header; else the socket's peer is the client
         self.peer = Peer("", 0)
         self.session: Session | None = None
         self.adapters: set[SftpAdapter] = set()
@@ -97,7 +100,7 @@ class _Connection(asyncssh.SSHServer):
         self._conn = conn
         coalesce_writes(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
-        self.peer = Peer(str(peer[0]), int(peer[1]))
+        self.peer = self._client or Peer(str(peer[0]), int(peer[1]))
         self._ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -358,6 +361,20 @@ async def _stop_backend(backend: BoundBackend) -> None:
         log.exception("%s failed to shut down", backend.name)
 
 
+async def _serve_proxied(
+    ctx: ServerContext, sock: socket.socket, client: Peer, ssh_options: dict[str, Any]
+) -> None:
+    """Run SSH on a connection whose PROXY header named ``client``."""
+    try:
+        await asyncssh.run_server(
+            sock, server_factory=lambda: _Connection(ctx, client), **ssh_options
+        )
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+        log.debug("connection from %s ended before login: %s", client, exc)
+    except Exception:
+        log.exception("connection from %s failed", client)
+
+
 class Server:
     """An SFTP server serving one backend.
 
@@ -372,7 +389,7 @@ class Server:
         if config is not None and options:
             raise ConfigError("pass either a ServerConfig or keyword options, not both")
         self.config = config if config is not None else ServerConfig(**options)
-        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._acceptor: asyncssh.SSHAcceptor | ProxyListener | None = None
         self._ctx: ServerContext | None = None
         self._closing: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
@@ -403,24 +420,35 @@ class Server:
         ctx = self._ctx
         await _start_backend(ctx.backend)
         tolerate_client_bugs()
+        ssh_options: dict[str, Any] = {
+            "server_host_keys": host_key_pairs(self.host_keys, legacy_sha1=config.legacy_sha1),
+            "sftp_factory": lambda chan: SftpAdapter(chan, ctx),
+            "allow_scp": False,
+            "agent_forwarding": False,
+            "x11_forwarding": False,
+            "allow_pty": False,
+            "login_timeout": config.login_timeout,
+            "server_version": config.server_version,
+            "encryption_algs": list(config.ciphers),
+            **({} if config.legacy_sha1 else WITHOUT_SHA1),
+            "encoding": None,
+        }
         try:
-            self._acceptor = await asyncssh.create_server(
-                lambda: _Connection(ctx),
-                config.host,
-                config.port,
-                server_host_keys=host_key_pairs(self.host_keys, legacy_sha1=config.legacy_sha1),
-                sftp_factory=lambda chan: SftpAdapter(chan, ctx),
-                allow_scp=False,
-                agent_forwarding=False,
-                x11_forwarding=False,
-                allow_pty=False,
-                login_timeout=config.login_timeout,
-                server_version=config.server_version,
-                encryption_algs=list(config.ciphers),
-                **({} if config.legacy_sha1 else WITHOUT_SHA1),
-                reuse_port=config.reuse_port or None,
-                encoding=None,
-            )
+            if config.proxy_protocol:
+                self._acceptor = await ProxyListener.listen(
+                    config.host,
+                    config.port,
+                    lambda sock, client: _serve_proxied(ctx, sock, Peer(*client), ssh_options),
+                    reuse_port=config.reuse_port,
+                )
+            else:
+                self._acceptor = await asyncssh.create_server(
+                    lambda: _Connection(ctx),
+                    config.host,
+                    config.port,
+                    reuse_port=config.reuse_port or None,
+                    **ssh_options,
+                )
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(

@@ -151,6 +151,10 @@ def main() -> None:
 @click.option("--legacy-sha1", is_flag=True,
               help="Also offer SHA-1 key exchange, hmac-sha1 and ssh-rsa signatures, for "
                    "clients with nothing newer (off by default, as in OpenSSH).")  # fmt: skip
+@click.option("--proxy-protocol", is_flag=True,
+              help="Behind a TCP load balancer that sends PROXY protocol headers (v1 or v2): "
+                   "take each client's address from them. Connections without one are "
+                   "dropped.")  # fmt: skip
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics "
                    "(needs pysftpd[metrics]).")  # fmt: skip
