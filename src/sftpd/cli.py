@@ -206,9 +206,6 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
             table.passwords["dev"] = "dev"
         host_key_dir = options.pop("host_key_dir")
         key_dir = host_key_dir if host_key_dir is not None else DEFAULT_KEY_DIR
-        if host_key_dir is None or generate_host_key:
-            for created in ensure_host_keys(key_dir):
-                console.print(f"Generated host key [bold]{created}[/]")
         ciphers = options.pop("ciphers")
         if ciphers is not None:
             options["ciphers"] = ciphers.split(",") if isinstance(ciphers, str) else ciphers
@@ -216,13 +213,28 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         metrics_port = options.pop("metrics_port")
         metrics_host = options.pop("metrics_host")
         audit_target = options.pop("audit_log")
-        if audit_target is not None:
-            AuditLog(audit_target).attach()
         if workers > 1 and metrics_port is not None:
             raise ConfigError(
                 "--metrics-port serves one process's metrics; with --workers, run one "
                 "sftpd serve per port instead, or use the OpenTelemetry bridge"
             )
+        config = ServerConfig(
+            backend=make_backend(options.pop("backend_spec")),
+            auth=table.authenticator(),  # type: ignore[arg-type]
+            system_dir=key_dir,
+            **options,
+        )
+        if workers > 1 and isinstance(config.backend, MemoryBackend):
+            raise ConfigError(
+                "the memory backend keeps files inside one process, so workers would "
+                "not see each other's files: use --backend local:/path or s3://BUCKET"
+            )
+        # Only a configuration found valid gets its side effects: keys, log file, port.
+        if host_key_dir is None or generate_host_key:
+            for created in ensure_host_keys(key_dir):
+                console.print(f"Generated host key [bold]{created}[/]")
+        if audit_target is not None:
+            AuditLog(audit_target).attach()
         if metrics_port is not None:
             try:
                 from .integrations.prometheus import PrometheusMetrics
@@ -232,18 +244,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
             server = metrics.serve(metrics_port, metrics_host)
             bound = server.server_address[1]
             console.print(f"Metrics: http://{metrics_host}:{bound}/metrics")
-        config = ServerConfig(
-            backend=make_backend(options.pop("backend_spec")),
-            auth=table.authenticator(),  # type: ignore[arg-type]
-            system_dir=key_dir,
-            **options,
-        )
         if workers > 1:
-            if isinstance(config.backend, MemoryBackend):
-                raise ConfigError(
-                    "the memory backend keeps files inside one process, so workers would "
-                    "not see each other's files: use --backend local:/path or s3://BUCKET"
-                )
             names = table.names
             sys.exit(
                 supervise(

@@ -188,6 +188,25 @@ async def test_legacy_sha1_from_the_command_line_or_config_file(how: str, tmp_pa
         assert await stop_cli(proc) == 0
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--backend", "ftp://x"],
+        ["--workers", "2"],  # the memory backend cannot be shared by workers
+        ["--workers", "2", "--backend", "local:.", "--metrics-port", "0"],
+        ["--ciphers", "arcfour"],
+    ],
+)
+def test_a_refused_configuration_leaves_nothing_behind(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A configuration refused at start-up exits 2 before creating host keys or files."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["serve", "--audit-log", "audit.jsonl", *args])
+    assert result.exit_code == 2, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_bad_config_file_fails_with_the_key_named(tmp_path: Path) -> None:
     """An unknown key or a wrong type in the config file stops start-up naming the key."""
     (tmp_path / "bad.toml").write_text("[server]\nprot = 22\n")
