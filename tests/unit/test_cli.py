@@ -270,7 +270,8 @@ async def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
         pids = {json.loads(line)["pid"] for line in audit.read_text().splitlines()}
         assert pids == set(workers)  # 16 sessions spread over both (all on one: p = 2**-15)
         taken = CliRunner().invoke(main, ["serve", "--workers", "2", "--port", str(port),
-                                          "--backend", f"local:{tmp_path}"])  # fmt: skip
+                                          "--backend", f"local:{tmp_path}", "--host-key-dir",
+                                          str(tmp_path / ".sftpd" / "host_keys")])  # fmt: skip
         assert taken.exit_code == 2  # never joins another server's port
         assert f"cannot listen on 127.0.0.1:{port}" in taken.output
         assert await stop_cli(proc) == 0
