@@ -41,7 +41,9 @@ DEFAULT_CIPHERS = CIPHERS[:5]
 
 
 #: What is taken out of asyncssh's defaults unless ``legacy_sha1`` is set, in asyncssh's
-#: OpenSSH-style syntax ("-" removes the matching names).
+#: OpenSSH-style syntax ("-" removes the matching names). ``signature_algs`` only changes
+#: the ``server-sig-algs`` list sent to clients: asyncssh's server does not check which
+#: algorithm a client key signed with, so client RSA keys may still use ``ssh-rsa``.
 WITHOUT_SHA1 = {
     "kex_algs": "-*-sha1",
     "mac_algs": "-hmac-sha1*",
@@ -94,9 +96,11 @@ class ServerConfig:
         reuse_port: Listen with ``SO_REUSEPORT``, so several processes can serve one port
             (``sftpd serve --workers N`` sets it).
         legacy_sha1: Also offer what rests on SHA-1: ``diffie-hellman-group14-sha1`` key
-            exchange, ``hmac-sha1`` MACs and ``ssh-rsa`` signatures (host key and client
-            keys), for clients that support nothing newer. Off by default, as in OpenSSH
-            since 8.8; every client the tests drive works without it.
+            exchange, ``hmac-sha1`` MACs and ``ssh-rsa`` host key signatures, for clients
+            that support nothing newer. Off by default, as in OpenSSH since 8.8; every
+            client the tests drive works without it. (Client keys signing with
+            ``ssh-rsa`` are accepted either way: asyncssh does not let a server refuse
+            them.)
         proxy_protocol: Every connection starts with a PROXY protocol header (v1 or v2)
             from a TCP load balancer, naming the client's address; that address is then
             the session's peer (login throttling, audit, authenticators). Connections

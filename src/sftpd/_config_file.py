@@ -8,7 +8,7 @@ backend = "memory"
 max_sessions = 20
 idle_timeout = 900
 ciphers = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"]
-legacy_sha1 = false                      # true: also SHA-1 kex, MACs, ssh-rsa signatures
+legacy_sha1 = false                      # true: also SHA-1 kex, MACs, ssh-rsa host sigs
 proxy_protocol = false                   # true: behind a balancer sending PROXY headers
 
 [users.alice]

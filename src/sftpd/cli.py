@@ -149,8 +149,8 @@ def main() -> None:
               help="Comma-separated SSH ciphers to offer. Default: AES-GCM and AES-CTR; "
                    "add chacha20-poly1305@openssh.com to offer it too (slower here).")  # fmt: skip
 @click.option("--legacy-sha1", is_flag=True,
-              help="Also offer SHA-1 key exchange, hmac-sha1 and ssh-rsa signatures, for "
-                   "clients with nothing newer (off by default, as in OpenSSH).")  # fmt: skip
+              help="Also offer SHA-1 key exchange, hmac-sha1 and ssh-rsa host signatures, "
+                   "for clients with nothing newer (off by default, as in OpenSSH).")  # fmt: skip
 @click.option("--proxy-protocol", is_flag=True,
               help="Behind a TCP load balancer that sends PROXY protocol headers (v1 or v2): "
                    "take each client's address from them. Connections without one are "

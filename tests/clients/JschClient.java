@@ -1,5 +1,5 @@
 // A batch SFTP client on JSch (com.jcraft.jsch 0.1.x), the library many Java systems use.
-// Usage: java JschClient PORT USER PASSWORD < commands
+// Usage: java JschClient PORT USER PASSWORD [KEYFILE] < commands   (PASSWORD "-": none)
 // Commands, one per line: put LOCAL REMOTE | resume LOCAL REMOTE | append LOCAL REMOTE |
 // get REMOTE LOCAL | ls PATH | mkdir PATH | rename FROM TO | rm PATH | rmdir PATH
 // Prints what ls lists and "ok COMMAND" after each command; exits 1 at the first failure.
@@ -14,9 +14,17 @@ import java.util.Properties;
 
 public class JschClient {
     public static void main(String[] args) throws Exception {
-        Session session = new JSch().getSession(args[1], "127.0.0.1", Integer.parseInt(args[0]));
-        session.setPassword(args[2]);
+        JSch jsch = new JSch();
+        if (args.length > 3) {
+            jsch.addIdentity(args[3]);
+        }
+        Session session = jsch.getSession(args[1], "127.0.0.1", Integer.parseInt(args[0]));
         Properties config = new Properties();
+        if (!args[2].equals("-")) {
+            session.setPassword(args[2]);
+        } else {
+            config.put("PreferredAuthentications", "publickey");
+        }
         config.put("StrictHostKeyChecking", "no");
         session.setConfig(config);
         try {

@@ -347,10 +347,12 @@ def generated_host_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-async def run_jsch(jsch: list[str], port: int, commands: str, cwd: Path) -> SftpResult:
-    """Run JschClient as dev with ``commands`` on standard input."""
+async def run_jsch(
+    jsch: list[str], port: int, commands: str, cwd: Path, *credentials: str
+) -> SftpResult:
+    """Run JschClient with ``commands`` on standard input (as dev/dev unless ``credentials``)."""
     proc = await asyncio.create_subprocess_exec(
-        *jsch, str(port), "dev", "dev", cwd=cwd, stdin=subprocess.PIPE,
+        *jsch, str(port), *(credentials or ("dev", "dev")), cwd=cwd, stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(commands.encode()), 120)
@@ -408,3 +410,30 @@ async def test_jsch_needs_more_than_an_ed25519_host_key(
         result = await run_jsch(jsch, server.port, "ls /\n", tmp_path)
     assert result.returncode == 1
     assert "Algorithm negotiation fail" in result.stderr
+
+
+async def test_jsch_logs_in_with_rsa_and_ecdsa_keys(
+    jsch: list[str], generated_host_keys: Path, tmp_path: Path
+) -> None:
+    """JSch 0.1.x logs in with RSA and ECDSA keys from an authorized_keys file.
+
+    Its RSA key signs with ssh-rsa (SHA-1), which asyncssh's server accepts whatever
+    signature algorithms it advertises: legacy_sha1 does not cover client keys.
+    """
+    lines = []
+    for kind in ("rsa", "ecdsa"):
+        key = asyncssh.generate_private_key("ssh-rsa" if kind == "rsa" else "ecdsa-sha2-nistp256")
+        (tmp_path / f"id_{kind}").write_bytes(key.export_private_key("pkcs1-pem"))
+        lines.append(key.export_public_key().decode())
+    auth = sftpd.AuthorizedKeys({"alice": lines})
+    async with running_server(
+        backend=sftpd.MemoryBackend(), auth=auth, system_dir=generated_host_keys
+    ) as server:
+        for kind in ("rsa", "ecdsa"):
+            result = await run_jsch(
+                jsch, server.port, "ls /\n", tmp_path, "alice", "-", f"id_{kind}"
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "ok ls /" in result.stdout
+        result = await run_jsch(jsch, server.port, "ls /\n", tmp_path, "bob", "-", "id_rsa")
+        assert result.returncode == 1  # a key nobody authorized
