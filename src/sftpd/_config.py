@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -105,6 +106,10 @@ class ServerConfig:
             from a TCP load balancer, naming the client's address; that address is then
             the session's peer (login throttling, audit, authenticators). Connections
             without one are dropped. Only the balancer must be able to reach the port.
+        proxy_from: With ``proxy_protocol``, the addresses or networks (``"10.0.0.0/8"``)
+            the balancer connects from; connections from anywhere else are dropped before
+            their header is read, so a client reaching the port directly cannot claim an
+            address. Empty: from anywhere.
     """
 
     backend: Any
@@ -128,6 +133,7 @@ class ServerConfig:
     reuse_port: bool = False
     legacy_sha1: bool = False
     proxy_protocol: bool = False
+    proxy_from: Sequence[str] = ()
     authenticator: Authenticator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -166,6 +172,18 @@ class ServerConfig:
         for name in ("legacy_sha1", "proxy_protocol", "reuse_port"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.proxy_from, str):
+            raise ConfigError("proxy_from must be a list of addresses or networks")
+        if self.proxy_from and not self.proxy_protocol:
+            raise ConfigError("proxy_from needs proxy_protocol=True")
+        for network in self.proxy_from:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"proxy_from: {network!r} is not an address or network such as 10.0.0.0/8"
+                ) from exc
+        object.__setattr__(self, "proxy_from", tuple(self.proxy_from))
         if not isinstance(self.login_limits, LoginLimits):
             raise ConfigError("login_limits must be a sftpd.LoginLimits")
         if self.on_upload is not None and not callable(self.on_upload):

@@ -10,6 +10,7 @@ idle_timeout = 900
 ciphers = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"]
 legacy_sha1 = false                      # true: also SHA-1 kex, MACs, ssh-rsa host sigs
 proxy_protocol = false                   # true: behind a balancer sending PROXY headers
+proxy_from = ["10.0.0.0/8"]              # where the balancer connects from (else: anywhere)
 
 [users.alice]
 password_env = "ALICE_PASSWORD"         # or password = "..." (not recommended)
@@ -51,6 +52,7 @@ SERVER_KEYS = {
     "workers": int,
     "legacy_sha1": bool,
     "proxy_protocol": bool,
+    "proxy_from": list,
 }
 USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions"}
 

@@ -18,7 +18,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 __all__ = ["ProxyHeaderError", "ProxyListener", "parse_v1", "parse_v2", "read_proxy_header"]
 
@@ -127,16 +127,25 @@ class ProxyListener:
     closed and logged. ``sockets``, ``close`` and ``wait_closed`` match asyncio's server.
     """
 
-    def __init__(self, sockets: list[socket.socket], handler: Handler) -> None:
+    def __init__(
+        self, sockets: list[socket.socket], handler: Handler, allowed: Sequence[str] = ()
+    ) -> None:
         self.sockets = sockets
         self._handler = handler
+        self._allowed = [ipaddress.ip_network(n, strict=False) for n in allowed]
         loop = asyncio.get_running_loop()
         self._accepting = [loop.create_task(self._accept(sock)) for sock in sockets]
         self._connections: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def listen(
-        cls, host: str, port: int, handler: Handler, *, reuse_port: bool = False
+        cls,
+        host: str,
+        port: int,
+        handler: Handler,
+        *,
+        reuse_port: bool = False,
+        allowed: Sequence[str] = (),
     ) -> ProxyListener:
         """Bind every address ``host`` resolves to (as asyncio does) and start accepting."""
         loop = asyncio.get_running_loop()
@@ -160,7 +169,7 @@ class ProxyListener:
             for sock in sockets:
                 sock.close()
             raise
-        return cls(sockets, handler)
+        return cls(sockets, handler, allowed)
 
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -175,7 +184,19 @@ class ProxyListener:
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
 
+    def _trusted(self, host: str) -> bool:
+        if not self._allowed:
+            return True
+        address = ipaddress.ip_address(host.split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._allowed)
+
     async def _serve(self, sock: socket.socket, peer: Address) -> None:
+        if not self._trusted(peer[0]):
+            log.warning("dropping connection from %s:%d: not a trusted proxy", *peer)
+            sock.close()
+            return
         sock.setblocking(False)
         try:
             client = await asyncio.wait_for(read_proxy_header(sock), HEADER_TIMEOUT)

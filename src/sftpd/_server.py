@@ -440,6 +440,7 @@ class Server:
                     config.port,
                     lambda sock, client: _serve_proxied(ctx, sock, Peer(*client), ssh_options),
                     reuse_port=config.reuse_port,
+                    allowed=config.proxy_from,
                 )
             else:
                 self._acceptor = await asyncssh.create_server(

@@ -155,6 +155,9 @@ def main() -> None:
               help="Behind a TCP load balancer that sends PROXY protocol headers (v1 or v2): "
                    "take each client's address from them. Connections without one are "
                    "dropped.")  # fmt: skip
+@click.option("--proxy-from", "proxy_from", multiple=True, metavar="CIDR",
+              help="With --proxy-protocol: an address or network the balancer connects "
+                   "from (repeatable); connections from elsewhere are dropped.")  # fmt: skip
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics "
                    "(needs pysftpd[metrics]).")  # fmt: skip

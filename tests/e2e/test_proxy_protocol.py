@@ -239,10 +239,18 @@ async def test_openssh_through_haproxy(
 
 @pytest.mark.parametrize("how", ["flag", "config file"])
 async def test_serve_proxy_protocol_from_flag_or_config_file(how: str, tmp_path: Path) -> None:
-    """`sftpd serve --proxy-protocol` (or proxy_protocol = true) expects the header."""
+    """`sftpd serve --proxy-protocol [--proxy-from]`, or the same keys in the config file."""
     (tmp_path / "proxy.toml").write_text("[server]\nproxy_protocol = true\n")
-    args = ["--proxy-protocol"] if how == "flag" else ["--config", "proxy.toml"]
-    async with cli(*args, cwd=tmp_path) as (proc, port, _):
+    (tmp_path / "from.toml").write_text(
+        '[server]\nproxy_protocol = true\nproxy_from = ["192.0.2.0/24"]\n'
+    )
+    open_to_all = ["--proxy-protocol"] if how == "flag" else ["--config", "proxy.toml"]
+    balancer_elsewhere = (
+        ["--proxy-protocol", "--proxy-from", "192.0.2.0/24"]
+        if how == "flag"
+        else ["--config", "from.toml"]
+    )
+    async with cli(*open_to_all, cwd=tmp_path) as (proc, port, _):
         async with proxied_connect(port, v1("203.0.113.20", 7)) as conn:
             async with conn.start_sftp_client() as sftp:
                 assert await sftp.listdir("/") == [".", ".."]
@@ -250,3 +258,37 @@ async def test_serve_proxy_protocol_from_flag_or_config_file(how: str, tmp_path:
             async with connect(port):
                 pass
         assert await stop_cli(proc) == 0
+    async with cli(*balancer_elsewhere, cwd=tmp_path) as (proc, port, _):
+        with pytest.raises((asyncssh.Error, OSError)):  # 127.0.0.1 is not 192.0.2.0/24
+            async with proxied_connect(port, v1("203.0.113.21", 7)):
+                pass
+        assert await stop_cli(proc) == 0
+
+
+async def test_proxy_from_drops_connections_from_elsewhere() -> None:
+    """With proxy_from, only the listed networks may send headers; others are dropped."""
+    options: dict[str, Any] = {"backend": sftpd.MemoryBackend(), "proxy_protocol": True}
+    async with running_server(**options, proxy_from=["192.0.2.0/24"]) as server:
+        with pytest.raises((asyncssh.Error, OSError)):  # 127.0.0.1 is not the balancer
+            async with proxied_connect(server.port, v1("203.0.113.30", 1)):
+                pass
+    async with running_server(**options, proxy_from=["192.0.2.1", "127.0.0.0/8"]) as server:
+        async with proxied_connect(server.port, v1("203.0.113.31", 1)) as conn:
+            async with conn.start_sftp_client() as sftp:
+                assert await sftp.listdir("/") == [".", ".."]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"proxy_from": ["10.0.0.0/8"]}, "proxy_from needs proxy_protocol=True"),
+        ({"proxy_protocol": True, "proxy_from": ["10.0.0.0/33"]}, "not an address or network"),
+        ({"proxy_protocol": True, "proxy_from": "10.0.0.0/8"}, "must be a list"),
+        ({"proxy_protocol": "yes"}, "proxy_protocol must be True or False"),
+    ],
+)
+def test_proxy_options_are_checked(options: dict[str, Any], message: str) -> None:
+    """Inconsistent or malformed PROXY options fail at construction, saying what to fix."""
+    with pytest.raises(sftpd.ConfigError, match=message):
+        sftpd.ServerConfig(backend=sftpd.MemoryBackend(), auth={"a": "b"}, system_dir=".",
+                           **options)  # fmt: skip
