@@ -187,51 +187,49 @@ def haproxy_binary() -> str:
 
 
 async def test_openssh_through_haproxy(
-    haproxy_binary: str, openssh: OpenSSH, tmp_path: Path
+    proxied_server: tuple[sftpd.Server, list[str]],
+    haproxy_binary: str,
+    openssh: OpenSSH,
+    tmp_path: Path,
 ) -> None:
     """OpenSSH through HAProxy (send-proxy-v2): the session's peer is the client's address.
 
     The client binds to 127.0.0.2, so its address differs from HAProxy's (127.0.0.1).
     """
-    bus = telemetry.TelemetryBus()
-    peers: list[str] = []
-    bus.attach("peers", ("sftpd", "auth", "success"), lambda e: peers.append(e.metadata["peer"]))
-    async with running_server(
-        backend=sftpd.MemoryBackend(), proxy_protocol=True, telemetry=bus
-    ) as server:
-        front = free_port()
-        config = tmp_path / "haproxy.cfg"
-        config.write_text(
-            "global\n  maxconn 100\n"
-            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n"
-            "  timeout server 60s\n"
-            f"listen sftp\n  bind 127.0.0.1:{front}\n"
-            f"  server sftpd 127.0.0.1:{server.port} send-proxy-v2\n"
+    server, peers = proxied_server
+    front = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "global\n  maxconn 100\n"
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n"
+        "  timeout server 60s\n"
+        f"listen sftp\n  bind 127.0.0.1:{front}\n"
+        f"  server sftpd 127.0.0.1:{server.port} send-proxy-v2\n"
+    )
+    check = await asyncio.create_subprocess_exec(
+        haproxy_binary, "-c", "-f", str(config),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await check.communicate()
+    assert check.returncode == 0, output
+    balancer = await asyncio.create_subprocess_exec(
+        haproxy_binary, "-db", "-f", str(config),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):  # until HAProxy listens
+            try:
+                socket.create_connection(("127.0.0.1", front), timeout=1).close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        (tmp_path / "up.txt").write_text("through the balancer\n")
+        result = await openssh.run(
+            front, "put up.txt\nls -l\n", cwd=tmp_path, extra=["-o", "BindAddress=127.0.0.2"]
         )
-        check = await asyncio.create_subprocess_exec(
-            haproxy_binary, "-c", "-f", str(config),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        output, _ = await check.communicate()
-        assert check.returncode == 0, output
-        balancer = await asyncio.create_subprocess_exec(
-            haproxy_binary, "-db", "-f", str(config),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            for _ in range(100):  # until HAProxy listens
-                try:
-                    socket.create_connection(("127.0.0.1", front), timeout=1).close()
-                    break
-                except OSError:
-                    await asyncio.sleep(0.05)
-            (tmp_path / "up.txt").write_text("through the balancer\n")
-            result = await openssh.run(
-                front, "put up.txt\nls -l\n", cwd=tmp_path, extra=["-o", "BindAddress=127.0.0.2"]
-            )
-        finally:
-            balancer.terminate()
-            await balancer.wait()
+    finally:
+        balancer.terminate()
+        await balancer.wait()
     assert result.returncode == 0, result.stderr
     assert "up.txt" in result.stdout
     assert [peer.split(":")[0] for peer in peers] == ["127.0.0.2"]
