@@ -27,6 +27,16 @@ def host_key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def generated_host_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with the host keys `sftpd serve` generates: ed25519, ECDSA and RSA."""
+    from sftpd.cli import ensure_host_keys
+
+    directory = tmp_path_factory.mktemp("generated_host_keys") / "keys"
+    ensure_host_keys(directory)
+    return directory
+
+
 @pytest.fixture
 def memory_backend() -> sftpd.MemoryBackend:
     """An empty memory backend."""

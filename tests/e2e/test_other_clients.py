@@ -24,7 +24,6 @@ from sftpd import telemetry
 from sftpd._compat import trailing_bytes
 from sftpd.auth import fingerprint
 from sftpd.backends.s3 import S3Backend
-from sftpd.cli import ensure_host_keys
 from sftpd.testing import running_server
 from tests.conftest import SftpResult, connect, make_file, sha256, sha256_file
 from tests.raw_sftp import open_raw, packet, string
@@ -34,18 +33,25 @@ CLIENTS = Path(__file__).resolve().parent.parent / "clients"
 
 
 async def run(
-    *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+    *argv: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    stdin: str | None = None,
+    timeout: float = 120,
 ) -> SftpResult:
-    """Run a client command to completion; returns its exit code and output."""
+    """Run a client command to completion, ``stdin`` fed to it; returns exit code and output."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
+        stdin=subprocess.PIPE if stdin is not None else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
         start_new_session=True,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    out, err = await asyncio.wait_for(
+        proc.communicate(stdin.encode() if stdin is not None else None), timeout
+    )
     assert proc.returncode is not None
     return SftpResult(proc.returncode, out.decode(), err.decode())
 
@@ -339,25 +345,11 @@ def jsch(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return [java, "-cp", classpath, "JschClient"]
 
 
-@pytest.fixture(scope="session")
-def generated_host_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with the host keys `sftpd serve` generates: ed25519, ECDSA and RSA."""
-    directory = tmp_path_factory.mktemp("generated_host_keys") / "keys"
-    ensure_host_keys(directory)
-    return directory
-
-
 async def run_jsch(
     jsch: list[str], port: int, commands: str, cwd: Path, *credentials: str
 ) -> SftpResult:
     """Run JschClient with ``commands`` on standard input (as dev/dev unless ``credentials``)."""
-    proc = await asyncio.create_subprocess_exec(
-        *jsch, str(port), *(credentials or ("dev", "dev")), cwd=cwd, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(commands.encode()), 120)
-    assert proc.returncode is not None
-    return SftpResult(proc.returncode, out.decode(), err.decode())
+    return await run(*jsch, str(port), *(credentials or ("dev", "dev")), cwd=cwd, stdin=commands)
 
 
 async def test_jsch_transfers_resumes_appends_and_manages(

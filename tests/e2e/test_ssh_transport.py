@@ -11,7 +11,6 @@ import pytest
 
 import sftpd
 from sftpd._coalesce import CoalescingTransport
-from sftpd.cli import ensure_host_keys
 from sftpd.testing import running_server
 from tests.conftest import OpenSSH, connect
 
@@ -82,22 +81,14 @@ SHA1_ONLY: list[dict[str, Any]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def rsa_and_ed25519_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A host key directory with an RSA key besides ed25519, as sftpd serve generates."""
-    directory = tmp_path_factory.mktemp("sha1") / "keys"
-    ensure_host_keys(directory)
-    return directory
-
-
 # cryptography deprecates finite-field Diffie-Hellman, which the SHA-1 kex uses.
 @pytest.mark.filterwarnings("ignore:Diffie-Hellman over finite fields")
 @pytest.mark.parametrize("client_algs", SHA1_ONLY, ids=lambda algs: "+".join(algs))
 async def test_sha1_is_refused_unless_legacy_sha1(
-    client_algs: dict[str, Any], rsa_and_ed25519_keys: Path
+    client_algs: dict[str, Any], generated_host_keys: Path
 ) -> None:
     """A client offering only a SHA-1 kex, MAC or host signature is refused, unless legacy."""
-    options = {"backend": sftpd.MemoryBackend(), "system_dir": rsa_and_ed25519_keys}
+    options = {"backend": sftpd.MemoryBackend(), "system_dir": generated_host_keys}
     async with running_server(**options) as server:
         with pytest.raises(asyncssh.KeyExchangeFailed):
             await connect(server.port, **client_algs)
@@ -107,12 +98,12 @@ async def test_sha1_is_refused_unless_legacy_sha1(
 
 
 async def test_openssh_is_not_offered_ssh_rsa_host_signatures(
-    openssh: OpenSSH, rsa_and_ed25519_keys: Path
+    openssh: OpenSSH, generated_host_keys: Path
 ) -> None:
     """OpenSSH gets the RSA host key signed with SHA-2 (rsa-sha2-256), never with ssh-rsa."""
     debug = ["-o", "LogLevel=DEBUG1"]
     async with running_server(
-        backend=sftpd.MemoryBackend(), system_dir=rsa_and_ed25519_keys
+        backend=sftpd.MemoryBackend(), system_dir=generated_host_keys
     ) as server:
         sha1 = await openssh.run(
             server.port, "ls /\n", extra=["-o", "HostKeyAlgorithms=ssh-rsa", *debug]
