@@ -36,8 +36,8 @@ CIPHERS = (
 #: What a server offers unless told otherwise: AES only. The client picks among what the
 #: server offers, and OpenSSH's first choice is chacha20-poly1305, which in asyncssh costs
 #: three cipher set-ups per packet: offering it makes downloads through OpenSSH about 40%
-#: slower (see benchmarks/). AES runs on the CPU's AES instructions; GCM and CTR with an
-#: encrypt-then-MAC are both sound. Pass ``ciphers=CIPHERS`` to offer chacha20 as well.
+#: slower (see benchmarks/). AES runs on the CPU's AES instructions; GCM, and CTR with a
+#: SHA-2 or UMAC MAC, are both sound. Pass ``ciphers=CIPHERS`` to offer chacha20 as well.
 DEFAULT_CIPHERS = CIPHERS[:5]
 
 

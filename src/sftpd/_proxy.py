@@ -216,8 +216,7 @@ class ProxyListener:
 
     async def wait_closed(self) -> None:
         """Wait until the accept loops and header reads have ended."""
-        for task in [*self._accepting, *self._connections]:
-            if not task.done() and task not in self._accepting:
-                task.cancel()
+        for task in self._connections:  # header reads and logins still under way
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._accepting, *self._connections, return_exceptions=True)

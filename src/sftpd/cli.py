@@ -253,7 +253,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
                 supervise(
                     config,
                     workers,
-                    lambda cfg, worker: _run_worker(cfg, worker),
+                    _run_worker,
                     lambda cfg: _announce(cfg, names, load_host_keys(cfg), workers),
                 )
             )
