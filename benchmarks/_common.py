@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,11 +28,23 @@ def peak_rss_mib(pid: int, field: str = "VmHWM") -> float:
     return float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used, in seconds."""
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User plus system CPU time a process has used, in seconds.
+
+    With ``children``, also that of its finished children (sshd's per-session processes).
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    used = int(fields[11]) + int(fields[12])
+    if children:
+        used += int(fields[13]) + int(fields[14])
+    return used / ticks
+
+
+def children_cpu_seconds() -> float:
+    """User plus system CPU time of this process's finished children (sftp and its ssh)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def reset_peak_rss(pid: int) -> None:
@@ -57,19 +72,29 @@ def server(
         proc.wait(10)
 
 
-def sftp_batch(port: int, commands: str, cwd: Path, askpass: Path) -> float:
-    """Run OpenSSH sftp in batch mode; return wall seconds."""
-    env = {
-        **os.environ,
-        "SSH_ASKPASS": str(askpass),
-        "SSH_ASKPASS_REQUIRE": "force",
-        "DISPLAY": ":0",
-    }
+def sftp_batch(
+    port: int,
+    commands: str,
+    cwd: Path,
+    askpass: Path | None = None,
+    *,
+    user: str = "dev",
+    identity: Path | None = None,
+) -> float:
+    """Run OpenSSH sftp in batch mode (password from ``askpass``, or key ``identity``).
+
+    Returns:
+        Wall seconds.
+    """
+    env = dict(os.environ)
+    if askpass is not None:
+        env.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
+    login = ["-o", "PubkeyAuthentication=no"] if identity is None else ["-i", str(identity)]
     argv = [
         "sftp", "-o", "BatchMode=no", "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null", "-o", "PubkeyAuthentication=no",
+        "-o", "UserKnownHostsFile=/dev/null", *login,
         "-o", "LogLevel=ERROR", *os.environ.get("SFTPD_BENCH_SFTP_OPTS", "").split(),
-        "-P", str(port), "-b", "-", "dev@127.0.0.1",
+        "-P", str(port), "-b", "-", f"{user}@127.0.0.1",
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(
@@ -77,6 +102,55 @@ def sftp_batch(port: int, commands: str, cwd: Path, askpass: Path) -> float:
         capture_output=True, start_new_session=True, timeout=600,
     )  # fmt: skip
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def openssh_server(tmp: Path) -> Iterator[tuple[int, Path, int] | None]:
+    """OpenSSH's own sshd (internal-sftp) on loopback, for a reference point.
+
+    Yields its port, a client key that logs in as the current user, and its pid; or
+    None when sshd is not installed (Debian: ``apt-get install openssh-server``).
+    """
+    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+    if sshd is None:
+        yield None
+        return
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation
+    home = tmp / "sshd"
+    home.mkdir()
+    host_key, client_key = home / "host_key", home / "client_key"
+    for key in (host_key, client_key):
+        asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(key))
+        key.chmod(0o600)
+    (home / "authorized_keys").write_bytes(
+        asyncssh.read_private_key(str(client_key)).export_public_key()
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (home / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+        f"AuthorizedKeysFile {home / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n"
+        "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
+    )
+    proc = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(home / "sshd_config")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"sshd did not start (exit {proc.poll()})")
+            time.sleep(0.05)
+        yield port, client_key, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def make_workspace(tmp: Path, size_mib: int) -> tuple[Path, Path, Path, Path]:

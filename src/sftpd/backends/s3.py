@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .. import paths
 from .._session import Session
@@ -123,6 +123,14 @@ async def _read_body(body: Any, size: int, spare: bytearray | None = None) -> by
     if done != size:
         raise Failure("Storage sent a response of the wrong length")
     return buffer
+
+
+#: The client's checksum settings. SigV4 already hashes every payload, so a second (CRC32)
+#: checksum per part would cost CPU and copies for no extra safety.
+CHECKSUM_SETTINGS: Final = {
+    "request_checksum_calculation": "when_required",
+    "response_checksum_validation": "when_required",
+}
 
 
 class S3Backend:
@@ -240,10 +248,7 @@ class S3Backend:
         config = self._config_module.Config(
             retries={"max_attempts": self._max_attempts, "mode": "standard"},
             max_pool_connections=max(16, self.upload_concurrency * 4),
-            # SigV4 already hashes every payload; a second (CRC32) checksum per part
-            # costs CPU and copies for no extra safety.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
+            **CHECKSUM_SETTINGS,
         )
         client = await stack.enter_async_context(
             session.create_client(
