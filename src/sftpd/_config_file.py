@@ -12,6 +12,11 @@ legacy_sha1 = false                      # true: also SHA-1 kex, MACs, ssh-rsa h
 proxy_protocol = false                   # true: behind a balancer sending PROXY headers
 proxy_from = ["10.0.0.0/8"]              # where the balancer connects from (else: anywhere)
 
+[s3]                                     # with backend = "s3://BUCKET/PREFIX"
+part_size = 16777216
+upload_concurrency = 4
+object_args = { ServerSideEncryption = "aws:kms", SSEKMSKeyId = "alias/uploads" }
+
 [users.alice]
 password_env = "ALICE_PASSWORD"         # or password = "..." (not recommended)
 authorized_keys = "/etc/sftpd/alice.pub" # a file, or a list of key lines
@@ -54,6 +59,20 @@ SERVER_KEYS = {
     "proxy_protocol": bool,
     "proxy_from": list,
 }
+#: [s3]: options of the S3 backend (sftpd.backends.s3.S3Backend), with their types.
+S3_KEYS = {
+    "endpoint_url": str,
+    "region_name": str,
+    "part_size": int,
+    "upload_concurrency": int,
+    "read_ahead": int,
+    "read_chunk": int,
+    "copy_concurrency": int,
+    "max_attempts": int,
+    "setstat": str,
+    "content_types": bool,
+    "object_args": dict,
+}
 USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions"}
 
 
@@ -88,6 +107,7 @@ class FileConfig:
 
     server: dict[str, Any]
     users: UserTable
+    s3: dict[str, Any] = field(default_factory=dict)
 
 
 def load_config_file(path: Path) -> FileConfig:
@@ -103,18 +123,13 @@ def load_config_file(path: Path) -> FileConfig:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    unknown = set(data) - {"server", "users"}
+    unknown = set(data) - {"server", "users", "s3"}
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; use [server], [users]")
-    server = dict(data.get("server", {}))
-    for key, value in server.items():
-        kind = SERVER_KEYS.get(key)
-        if kind is None:
-            raise ConfigError(f"{path}: unknown [server] key {key!r}; known: {sorted(SERVER_KEYS)}")
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            server[key] = float(value)
-        elif not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise ConfigError(f"{path}: [server] {key} must be a {kind.__name__}, got {value!r}")
+        raise ConfigError(
+            f"{path}: unknown section(s) {sorted(unknown)}; use [server], [s3], [users]"
+        )
+    server = _typed_section(path, "server", data.get("server", {}), SERVER_KEYS)
+    s3 = _typed_section(path, "s3", data.get("s3", {}), S3_KEYS)
     table = UserTable()
     for name, spec in data.get("users", {}).items():
         if not isinstance(spec, dict):
@@ -148,4 +163,21 @@ def load_config_file(path: Path) -> FileConfig:
             attrs["permissions"] = spec["permissions"]
         if attrs:
             table.attributes[name] = attrs
-    return FileConfig(server=server, users=table)
+    return FileConfig(server=server, users=table, s3=s3)
+
+
+def _typed_section(
+    path: Path, name: str, section: dict[str, Any], known: dict[str, type]
+) -> dict[str, Any]:
+    """A section's keys checked against ``known`` (integers are accepted as floats)."""
+    checked = dict(section)
+    for key, value in checked.items():
+        kind = known.get(key)
+        if kind is None:
+            raise ConfigError(f"{path}: unknown [{name}] key {key!r}; known: {sorted(known)}")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            checked[key] = float(value)
+        elif not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            what = "table" if kind is dict else kind.__name__
+            raise ConfigError(f"{path}: [{name}] {key} must be a {what}, got {value!r}")
+    return checked

@@ -36,6 +36,34 @@ console = Console(stderr=True)
 log = logging.getLogger("sftpd")
 
 
+def _parse_object_args(values: tuple[str, ...]) -> dict[str, Any]:
+    """``--s3-object-arg`` values: ``KEY=VALUE``, ``Metadata.NAME=VALUE``, booleans as words."""
+    args: dict[str, Any] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key or not text:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="--s3-object-arg")
+        if key.startswith("Metadata."):
+            args.setdefault("Metadata", {})[key.removeprefix("Metadata.")] = text
+        elif key == "BucketKeyEnabled":
+            if text.lower() not in ("true", "false"):
+                raise click.BadParameter(
+                    "BucketKeyEnabled is true or false", param_hint="--s3-object-arg"
+                )
+            args[key] = text.lower() == "true"
+        else:
+            args[key] = text
+    return args
+
+
+def _merge_object_args(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """The config file's object_args with the flags' over them (metadata name by name)."""
+    merged = {**base, **flags}
+    if "Metadata" in base and "Metadata" in flags:
+        merged["Metadata"] = {**base["Metadata"], **flags["Metadata"]}
+    return merged
+
+
 def _parse_user(value: str) -> tuple[str, str]:
     name, sep, password = value.partition(":")
     if not sep or not name or not password:
@@ -43,10 +71,19 @@ def _parse_user(value: str) -> tuple[str, str]:
     return name, password
 
 
-def make_backend(spec: str) -> Any:
-    """Build a backend from its command-line form (``memory``, ``local:/path``, ``s3://...``)."""
+def make_backend(spec: str, s3_options: dict[str, Any] | None = None) -> Any:
+    """Build a backend from its command-line form (``memory``, ``local:/path``, ``s3://...``).
+
+    ``s3_options`` are further :class:`~sftpd.backends.s3.S3Backend` options (the config
+    file's ``[s3]`` section, ``--s3-object-arg``); they need an ``s3://`` backend.
+    """
     kind, _, rest = spec.partition(":")
     kind = kind.lower()
+    if s3_options and kind != "s3":
+        raise ConfigError(
+            "[s3] settings and --s3-object-arg are for the S3 backend; "
+            "use --backend s3://BUCKET/PREFIX (or backend = 's3://...' in [server])"
+        )
     if kind == "memory" and not rest:
         return MemoryBackend()
     if kind == "local":
@@ -63,7 +100,7 @@ def make_backend(spec: str) -> Any:
             )
         from .backends.s3 import S3Backend
 
-        return S3Backend(bucket, prefix=prefix)
+        return S3Backend(bucket, prefix=prefix, **(s3_options or {}))
     raise click.BadParameter(
         f"unknown backend {spec!r}; choose: memory, local:/path, s3://BUCKET/PREFIX",
         param_hint="--backend",
@@ -131,6 +168,10 @@ def main() -> None:
               help="Storage: 'memory', 'local:/path' to serve a folder, or "
                    "'s3://BUCKET/PREFIX' (standard AWS environment and AWS_ENDPOINT_URL; "
                    "needs pysftpd[s3]).")  # fmt: skip
+@click.option("--s3-object-arg", "object_args", multiple=True, metavar="KEY=VALUE",
+              help="With an s3:// backend: how every object is stored (repeatable), e.g. "
+                   "ServerSideEncryption=aws:kms, SSEKMSKeyId=..., StorageClass=STANDARD_IA, "
+                   "ACL=bucket-owner-full-control, Tagging=k=v, Metadata.NAME=VALUE.")  # fmt: skip
 @click.option("--max-sessions", default=10, show_default=True, type=click.IntRange(1),
               help="Most sessions at once; more are refused at login.")  # fmt: skip
 @click.option("--open-timeout", default=30.0, show_default=True, type=click.FloatRange(0.001),
@@ -174,7 +215,7 @@ def main() -> None:
 @click.pass_context
 def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...],
           key_files: tuple[str, ...], generate_host_key: bool, log_level: str,
-          **options: Any) -> None:  # fmt: skip
+          object_args: tuple[str, ...], **options: Any) -> None:  # fmt: skip
     """Serve SFTP until Ctrl-C or SIGTERM (both stop gracefully).
 
     With no options: the memory backend on 127.0.0.1:2222, user dev with password dev, and
@@ -188,9 +229,11 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
     logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         table = UserTable()
+        s3_options: dict[str, Any] = {}
         if config_file is not None:
             loaded = load_config_file(config_file)
             table = loaded.users
+            s3_options = loaded.s3
             for key, value in loaded.server.items():
                 name = "backend_spec" if key == "backend" else key
                 if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
@@ -221,8 +264,12 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
                 "--metrics-port serves one process's metrics; with --workers, run one "
                 "sftpd serve per port instead, or use the OpenTelemetry bridge"
             )
+        if object_args:
+            s3_options = {**s3_options, "object_args": _merge_object_args(
+                s3_options.get("object_args", {}), _parse_object_args(object_args)
+            )}  # fmt: skip
         config = ServerConfig(
-            backend=make_backend(options.pop("backend_spec")),
+            backend=make_backend(options.pop("backend_spec"), s3_options),
             auth=table.authenticator(),  # type: ignore[arg-type]
             system_dir=key_dir,
             **options,

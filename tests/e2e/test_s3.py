@@ -6,8 +6,10 @@ import asyncio
 import itertools
 import os
 import re
+import secrets
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +212,119 @@ async def test_resume_and_rename_of_objects_over_one_copy_part(
     assert await open_uploads(s3_client, bucket) == []
 
 
+OBJECT_ARGS = {
+    "ServerSideEncryption": "AES256",
+    "StorageClass": "STANDARD_IA",
+    "Metadata": {"source": "sftp"},
+    "Tagging": "team=ops",
+}
+
+
+async def stored_as(client: Any, bucket: str, key: str) -> dict[str, Any]:
+    """How an object is stored: encryption, storage class, metadata, tags, content type."""
+    head = await client.head_object(Bucket=bucket, Key=key)
+    tags = await client.get_object_tagging(Bucket=bucket, Key=key)
+    return {
+        "ServerSideEncryption": head.get("ServerSideEncryption"),
+        "StorageClass": head.get("StorageClass"),
+        "Metadata": head.get("Metadata"),
+        "Tagging": "&".join(f"{t['Key']}={t['Value']}" for t in tags["TagSet"]),
+        "ContentType": head.get("ContentType"),
+    }
+
+
+@pytest.fixture
+async def aws_bucket(moto_s3: Any) -> AsyncIterator[tuple[Any, str]]:
+    """A client of moto (which stores object settings as AWS does) and a new bucket."""
+    from tests.s3_servers import client_for
+
+    async with client_for(moto_s3.endpoint) as client:
+        name = f"sftpd-{secrets.token_hex(6)}"
+        await client.create_bucket(Bucket=name)
+        yield client, name
+
+
+async def test_object_args_reach_every_object_written(
+    aws_bucket: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """object_args are on every object: put, multipart, resume, marker, copy, multipart copy.
+
+    The copy-part limit is scaled to 6 MiB so that renaming 12 MiB copies it in parts.
+    """
+    monkeypatch.setattr(s3_module, "MAX_COPY_PART", 6 * MiB)
+    client, bucket = aws_bucket
+    backend = S3Backend(
+        bucket, client=client, part_size=5 * MiB, read_chunk=MiB, object_args=OBJECT_ARGS
+    )
+    async with running_server(backend=backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/small.csv", "wb") as f:  # one PutObject
+                await f.write(b"a,b\n")
+            async with sftp.open("/data.xml", "wb") as f:  # multipart
+                await f.write(os.urandom(6 * MiB))
+            async with sftp.open("/big.json", "wb") as f:
+                await f.write(os.urandom(11 * MiB))
+            async with sftp.open("/big.json", "ab") as f:  # resume: part copies + parts
+                await f.write(os.urandom(MiB))
+            await sftp.mkdir("/dir")  # a .keep marker
+            await sftp.rename("/small.csv", "/dir/renamed.csv")  # CopyObject
+            await sftp.rename("/big.json", "/dir/moved.json")  # multipart copy
+    assert await keys(client, bucket) == [
+        "data.xml", "dir/.keep", "dir/moved.json", "dir/renamed.csv"
+    ]  # fmt: skip
+    for key, kind in (("data.xml", "text/xml"), ("dir/renamed.csv", "text/csv"),
+                      ("dir/moved.json", "application/json")):  # fmt: skip
+        assert await stored_as(client, bucket, key) == {**OBJECT_ARGS, "ContentType": kind}
+    marker = await stored_as(client, bucket, "dir/.keep")
+    assert {k: marker[k] for k in OBJECT_ARGS} == OBJECT_ARGS
+    head = await client.head_object(Bucket=bucket, Key="dir/moved.json", PartNumber=1)
+    assert head["PartsCount"] == 2  # it was a multipart copy
+
+
+async def test_content_type_follows_the_name(
+    s3_backend: S3Backend, s3_client: Any, bucket: str
+) -> None:
+    """Uploads get the content type of their name, and a rename to another type updates it.
+
+    Clients such as WinSCP upload to ``name.filepart`` and rename at the end; the object
+    must then say ``application/json``, not ``binary/octet-stream``, and keep its
+    metadata. A rename within a type keeps what is stored.
+    """
+    await s3_client.put_object(Bucket=bucket, Key="tagged.bin", Body=b"{}",
+                               Metadata={"origin": "partner"}, ContentLanguage="en")  # fmt: skip
+    async with running_server(backend=s3_backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/report.csv", "wb") as f:
+                await f.write(b"a,b\n")
+            async with sftp.open("/data.json.filepart", "wb") as f:
+                await f.write(b"{}")
+            await sftp.rename("/data.json.filepart", "/data.json")
+            await sftp.rename("/report.csv", "/copy.csv")
+            await sftp.rename("/tagged.bin", "/tagged.json")
+    heads = {key: await s3_client.head_object(Bucket=bucket, Key=key)
+             for key in ("copy.csv", "data.json", "tagged.json")}  # fmt: skip
+    assert heads["copy.csv"]["ContentType"] == "text/csv"
+    assert heads["data.json"]["ContentType"] == "application/json"
+    assert heads["tagged.json"]["ContentType"] == "application/json"
+    assert heads["tagged.json"]["Metadata"] == {"origin": "partner"}
+    assert heads["tagged.json"]["ContentLanguage"] == "en"
+
+
+async def test_content_types_off_leaves_s3_default(aws_bucket: tuple[Any, str]) -> None:
+    """With content_types=False, objects get S3's default type whatever their name.
+
+    (SeaweedFS picks a type from the name itself when none is sent.)
+    """
+    s3_client, bucket = aws_bucket
+    backend = S3Backend(bucket, client=s3_client, content_types=False)
+    async with running_server(backend=backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/report.csv", "wb") as f:
+                await f.write(b"a,b\n")
+    head = await s3_client.head_object(Bucket=bucket, Key="report.csv")
+    assert head["ContentType"] == "binary/octet-stream"
+
+
 @pytest.mark.parametrize("size", [5 * MiB, 5 << 30, (5 << 30) + 1, (10 << 30) + 5, 5 << 40])
 def test_copy_ranges_cover_the_object_within_s3_limits(size: int) -> None:
     """Copy ranges at S3's real limits are contiguous, at most 5 GiB, at least 5 MiB, few."""
@@ -385,12 +500,39 @@ def test_bad_options_fail_at_construction() -> None:
         S3Backend("")
 
 
-async def test_cli_s3_backend(s3_server: Any, bucket: str, s3_client: Any, tmp_path: Path) -> None:
-    """`sftpd serve --backend s3://BUCKET/PREFIX` uses the standard AWS environment."""
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"SSECustomerKey": "k"}, "unknown key 'SSECustomerKey'; allowed: ACL, BucketKeyEnabled"),
+        ({"ContentType": "text/plain"}, "unknown key 'ContentType'"),
+        ({"BucketKeyEnabled": "yes"}, "BucketKeyEnabled must be true or false"),
+        ({"Metadata": {"n": 1}}, "Metadata must map names to strings"),
+        ({"StorageClass": ""}, "StorageClass must be a non-empty string"),
+    ],
+)
+def test_bad_object_args_fail_at_construction(args: dict[str, Any], message: str) -> None:
+    """object_args with an unknown key or a mistyped value fail naming the key."""
+    with pytest.raises(sftpd.ConfigError, match=re.escape(message)):
+        S3Backend("b", object_args=args)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("in/report.csv", "text/csv"), ("a.PDF", "application/pdf"), ("x.tar.gz", "application/gzip"),
+     ("t.txt.bz2", "application/x-bzip2"), ("upload.filepart", None), ("dir/.keep", None),
+     ("README", None)],
+)  # fmt: skip
+def test_content_type_from_name(name: str, kind: str | None) -> None:
+    """Types come from the last name's extension; a compressed file is its compression."""
+    assert s3_module.content_type(name) == kind
+
+
+async def serve_cli(endpoint: str, cwd: Path, *args: str) -> tuple[Any, int]:
+    """`sftpd serve --port 0 ARGS` with the AWS environment of ``endpoint``: process, port."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sftpd", "serve", "--port", "0", "--backend",
-        f"s3://{bucket}/inbox", cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**aws_env(s3_server.endpoint), "COLUMNS": "200"},
+        sys.executable, "-m", "sftpd", "serve", "--port", "0", *args, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**aws_env(endpoint), "COLUMNS": "200"},
     )  # fmt: skip
     assert proc.stdout is not None
     text = ""
@@ -398,12 +540,52 @@ async def test_cli_s3_backend(s3_server: Any, bucket: str, s3_client: Any, tmp_p
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         assert line, text
         text += line.decode()
-    async with connect(int(match.group(1))) as conn, conn.start_sftp_client() as sftp:
-        async with sftp.open("/a.txt", "wb") as f:
-            await f.write(b"via cli")
+    return proc, int(match.group(1))
+
+
+async def stop_cli(proc: Any) -> None:
+    """SIGTERM a `sftpd serve` process; it must exit cleanly."""
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_cli_s3_backend(s3_server: Any, bucket: str, s3_client: Any, tmp_path: Path) -> None:
+    """`sftpd serve --backend s3://BUCKET/PREFIX` uses the standard AWS environment."""
+    proc, port = await serve_cli(s3_server.endpoint, tmp_path, "--backend", f"s3://{bucket}/inbox")
+    async with connect(port) as conn, conn.start_sftp_client() as sftp:
+        async with sftp.open("/a.txt", "wb") as f:
+            await f.write(b"via cli")
+    await stop_cli(proc)
     assert await keys(s3_client, bucket) == ["inbox/a.txt"]
+
+
+async def test_cli_s3_settings_from_config_file_and_flags(
+    moto_s3: Any, aws_bucket: tuple[Any, str], tmp_path: Path
+) -> None:
+    """The config file's [s3] section and --s3-object-arg set how objects are stored.
+
+    Flags win over the file, metadata name by name.
+    """
+    client, bucket = aws_bucket
+    (tmp_path / "sftpd.toml").write_text(
+        f'[server]\nbackend = "s3://{bucket}/inbox"\n\n'
+        "[s3]\npart_size = 5242880\ncontent_types = true\n"
+        'object_args = { StorageClass = "GLACIER", Metadata = { team = "ops", by = "file" } }\n'
+    )
+    proc, port = await serve_cli(
+        moto_s3.endpoint, tmp_path, "--config", "sftpd.toml",
+        "--s3-object-arg", "StorageClass=STANDARD_IA", "--s3-object-arg", "Metadata.by=flag",
+        "--s3-object-arg", "ServerSideEncryption=AES256",
+    )  # fmt: skip
+    async with connect(port) as conn, conn.start_sftp_client() as sftp:
+        async with sftp.open("/a.csv", "wb") as f:
+            await f.write(b"via cli")
+    await stop_cli(proc)
+    head = await client.head_object(Bucket=bucket, Key="inbox/a.csv")
+    assert head["StorageClass"] == "STANDARD_IA"
+    assert head["ServerSideEncryption"] == "AES256"
+    assert head["Metadata"] == {"team": "ops", "by": "flag"}
+    assert head["ContentType"] == "text/csv"
 
 
 @pytest.mark.slow

@@ -195,6 +195,9 @@ async def test_legacy_sha1_from_the_command_line_or_config_file(how: str, tmp_pa
         ["--workers", "2"],  # the memory backend cannot be shared by workers
         ["--workers", "2", "--backend", "local:.", "--metrics-port", "0"],
         ["--ciphers", "arcfour"],
+        ["--s3-object-arg", "StorageClass=STANDARD_IA"],  # not an S3 backend
+        ["--backend", "s3://b", "--s3-object-arg", "SSECustomerKey=k"],
+        ["--backend", "s3://b", "--s3-object-arg", "StorageClass"],
     ],
 )
 def test_a_refused_configuration_leaves_nothing_behind(
@@ -217,6 +220,30 @@ def test_bad_config_file_fails_with_the_key_named(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["serve", "--config", str(tmp_path / "bad.toml")])
     assert result.exit_code == 2
     assert "legacy_sha1 must be a bool" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "message"),
+    [
+        ("[s3]\npart_sise = 1\n", ["--backend", "s3://b"], "unknown [s3] key 'part_sise'"),
+        ("[s3]\nobject_args = 1\n", ["--backend", "s3://b"], "object_args must be a table"),
+        ("[s3]\nobject_args = { Acl = 'private' }\n", ["--backend", "s3://b"],
+         "unknown key 'Acl'; allowed: ACL"),
+        ("[s3]\npart_size = 1024\n", ["--backend", "s3://b"], "at least 5 MiB"),
+        ("[s3]\nread_ahead = 2\n", [], "[s3] settings and --s3-object-arg are for the S3"),
+        ("", ["--backend", "s3://b", "--s3-object-arg", "BucketKeyEnabled=yes"],
+         "BucketKeyEnabled is true or false"),
+    ],
+)  # fmt: skip
+def test_bad_s3_settings_fail_with_what_to_fix(
+    text: str, args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown, mistyped or misplaced S3 settings stop start-up with a message naming them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s3.toml").write_text(text)
+    result = CliRunner().invoke(main, ["serve", "--config", "s3.toml", *args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split()), result.output
 
 
 def children_of(pid: int) -> list[int]:

@@ -18,6 +18,8 @@ Needs the optional extra: ``pip install 'pysftpd[s3]'`` (aiobotocore).
   ``UploadPartCopy``, so nothing already stored is downloaded or sent again.
 - Rename: server-side copy (multipart copy above 5 GiB) then delete; a directory moves
   every key below it with bounded concurrency.
+- Objects: ``object_args`` (encryption, storage class, ACL, metadata, tags) go with every
+  object written, and Content-Type follows the file name, also across renames.
 - Errors: 404 is "no such file", 403 "permission denied"; throttling and 5xx are retried
   with backoff by botocore, then reported as a failure. Raw storage messages never reach
   the client; they are logged.
@@ -30,9 +32,10 @@ import contextlib
 import io
 import itertools
 import logging
+import mimetypes
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -53,13 +56,68 @@ from ..errors import (
     Unsupported,
 )
 
-__all__ = ["S3Backend", "SessionPrefix"]
+__all__ = ["OBJECT_ARGS", "S3Backend", "SessionPrefix", "content_type"]
 
 log = logging.getLogger("sftpd.s3")
 
 MIN_PART_SIZE = 5 << 20
 MAX_COPY_PART = 5 << 30
 KEEP = ".keep"
+
+#: What ``object_args`` may set: how each object sftpd writes is stored (encryption,
+#: storage class, ACL, metadata, tags). Content-Type comes from the file name instead.
+OBJECT_ARGS = frozenset({
+    "ACL", "BucketKeyEnabled", "Metadata", "ServerSideEncryption", "SSEKMSEncryptionContext",
+    "SSEKMSKeyId", "StorageClass", "Tagging",
+})  # fmt: skip
+#: Those a CopyObject does not take over from its source: each copy must name them again.
+#: (Metadata, tags and Content-Type are copied from the source, which sftpd wrote.)
+COPY_ARGS = OBJECT_ARGS - {"Metadata", "Tagging"}
+#: Headers a CopyObject that replaces the metadata must repeat from the source.
+_KEPT_HEADERS = ("CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage")
+#: Content types of compressed files, which ``mimetypes`` reports as encodings.
+_ENCODING_TYPES = {
+    "gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
+    "compress": "application/x-compress", "br": "application/x-brotli",
+}  # fmt: skip
+_MIME = mimetypes.MimeTypes(filenames=())  # Python's own table: the same on every machine
+
+
+def content_type(key: str) -> str | None:
+    """The content type for a file name (``report.csv`` -> ``text/csv``), or None."""
+    kind, encoding = _MIME.guess_type(key.rsplit("/", 1)[-1], strict=False)
+    if encoding is not None:
+        return _ENCODING_TYPES.get(encoding)
+    return kind
+
+
+def _check_object_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``object_args`` checked: known keys and the types botocore wants.
+
+    Raises:
+        ConfigError: naming the key, and the allowed ones if it is unknown.
+    """
+    checked: dict[str, Any] = {}
+    for key, value in args.items():
+        if key not in OBJECT_ARGS:
+            raise ConfigError(
+                f"object_args: unknown key {key!r}; allowed: {', '.join(sorted(OBJECT_ARGS))}"
+            )
+        if key == "BucketKeyEnabled":
+            if not isinstance(value, bool):
+                raise ConfigError(
+                    f"object_args: BucketKeyEnabled must be true or false, got {value!r}"
+                )
+        elif key == "Metadata":
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise ConfigError("object_args: Metadata must map names to strings")
+            value = dict(value)
+        elif not isinstance(value, str) or not value:
+            raise ConfigError(f"object_args: {key} must be a non-empty string, got {value!r}")
+        checked[key] = value
+    return checked
 
 
 def _copy_ranges(size: int) -> list[tuple[int, int]]:
@@ -154,6 +212,15 @@ class S3Backend:
         setstat: ``"ignore"`` (default: accept mtime/mode changes and keep nothing) or
             ``"refuse"`` (answer "unsupported").
         max_attempts: Attempts per request, with backoff, for throttling and 5xx.
+        object_args: How every object sftpd writes is stored, as botocore arguments of
+            PutObject, CreateMultipartUpload and CopyObject: ``ServerSideEncryption``
+            (``"AES256"``, ``"aws:kms"``), ``SSEKMSKeyId``, ``SSEKMSEncryptionContext``,
+            ``BucketKeyEnabled``, ``StorageClass``, ``ACL``, ``Metadata`` (a dict) and
+            ``Tagging`` (``"k=v&k2=v2"``). For buckets whose policy demands them.
+        content_types: Set each object's Content-Type from its file name (``.csv`` ->
+            ``text/csv``, using Python's own table), also when a rename changes it
+            (uploads to a temporary name then renamed, as WinSCP does). False: S3's
+            default, ``binary/octet-stream``.
 
     Raises:
         ConfigError: aiobotocore is missing, or an option is invalid.
@@ -175,6 +242,8 @@ class S3Backend:
         copy_concurrency: int = 8,
         setstat: str = "ignore",
         max_attempts: int = 5,
+        object_args: Mapping[str, Any] | None = None,
+        content_types: bool = True,
     ) -> None:
         self._session_module, self._config_module, self._exceptions = _import_aiobotocore()
         if not bucket or not isinstance(bucket, str):
@@ -205,6 +274,8 @@ class S3Backend:
         self.read_chunk = read_chunk
         self.copy_concurrency = copy_concurrency
         self.setstat = setstat
+        self.object_args = _check_object_args(object_args or {})
+        self.content_types = content_types
         self._client = client
         self._factory = client_factory
         self._endpoint_url = endpoint_url
@@ -361,6 +432,37 @@ class S3Backend:
         except NoSuchFile:
             return None
 
+    def _new_object_args(self, key: str) -> dict[str, Any]:
+        """Arguments of a new object at ``key``: ``object_args`` and its content type."""
+        args = dict(self.object_args)
+        if self.content_types and (kind := content_type(key)):
+            args["ContentType"] = kind
+        return args
+
+    def _copy_args(self, dst_key: str, head: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Arguments of a CopyObject to ``dst_key`` from the object described by ``head``.
+
+        S3 copies metadata, tags and Content-Type from the source; when the new name
+        calls for another content type, the metadata is replaced, repeating the source's.
+        """
+        args = {key: value for key, value in self.object_args.items() if key in COPY_ARGS}
+        kind = content_type(dst_key) if self.content_types else None
+        if head is not None and kind is not None and kind != head.get("ContentType"):
+            args.update(MetadataDirective="REPLACE", ContentType=kind,
+                        Metadata=dict(head.get("Metadata") or {}))  # fmt: skip
+            args.update({name: head[name] for name in _KEPT_HEADERS if head.get(name)})
+        return args
+
+    def _multipart_copy_args(self, dst_key: str, head: Mapping[str, Any]) -> dict[str, Any]:
+        """Arguments of the CreateMultipartUpload of a copy: parts copy data only."""
+        args = self._new_object_args(dst_key)
+        if head.get("Metadata"):
+            args["Metadata"] = dict(head["Metadata"])
+        if "ContentType" not in args and head.get("ContentType"):
+            args["ContentType"] = head["ContentType"]
+        args.update({name: head[name] for name in _KEPT_HEADERS if head.get(name)})
+        return args
+
     async def _has_children(self, prefix: str, limit: int = 1) -> list[str]:
         """Up to ``limit`` keys below ``prefix`` (any depth)."""
         client = await self.client()
@@ -454,8 +556,9 @@ class S3Backend:
             raise FileAlreadyExists()
         client = await self.client()
         async with self._errors("PutObject"):
+            key = self.dir_prefix(path, session) + KEEP
             await client.put_object(
-                Bucket=self.bucket, Key=self.dir_prefix(path, session) + KEEP, Body=b""
+                Bucket=self.bucket, Key=key, Body=b"", **self._new_object_args(key)
             )
 
     async def remove_dir(self, path: str, session: Session) -> None:
@@ -507,7 +610,8 @@ class S3Backend:
                 raise NotADirectory()
         if kind[0] is FileType.FILE:
             src_key = self.key(src, session)
-            await self._copy(src_key, self.key(dst, session), int(kind[1]["ContentLength"]))
+            head = kind[1]
+            await self._copy(src_key, self.key(dst, session), int(head["ContentLength"]), head)
             client = await self.client()
             async with self._errors("DeleteObject"):
                 await client.delete_object(Bucket=self.bucket, Key=src_key)
@@ -546,15 +650,25 @@ class S3Backend:
             async with self._errors("DeleteObject"):
                 await client.delete_object(Bucket=self.bucket, Key=src_prefix)
 
-    async def _copy(self, src_key: str, dst_key: str, size: int) -> None:
+    async def _copy(
+        self, src_key: str, dst_key: str, size: int, head: Mapping[str, Any] | None = None
+    ) -> None:
+        """Copy one object; ``head`` (its HeadObject) lets a rename update its content type."""
         client = await self.client()
         source = {"Bucket": self.bucket, "Key": src_key}
         if size <= MAX_COPY_PART:
             async with self._errors("CopyObject"):
-                await client.copy_object(Bucket=self.bucket, Key=dst_key, CopySource=source)
+                await client.copy_object(
+                    Bucket=self.bucket, Key=dst_key, CopySource=source,
+                    **self._copy_args(dst_key, head),
+                )  # fmt: skip
             return
+        if head is None:
+            head = await self._head(src_key) or {}
         async with self._errors("CreateMultipartUpload"):
-            upload = await client.create_multipart_upload(Bucket=self.bucket, Key=dst_key)
+            upload = await client.create_multipart_upload(
+                Bucket=self.bucket, Key=dst_key, **self._multipart_copy_args(dst_key, head)
+            )
         upload_id = upload["UploadId"]
         try:
             parts = []
@@ -597,7 +711,10 @@ class S3Backend:
         await self._require_upload_target(path, session)
         client = await self.client()
         async with self._errors("PutObject"):
-            await client.put_object(Bucket=self.bucket, Key=self.key(path, session), Body=data)
+            key = self.key(path, session)
+            await client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, **self._new_object_args(key)
+            )
 
     async def _is_dir(self, path: str, session: Session) -> bool:
         return path == "/" or bool(await self._has_children(self.dir_prefix(path, session)))
@@ -815,8 +932,9 @@ class S3Writer:
             client = await self._client()
             async with self._backend._errors("CreateMultipartUpload"):
                 result = await client.create_multipart_upload(
-                    Bucket=self._backend.bucket, Key=self._key
-                )
+                    Bucket=self._backend.bucket, Key=self._key,
+                    **self._backend._new_object_args(self._key),
+                )  # fmt: skip
             self._upload_id = str(result["UploadId"])
         return self._upload_id
 
@@ -922,7 +1040,10 @@ class S3Writer:
                 await self._commit_spill()
             elif self._upload_id is None:
                 async with self._backend._errors("PutObject"):
-                    await client.put_object(Bucket=bucket, Key=self._key, Body=self._buffer.body())
+                    await client.put_object(
+                        Bucket=bucket, Key=self._key, Body=self._buffer.body(),
+                        **self._backend._new_object_args(self._key),
+                    )  # fmt: skip
             else:
                 if len(self._buffer) or self._next_part == 1:
                     await self._send_part(self._buffer.body())
@@ -948,8 +1069,10 @@ class S3Writer:
             if size < self._backend.part_size:
                 client = await self._client()
                 async with self._backend._errors("PutObject"):
-                    await client.put_object(Bucket=self._backend.bucket, Key=self._key,
-                                            Body=spill.read(size))  # fmt: skip
+                    await client.put_object(
+                        Bucket=self._backend.bucket, Key=self._key, Body=spill.read(size),
+                        **self._backend._new_object_args(self._key),
+                    )  # fmt: skip
                 return
             self._buffer = _PartBuffer()
             self._buffer_start = 0
