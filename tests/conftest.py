@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import re
 import shutil
+import signal
 import subprocess
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,3 +249,67 @@ def s3_backend(s3_client: Any, bucket: str) -> Any:
     from sftpd.backends.s3 import S3Backend
 
     return S3Backend(bucket, client=s3_client, part_size=5 << 20, read_chunk=1 << 20)
+
+
+async def start_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, int, str]:
+    """Start `sftpd serve ARGS`; return the process, its port and what it printed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sftpd", "serve", "--port", "0", *args,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    text = ""
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        if not line:
+            pytest.fail(f"server exited early: {text}")
+        text += line.decode()
+        match = re.search(r"sftp -P (\d+) (\S+)@localhost", text)
+        if match:
+            break
+    for _ in range(3):
+        text += (await asyncio.wait_for(proc.stdout.readline(), 5)).decode()
+    return proc, int(match.group(1)), text
+
+
+@contextlib.asynccontextmanager
+async def cli(*args: str, cwd: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, str]]:
+    """`sftpd serve ARGS` for the duration of a test; killed afterwards if still running."""
+    proc, port, text = await start_cli(*args, cwd=cwd)
+    try:
+        yield proc, port, text
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def stop_cli(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM the server and return its exit code."""
+    proc.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(proc.wait(), 20)
+
+
+def children_of(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (Linux /proc)."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return sorted(int(p) for p in text.split())
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (Linux /proc)."""
+    return Path(f"/proc/{pid}").exists()
+
+
+async def eventually(check: Callable[[], bool], what: str) -> None:
+    """Wait up to 10 s for ``check()``; fail the test with ``what`` otherwise."""
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(what)

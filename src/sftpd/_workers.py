@@ -82,12 +82,13 @@ def supervise(
     workers: int,
     run_worker: Callable[[ServerConfig, Worker], int],
     on_ready: Callable[[ServerConfig], None],
+    on_exit: Callable[[int], None] = lambda pid: None,
 ) -> int:
     """Run ``workers`` processes serving ``config``; return the exit status for the CLI.
 
     ``run_worker(config, worker)`` runs in each forked process and returns its exit
     status; ``on_ready(config)`` is called once every worker listens (``config.port`` is
-    the bound port).
+    the bound port); ``on_exit(pid)`` after a worker process has exited.
     """
     reserved = reserve_port(config.host, config.port)
     config = dataclasses.replace(config, port=int(reserved.getsockname()[1]), reuse_port=True)
@@ -122,6 +123,7 @@ def supervise(
             return None
         _, status = os.waitpid(pid, 0)
         del children[pid]
+        on_exit(pid)
         return os.waitstatus_to_exitcode(status) or 1
 
     def forward(signum: int, _frame: object) -> None:
@@ -141,6 +143,7 @@ def supervise(
         while children:
             pid, status = _wait_any(children)
             index, started = children.pop(pid)
+            on_exit(pid)
             if stopping:
                 continue
             code = os.waitstatus_to_exitcode(status)

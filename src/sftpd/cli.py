@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +212,8 @@ def main() -> None:
                    "rename, mkdir and rmdir to FILE ('-' for standard output).")  # fmt: skip
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Server processes sharing the port, e.g. one per core; each has its own "
-                   "sessions (and --max-sessions). Not with the memory backend.")  # fmt: skip
+                   "sessions (and --max-sessions); --metrics-port serves their sum. Not with "
+                   "the memory backend.")  # fmt: skip
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
 @click.pass_context
@@ -259,11 +263,6 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         metrics_port = options.pop("metrics_port")
         metrics_host = options.pop("metrics_host")
         audit_target = options.pop("audit_log")
-        if workers > 1 and metrics_port is not None:
-            raise ConfigError(
-                "--metrics-port serves one process's metrics; with --workers, run one "
-                "sftpd serve per port instead, or use the OpenTelemetry bridge"
-            )
         if object_args:
             s3_options = {**s3_options, "object_args": _merge_object_args(
                 s3_options.get("object_args", {}), _parse_object_args(object_args)
@@ -285,29 +284,58 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
                 console.print(f"Generated host key [bold]{created}[/]")
         if audit_target is not None:
             AuditLog(audit_target).attach()
-        if metrics_port is not None:
-            try:
-                from .integrations.prometheus import PrometheusMetrics
-            except ImportError as exc:
-                raise ConfigError(str(exc)) from exc
-            metrics = PrometheusMetrics().attach()
-            server = metrics.serve(metrics_port, metrics_host)
-            bound = server.server_address[1]
-            console.print(f"Metrics: http://{metrics_host}:{bound}/metrics")
         if workers > 1:
-            names = table.names
-            sys.exit(
-                supervise(
+            with _worker_metrics(metrics_port, metrics_host) as on_exit:
+                names = table.names
+                status = supervise(
                     config,
                     workers,
                     _run_worker,
                     lambda cfg: _announce(cfg, names, load_host_keys(cfg), workers),
+                    on_exit,
                 )
-            )
+            sys.exit(status)
+        if metrics_port is not None:
+            metrics = _prometheus().PrometheusMetrics().attach()
+            server = metrics.serve(metrics_port, metrics_host)
+            console.print(f"Metrics: http://{metrics_host}:{server.server_address[1]}/metrics")
         asyncio.run(_serve(config, table.names))
     except ConfigError as exc:
         _print_error(exc)
         sys.exit(2)
+
+
+def _prometheus() -> Any:
+    """The Prometheus integration, or a ConfigError naming the extra it needs."""
+    try:
+        from .integrations import prometheus
+    except ImportError as exc:
+        raise ConfigError(str(exc)) from exc
+    return prometheus
+
+
+@contextlib.contextmanager
+def _worker_metrics(port: int | None, host: str) -> Iterator[Callable[[int], None]]:
+    """With --metrics-port and --workers: the workers count in files, this process serves
+    the sum. Yields what to call when a worker exits.
+    """
+    if port is None:
+        yield lambda pid: None
+        return
+    if "prometheus_client" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise ConfigError("prometheus_client was loaded before the workers' metrics were set up")
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="sftpd-metrics-"))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+            stack.callback(os.environ.pop, "PROMETHEUS_MULTIPROC_DIR", None)
+        prometheus = _prometheus()
+        # Attached here, inherited by every forked worker; each counts in its own files.
+        stack.callback(prometheus.PrometheusMetrics().attach().detach)
+        server = prometheus.serve_multiprocess(port, host)
+        stack.callback(server.shutdown)
+        console.print(f"Metrics: http://{host}:{server.server_address[1]}/metrics (all workers)")
+        yield prometheus.worker_exited
 
 
 def _print_error(exc: ConfigError) -> None:

@@ -27,7 +27,7 @@ from sftpd import telemetry
 from sftpd.audit import AuditLog
 from sftpd.integrations.opentelemetry import instrument
 from sftpd.testing import running_server
-from tests.conftest import connect
+from tests.conftest import children_of, cli, connect, eventually, stop_cli
 
 
 async def test_audit_log_lines() -> None:
@@ -81,6 +81,19 @@ async def test_audit_log_lines() -> None:
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", upload["time"])
 
 
+def metric(body: str, name: str) -> float:
+    """The value of one sample (``name`` with its labels) in a /metrics page."""
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", body, re.M)
+    assert match, f"{name} missing from:\n{body}"
+    return float(match.group(1))
+
+
+def scrape(url: str) -> str:
+    """GET a /metrics page."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
 async def test_prometheus_metrics_scraped_during_a_transfer(tmp_path: Path) -> None:
     """`sftpd serve --metrics-port` serves /metrics that count a transfer while it runs."""
     audit = tmp_path / "audit.jsonl"
@@ -97,30 +110,21 @@ async def test_prometheus_metrics_scraped_during_a_transfer(tmp_path: Path) -> N
     port = int(re.search(r"sftp -P (\d+)", text).group(1))  # type: ignore[union-attr]
     metrics_url = re.search(r"Metrics: (http://\S+)", text).group(1)  # type: ignore[union-attr]
 
-    def scrape() -> str:
-        with urllib.request.urlopen(metrics_url, timeout=5) as response:
-            return str(response.read().decode())
-
     async with connect(port) as conn, conn.start_sftp_client() as sftp:
         f = await sftp.open("/big.bin", "wb")
         await f.write(os.urandom(1 << 20))
-        during = await asyncio.to_thread(scrape)
+        during = await asyncio.to_thread(scrape, metrics_url)
         await f.write(os.urandom(1 << 20), 1 << 20)
         await f.close()
-        after = await asyncio.to_thread(scrape)
+        after = await asyncio.to_thread(scrape, metrics_url)
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 20) == 0
 
-    def value(body: str, metric: str) -> float:
-        match = re.search(rf"^{re.escape(metric)} ([0-9.e+]+)$", body, re.M)
-        assert match, f"{metric} missing"
-        return float(match.group(1))
-
-    assert value(during, "sftpd_sessions_active") == 1.0
-    assert value(during, "sftpd_bytes_received_total") == float(1 << 20)
-    assert value(after, "sftpd_bytes_received_total") == float(2 << 20)
-    assert value(after, 'sftpd_uploads_total{result="ok"}') == 1.0
-    assert value(after, 'sftpd_logins_total{method="password",result="success"}') == 1.0
+    assert metric(during, "sftpd_sessions_active") == 1.0
+    assert metric(during, "sftpd_bytes_received_total") == float(1 << 20)
+    assert metric(after, "sftpd_bytes_received_total") == float(2 << 20)
+    assert metric(after, 'sftpd_uploads_total{result="ok"}') == 1.0
+    assert metric(after, 'sftpd_logins_total{method="password",result="success"}') == 1.0
     assert 'sftpd_operation_duration_seconds_bucket{le="0.001",operation="write"}' in after
     assert '"event":"upload"' in audit.read_text()
 
@@ -176,3 +180,48 @@ def _metric(reader: Any, name: str, field: str = "value") -> float:
                     for point in metric.data.data_points:
                         total += getattr(point, field)
     return total
+
+
+async def test_prometheus_metrics_sum_over_workers(tmp_path: Path) -> None:
+    """With --workers 2, /metrics sums both workers, and a killed worker's counts remain."""
+    (tmp_path / "data").mkdir()
+    audit = tmp_path / "audit.jsonl"
+    args = ("--workers", "2", "--backend", f"local:{tmp_path / 'data'}", "--metrics-port", "0",
+            "--audit-log", str(audit), "--max-sessions", "20")  # fmt: skip
+    async with cli(*args, cwd=tmp_path) as (proc, port, text):
+        url = re.search(r"Metrics: (http://\S+)", text).group(1)  # type: ignore[union-attr]
+
+        async def upload(i: int) -> None:
+            async with connect(port) as conn, conn.start_sftp_client() as sftp:
+                async with sftp.open(f"/f{i}.bin", "wb") as f:
+                    await f.write(b"x" * 1000)
+
+        await asyncio.gather(*(upload(i) for i in range(16)))
+        pids = {json.loads(line)["pid"] for line in audit.read_text().splitlines()}
+        assert len(pids) == 2  # both workers served (all 16 on one: p = 2**-15)
+        page = await asyncio.to_thread(scrape, url)
+        assert metric(page, "sftpd_sessions_total") == 16.0
+        assert metric(page, 'sftpd_uploads_total{result="ok"}') == 16.0
+        assert metric(page, "sftpd_bytes_received_total") == 16000.0
+        async with connect(port):  # an open session counts, on whichever worker has it
+            for _ in range(50):
+                page = await asyncio.to_thread(scrape, url)
+                if metric(page, "sftpd_sessions_active") == 1.0:
+                    break
+                await asyncio.sleep(0.1)
+            assert metric(page, "sftpd_sessions_active") == 1.0
+            logins = [json.loads(line) for line in audit.read_text().splitlines()]
+            victim = [e["pid"] for e in logins if e["event"] == "login"][-1]
+            os.kill(victim, signal.SIGKILL)  # with the session open: its gauge must go
+
+            def replaced() -> bool:
+                workers = children_of(proc.pid)
+                return len(workers) == 2 and victim not in workers
+
+            await eventually(replaced, f"worker {victim} was not replaced")
+        await upload(16)
+        page = await asyncio.to_thread(scrape, url)
+        assert metric(page, "sftpd_sessions_total") == 18.0  # 16 + the open one + 1
+        assert metric(page, 'sftpd_uploads_total{result="ok"}') == 17.0
+        assert metric(page, "sftpd_sessions_active") == 0.0
+        assert await stop_cli(proc) == 0

@@ -20,9 +20,8 @@ import sftpd
 from sftpd import _proxy, telemetry
 from sftpd._proxy import ProxyHeaderError, parse_v1, parse_v2
 from sftpd.testing import running_server
-from tests.conftest import OpenSSH, connect
+from tests.conftest import OpenSSH, cli, connect, stop_cli
 from tests.s3_servers import free_port
-from tests.unit.test_cli import cli, stop_cli
 
 
 def v1(source: str, port: int) -> bytes:

@@ -7,7 +7,6 @@ import itertools
 import os
 import re
 import secrets
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from sftpd import telemetry
 from sftpd.backends import s3 as s3_module
 from sftpd.backends.s3 import S3Backend, SessionPrefix
 from sftpd.testing import running_server
-from tests.conftest import OpenSSH, connect, make_file, sha256, sha256_file
+from tests.conftest import OpenSSH, connect, make_file, sha256, sha256_file, start_cli, stop_cli
 from tests.s3_servers import aws_env
 
 MiB = 1 << 20
@@ -527,35 +526,15 @@ def test_content_type_from_name(name: str, kind: str | None) -> None:
     assert s3_module.content_type(name) == kind
 
 
-async def serve_cli(endpoint: str, cwd: Path, *args: str) -> tuple[Any, int]:
-    """`sftpd serve --port 0 ARGS` with the AWS environment of ``endpoint``: process, port."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sftpd", "serve", "--port", "0", *args, cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**aws_env(endpoint), "COLUMNS": "200"},
-    )  # fmt: skip
-    assert proc.stdout is not None
-    text = ""
-    while not (match := re.search(r"sftp -P (\d+)", text)):
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line, text
-        text += line.decode()
-    return proc, int(match.group(1))
-
-
-async def stop_cli(proc: Any) -> None:
-    """SIGTERM a `sftpd serve` process; it must exit cleanly."""
-    proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 20) == 0
-
-
 async def test_cli_s3_backend(s3_server: Any, bucket: str, s3_client: Any, tmp_path: Path) -> None:
     """`sftpd serve --backend s3://BUCKET/PREFIX` uses the standard AWS environment."""
-    proc, port = await serve_cli(s3_server.endpoint, tmp_path, "--backend", f"s3://{bucket}/inbox")
+    proc, port, _ = await start_cli(
+        "--backend", f"s3://{bucket}/inbox", cwd=tmp_path, env=aws_env(s3_server.endpoint)
+    )
     async with connect(port) as conn, conn.start_sftp_client() as sftp:
         async with sftp.open("/a.txt", "wb") as f:
             await f.write(b"via cli")
-    await stop_cli(proc)
+    assert await stop_cli(proc) == 0
     assert await keys(s3_client, bucket) == ["inbox/a.txt"]
 
 
@@ -572,15 +551,15 @@ async def test_cli_s3_settings_from_config_file_and_flags(
         "[s3]\npart_size = 5242880\ncontent_types = true\n"
         'object_args = { StorageClass = "GLACIER", Metadata = { team = "ops", by = "file" } }\n'
     )
-    proc, port = await serve_cli(
-        moto_s3.endpoint, tmp_path, "--config", "sftpd.toml",
-        "--s3-object-arg", "StorageClass=STANDARD_IA", "--s3-object-arg", "Metadata.by=flag",
-        "--s3-object-arg", "ServerSideEncryption=AES256",
+    proc, port, _ = await start_cli(
+        "--config", "sftpd.toml", "--s3-object-arg", "StorageClass=STANDARD_IA",
+        "--s3-object-arg", "Metadata.by=flag", "--s3-object-arg", "ServerSideEncryption=AES256",
+        cwd=tmp_path, env=aws_env(moto_s3.endpoint),
     )  # fmt: skip
     async with connect(port) as conn, conn.start_sftp_client() as sftp:
         async with sftp.open("/a.csv", "wb") as f:
             await f.write(b"via cli")
-    await stop_cli(proc)
+    assert await stop_cli(proc) == 0
     head = await client.head_object(Bucket=bucket, Key="inbox/a.csv")
     assert head["StorageClass"] == "STANDARD_IA"
     assert head["ServerSideEncryption"] == "AES256"

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
 import signal
-import sys
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from sftpd.cli import ensure_host_keys, main
-from tests.conftest import connect
+from tests.conftest import alive, children_of, cli, connect, eventually, start_cli, stop_cli
 
 
 def test_help_lists_every_option() -> None:
@@ -62,50 +59,6 @@ def test_a_directory_with_a_key_gets_no_more(tmp_path: Path) -> None:
     )
     assert ensure_host_keys(keys) == []
     assert sorted(p.name for p in keys.iterdir()) == ["ssh_host_ed25519_key"]
-
-
-async def start_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> tuple[asyncio.subprocess.Process, int, str]:
-    """Start `sftpd serve ARGS`; return the process, its port and what it printed."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sftpd", "serve", "--port", "0", *args,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-    )  # fmt: skip
-    assert proc.stdout is not None
-    text = ""
-    while True:
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        if not line:
-            pytest.fail(f"server exited early: {text}")
-        text += line.decode()
-        match = re.search(r"sftp -P (\d+) (\S+)@localhost", text)
-        if match:
-            break
-    for _ in range(3):
-        text += (await asyncio.wait_for(proc.stdout.readline(), 5)).decode()
-    return proc, int(match.group(1)), text
-
-
-@contextlib.asynccontextmanager
-async def cli(*args: str, cwd: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, str]]:
-    """`sftpd serve ARGS` for the duration of a test; killed afterwards if still running."""
-    proc, port, text = await start_cli(*args, cwd=cwd)
-    try:
-        yield proc, port, text
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def stop_cli(proc: asyncio.subprocess.Process) -> int:
-    """SIGTERM the server and return its exit code."""
-    proc.send_signal(signal.SIGTERM)
-    return await asyncio.wait_for(proc.wait(), 20)
 
 
 async def test_serve_prints_how_to_connect_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -193,7 +146,6 @@ async def test_legacy_sha1_from_the_command_line_or_config_file(how: str, tmp_pa
     [
         ["--backend", "ftp://x"],
         ["--workers", "2"],  # the memory backend cannot be shared by workers
-        ["--workers", "2", "--backend", "local:.", "--metrics-port", "0"],
         ["--ciphers", "arcfour"],
         ["--s3-object-arg", "StorageClass=STANDARD_IA"],  # not an S3 backend
         ["--backend", "s3://b", "--s3-object-arg", "SSECustomerKey=k"],
@@ -246,17 +198,6 @@ def test_bad_s3_settings_fail_with_what_to_fix(
     assert message in " ".join(result.output.split()), result.output
 
 
-def children_of(pid: int) -> list[int]:
-    """Child process ids of ``pid`` (Linux /proc)."""
-    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    return sorted(int(p) for p in text.split())
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (Linux /proc)."""
-    return Path(f"/proc/{pid}").exists()
-
-
 async def upload_many(port: int, count: int) -> None:
     """Open ``count`` sessions at once, each uploading one file."""
 
@@ -272,15 +213,6 @@ def local_workers(tmp_path: Path, *extra: str) -> Any:
     """`sftpd serve --workers 2` on a local folder, as :func:`cli`."""
     (tmp_path / "data").mkdir(exist_ok=True)
     return cli("--workers", "2", "--backend", f"local:{tmp_path / 'data'}", *extra, cwd=tmp_path)
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    """Wait up to 10 s for ``check()``; fail the test with ``what`` otherwise."""
-    for _ in range(100):
-        if check():
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(what)
 
 
 async def test_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
@@ -321,16 +253,11 @@ async def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
         assert await stop_cli(proc) == 0
 
 
-def test_workers_refuse_what_cannot_be_shared(tmp_path: Path) -> None:
-    """The memory backend and --metrics-port cannot be split across workers: exit 2, why."""
-    runner = CliRunner()
-    memory = runner.invoke(main, ["serve", "--workers", "2", "--host-key-dir", str(tmp_path)])
+def test_workers_refuse_the_memory_backend(tmp_path: Path) -> None:
+    """The memory backend cannot be split across workers: exit 2, saying why."""
+    memory = CliRunner().invoke(main, ["serve", "--workers", "2", "--host-key-dir", str(tmp_path)])
     assert memory.exit_code == 2
     assert "memory backend keeps files inside one process" in memory.output
-    metrics = runner.invoke(main, ["serve", "--workers", "2", "--metrics-port", "0",
-                                   "--backend", f"local:{tmp_path}"])  # fmt: skip
-    assert metrics.exit_code == 2
-    assert "--metrics-port serves one process's metrics" in metrics.output
 
 
 async def test_workers_stop_when_the_supervisor_dies(tmp_path: Path) -> None:

@@ -4,11 +4,14 @@
     metrics = PrometheusMetrics().attach()
     metrics.serve(9100)            # or expose metrics.registry from your web app
 
-``sftpd serve --metrics-port 9100`` does the same.
+``sftpd serve --metrics-port 9100`` does the same. With ``--workers``, each worker counts
+in prometheus_client's multiprocess mode and the supervisor serves the sum
+(:func:`serve_multiprocess`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..errors import ConfigError
@@ -21,7 +24,11 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "Prometheus metrics need the prometheus-client package: pip install 'pysftpd[metrics]'"
     ) from exc
 
-__all__ = ["PrometheusMetrics"]
+__all__ = ["PrometheusMetrics", "serve_multiprocess", "worker_exited"]
+
+#: Where prometheus_client's multiprocess mode keeps each process's values. It must be set
+#: before prometheus_client is first imported (``sftpd serve --workers`` does so).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                      5, 10, 30)  # fmt: skip
@@ -60,8 +67,9 @@ class PrometheusMetrics(Listener):
             "sftpd_uploads", "Uploads finished, by outcome", ["result"], registry=r
         )
         self.sessions_active = prom.Gauge(
-            "sftpd_sessions_active", "Sessions connected now", registry=r
-        )
+            "sftpd_sessions_active", "Sessions connected now", registry=r,
+            multiprocess_mode="livesum",  # across workers: the sum over live ones
+        )  # fmt: skip
         self.sessions = prom.Counter("sftpd_sessions", "Sessions opened", registry=r)
         self.logins = prom.Counter(
             "sftpd_logins", "Login attempts", ["method", "result"], registry=r
@@ -73,11 +81,7 @@ class PrometheusMetrics(Listener):
         Raises:
             ConfigError: the port cannot be bound.
         """
-        try:
-            server, _thread = prom.start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
-        return server
+        return _start(port, host, self.registry)
 
     def handle(self, event: Event) -> None:
         """Update the metrics for one event."""
@@ -103,3 +107,40 @@ class PrometheusMetrics(Listener):
                 self.sessions_active.dec()
         elif name[1] == "auth":
             self.logins.labels(meta.get("method", "unknown"), name[2]).inc()
+
+
+def _start(port: int, host: str, registry: prom.CollectorRegistry) -> Any:
+    try:
+        server, _thread = prom.start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    return server
+
+
+def serve_multiprocess(port: int, host: str = "127.0.0.1") -> Any:
+    """Serve ``/metrics`` summed over every process writing to ``PROMETHEUS_MULTIPROC_DIR``.
+
+    Counters and histograms of workers that exited still count; the active-sessions gauge
+    counts live workers only (see :func:`worker_exited`).
+
+    Raises:
+        ConfigError: the variable is unset, or prometheus_client was imported before it was
+            set (it then keeps values in memory, where this process cannot see them), or
+            the port cannot be bound.
+    """
+    from prometheus_client import multiprocess
+
+    if not os.environ.get(MULTIPROC_ENV):
+        raise ConfigError(f"{MULTIPROC_ENV} must name a directory for the workers' metrics")
+    if prom.values.ValueClass is prom.values.MutexValue:  # single-process mode
+        raise ConfigError(f"prometheus_client was imported before {MULTIPROC_ENV} was set")
+    registry = prom.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return _start(port, host, registry)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop an exited worker's live gauges (its counters keep counting in the sum)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
