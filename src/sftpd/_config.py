@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncssh
 
+from ._session import check_max_file_size
 from ._throttle import LoginLimits
 from ._upload import Upload
 from .auth import Authenticator, as_authenticator
@@ -106,6 +107,10 @@ class ServerConfig:
             from a TCP load balancer, naming the client's address; that address is then
             the session's peer (login throttling, audit, authenticators). Connections
             without one are dropped. Only the balancer must be able to reach the port.
+        max_file_size: The largest file, in bytes, a session may upload (None: no
+            limit); an authenticator's ``max_file_size`` attribute overrides it per
+            session. A write past it fails ("quota exceeded") and the upload stores
+            nothing.
         proxy_from: With ``proxy_protocol``, the addresses or networks (``"10.0.0.0/8"``)
             the balancer connects from; connections from anywhere else are dropped before
             their header is read, so a client reaching the port directly cannot claim an
@@ -134,6 +139,7 @@ class ServerConfig:
     legacy_sha1: bool = False
     proxy_protocol: bool = False
     proxy_from: Sequence[str] = ()
+    max_file_size: int | None = None
     authenticator: Authenticator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -184,6 +190,7 @@ class ServerConfig:
                     f"proxy_from: {network!r} is not an address or network such as 10.0.0.0/8"
                 ) from exc
         object.__setattr__(self, "proxy_from", tuple(self.proxy_from))
+        check_max_file_size(self.max_file_size)
         if not isinstance(self.login_limits, LoginLimits):
             raise ConfigError("login_limits must be a sftpd.LoginLimits")
         if self.on_upload is not None and not callable(self.on_upload):

@@ -22,6 +22,7 @@ password_env = "ALICE_PASSWORD"         # or password = "..." (not recommended)
 authorized_keys = "/etc/sftpd/alice.pub" # a file, or a list of key lines
 root = "/tenants/acme"
 permissions = "upload-only"              # a preset, or a list such as ["read", "list"]
+max_file_size = 1073741824               # bytes; overrides [server] max_file_size
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ SERVER_KEYS = {
     "legacy_sha1": bool,
     "proxy_protocol": bool,
     "proxy_from": list,
+    "max_file_size": int,
 }
 #: [s3]: options of the S3 backend (sftpd.backends.s3.S3Backend), with their types.
 S3_KEYS = {
@@ -73,7 +75,7 @@ S3_KEYS = {
     "content_types": bool,
     "object_args": dict,
 }
-USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions"}
+USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions", "max_file_size"}
 
 
 @dataclass
@@ -161,6 +163,13 @@ def load_config_file(path: Path) -> FileConfig:
             attrs["root"] = spec["root"]
         if "permissions" in spec:
             attrs["permissions"] = spec["permissions"]
+        if "max_file_size" in spec:
+            limit = spec["max_file_size"]
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                raise ConfigError(
+                    f"{path}: [users.{name}] max_file_size must be a number of bytes, got {limit!r}"
+                )
+            attrs["max_file_size"] = limit
         if attrs:
             table.attributes[name] = attrs
     return FileConfig(server=server, users=table, s3=s3)

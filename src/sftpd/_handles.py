@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .backend import AttrChanges, BoundBackend, FileAttrs, FileType
-from .errors import Failure, InvalidParameter, PermissionDenied
+from .errors import Failure, InvalidParameter, PermissionDenied, QuotaExceeded
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -180,6 +180,7 @@ class FileHandle:
             raise InvalidParameter("Negative offset")
         if self.mode.append:
             offset = self._size
+        self._check_limit(offset + len(data))
         try:
             await self._writer.write(offset, data)
         except BaseException:
@@ -189,6 +190,13 @@ class FileHandle:
         self._size = max(self._size, offset + len(data))
         self.bytes_written += len(data)
         return offset
+
+    def _check_limit(self, size: int) -> None:
+        """Refuse to grow the file past the session's limit; the upload then stores nothing."""
+        limit = self.session.max_file_size
+        if limit is not None and size > limit:
+            self._failed = True
+            raise QuotaExceeded(f"Files may be at most {limit} bytes")
 
     def attrs(self) -> FileAttrs:
         """Attributes for ``fstat``: the stored ones with this handle's size and changes."""
@@ -215,6 +223,7 @@ class FileHandle:
         if changes.size is not None:
             if self._writer is None:
                 raise PermissionDenied("File not open for writing")
+            self._check_limit(changes.size)
             truncate = getattr(self._writer, "truncate", None)
             if truncate is None:
                 raise InvalidParameter("This storage cannot resize an upload")

@@ -260,6 +260,7 @@ class _Connection(asyncssh.SSHServer):
                 auth_method=method,
                 attributes=attributes,
                 key_fingerprint=key_fingerprint,
+                max_file_size=self._ctx.config.max_file_size,
             )
         except ConfigError:
             log.exception("authenticator returned bad session attributes for %s", username)

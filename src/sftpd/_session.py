@@ -16,6 +16,16 @@ from .paths import decode, normalize
 __all__ = ["Peer", "Session"]
 
 
+def check_max_file_size(value: object) -> None:
+    """A size limit is a whole number of bytes, or None for none.
+
+    Raises:
+        ConfigError: it is not.
+    """
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ConfigError(f"max_file_size must be a number of bytes (>= 0), got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     """The client's address."""
@@ -42,6 +52,10 @@ class Session:
             inside it before a backend sees it. Taken from ``attributes["root"]``.
         permissions: What the session may do, from ``attributes["permissions"]`` (a
             preset such as ``"read-only"``, or see :class:`Permissions`).
+        max_file_size: The largest file, in bytes, this session may upload (or grow by
+            appending); a write past it fails and the upload stores nothing. From
+            ``attributes["max_file_size"]``, else the server's ``max_file_size``; None:
+            no limit.
         started: ``time.time()`` when the session was authenticated.
     """
 
@@ -52,6 +66,7 @@ class Session:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     root: str = "/"
     permissions: Permissions = field(default_factory=Permissions)
+    max_file_size: int | None = None
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     started: float = field(default_factory=time.time)
 
@@ -61,6 +76,7 @@ class Session:
         if not isinstance(root, str) or not root.startswith("/"):
             raise ConfigError(f"session root must be an absolute path, got {root!r}")
         object.__setattr__(self, "root", normalize(decode(root)))
+        check_max_file_size(self.max_file_size)
 
     @classmethod
     def from_attributes(
@@ -71,8 +87,13 @@ class Session:
         auth_method: str,
         attributes: Mapping[str, Any] | None,
         key_fingerprint: str | None = None,
+        max_file_size: int | None = None,
     ) -> Session:
-        """Build a session from what an authenticator returned (``root`` is honoured)."""
+        """Build a session from what an authenticator returned.
+
+        ``root``, ``permissions`` and ``max_file_size`` in the attributes are honoured;
+        ``max_file_size`` here is the server's default for the latter.
+        """
         attrs = dict(attributes or {})
         root = attrs.get("root", "/")
         return cls(
@@ -83,4 +104,5 @@ class Session:
             attributes=attrs,
             root=str(root),
             permissions=Permissions.parse(attrs.get("permissions")),
+            max_file_size=attrs.get("max_file_size", max_file_size),
         )

@@ -39,6 +39,20 @@ console = Console(stderr=True)
 log = logging.getLogger("sftpd")
 
 
+def parse_size(text: str) -> int:
+    """``"100M"`` -> 104857600: bytes, or a number with K, M, G or T (powers of 1024)."""
+    units = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+    number, unit = text.strip().upper().removesuffix("B"), ""
+    if number[-1:] in units:
+        number, unit = number[:-1], number[-1]
+    if not number.isdigit():
+        raise click.BadParameter(
+            f"{text!r} is not a size such as 1048576, 512K, 100M or 2G",
+            param_hint="--max-file-size",
+        )
+    return int(number) << units[unit]
+
+
 def _parse_object_args(values: tuple[str, ...]) -> dict[str, Any]:
     """``--s3-object-arg`` values: ``KEY=VALUE``, ``Metadata.NAME=VALUE``, booleans as words."""
     args: dict[str, Any] = {}
@@ -175,6 +189,10 @@ def main() -> None:
               help="With an s3:// backend: how every object is stored (repeatable), e.g. "
                    "ServerSideEncryption=aws:kms, SSEKMSKeyId=..., StorageClass=STANDARD_IA, "
                    "ACL=bucket-owner-full-control, Tagging=k=v, Metadata.NAME=VALUE.")  # fmt: skip
+@click.option("--max-file-size", type=str, default=None, metavar="SIZE",
+              help="Largest file a session may upload, in bytes or with a K, M, G or T "
+                   "suffix (powers of 1024); a larger upload fails and stores nothing. "
+                   "Default: no limit.")  # fmt: skip
 @click.option("--max-sessions", default=10, show_default=True, type=click.IntRange(1),
               help="Most sessions at once; more are refused at login.")  # fmt: skip
 @click.option("--open-timeout", default=30.0, show_default=True, type=click.FloatRange(0.001),
@@ -259,6 +277,11 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         ciphers = options.pop("ciphers")
         if ciphers is not None:
             options["ciphers"] = ciphers.split(",") if isinstance(ciphers, str) else ciphers
+        size = options.pop("max_file_size")
+        if isinstance(size, str):
+            options["max_file_size"] = parse_size(size)
+        elif size is not None:
+            options["max_file_size"] = size
         workers = options.pop("workers")
         metrics_port = options.pop("metrics_port")
         metrics_host = options.pop("metrics_host")

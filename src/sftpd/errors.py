@@ -15,6 +15,7 @@ programmer already catches, and carries the SFTP status code the client receives
         ├── InvalidFilename                        SSH_FX_INVALID_FILENAME
         ├── InvalidParameter                       SSH_FX_INVALID_PARAMETER
         ├── NoSpace                                SSH_FX_NO_SPACE_ON_FILESYSTEM
+        ├── QuotaExceeded                          SSH_FX_QUOTA_EXCEEDED
         ├── Unsupported                            SSH_FX_OP_UNSUPPORTED
         └── Failure                                SSH_FX_FAILURE
 
@@ -42,6 +43,7 @@ __all__ = [
     "NoSuchFile",
     "NotADirectory",
     "PermissionDenied",
+    "QuotaExceeded",
     "SftpdError",
     "StorageError",
     "Unsupported",
@@ -59,6 +61,7 @@ FX_NOT_A_DIRECTORY = asyncssh.FX_NOT_A_DIRECTORY
 FX_INVALID_FILENAME = asyncssh.FX_INVALID_FILENAME
 FX_INVALID_PARAMETER = asyncssh.FX_INVALID_PARAMETER
 FX_FILE_IS_A_DIRECTORY = asyncssh.FX_FILE_IS_A_DIRECTORY
+FX_QUOTA_EXCEEDED = asyncssh.FX_QUOTA_EXCEEDED
 
 
 class SftpdError(Exception):
@@ -149,6 +152,16 @@ class NoSpace(StorageError):
 
     code = FX_NO_SPACE_ON_FILESYSTEM
     default_reason = "No space left"
+
+
+class QuotaExceeded(StorageError):
+    """A limit of the session was reached, such as its largest file size.
+
+    SFTP v3 clients (most of them) receive it as a failure with this reason.
+    """
+
+    code = FX_QUOTA_EXCEEDED
+    default_reason = "Quota exceeded"
 
 
 class Unsupported(StorageError):

@@ -14,7 +14,7 @@ import asyncssh
 import pytest
 from click.testing import CliRunner
 
-from sftpd.cli import ensure_host_keys, main
+from sftpd.cli import ensure_host_keys, main, parse_size
 from tests.conftest import alive, children_of, cli, connect, eventually, start_cli, stop_cli
 
 
@@ -109,6 +109,41 @@ async def test_config_file_users_keys_roots_and_permissions(tmp_path: Path) -> N
     assert await stop_cli(proc) == 0
 
 
+async def test_max_file_size_from_flag_config_and_user(tmp_path: Path) -> None:
+    """--max-file-size (with a unit) wins over [server]; a [users.X] limit wins over both."""
+    (tmp_path / "sftpd.toml").write_text(
+        "[server]\nmax_file_size = 1024\n\n"
+        '[users.dev]\npassword = "dev"\n\n'
+        '[users.big]\npassword = "pw"\nmax_file_size = 4096\n'
+    )
+    proc, port, _text = await start_cli("--config", "sftpd.toml", "--max-file-size", "2K",
+                                        cwd=tmp_path)  # fmt: skip
+
+    async def stored(user: str, password: str, size: int) -> bool:
+        async with connect(port, user, password) as conn, conn.start_sftp_client() as sftp:
+            try:
+                async with sftp.open(f"/{user}{size}", "wb") as f:
+                    await f.write(b"x" * size)
+            except asyncssh.SFTPFailure:
+                return False
+            return True
+
+    results = [await stored("dev", "dev", 2048), await stored("dev", "dev", 2049),
+               await stored("big", "pw", 4096), await stored("big", "pw", 4097)]  # fmt: skip
+    assert results == [True, False, True, False]
+    assert await stop_cli(proc) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1048576", 1 << 20), ("512K", 512 << 10), ("100M", 100 << 20), ("2g", 2 << 30),
+     ("1TB", 1 << 40), ("0", 0)],
+)  # fmt: skip
+def test_sizes_take_binary_units(text: str, size: int) -> None:
+    """--max-file-size reads bytes, or K/M/G/T as powers of 1024 (an optional B ignored)."""
+    assert parse_size(text) == size
+
+
 async def test_authorized_keys_option(tmp_path: Path) -> None:
     """--authorized-keys NAME:FILE lets that key log in."""
     key = asyncssh.generate_private_key("ecdsa-sha2-nistp256")
@@ -148,6 +183,8 @@ async def test_legacy_sha1_from_the_command_line_or_config_file(how: str, tmp_pa
         ["--workers", "2"],  # the memory backend cannot be shared by workers
         ["--ciphers", "arcfour"],
         ["--s3-object-arg", "StorageClass=STANDARD_IA"],  # not an S3 backend
+        ["--max-file-size", "1.5G"],
+        ["--max-file-size", "-1"],
         ["--backend", "s3://b", "--s3-object-arg", "SSECustomerKey=k"],
         ["--backend", "s3://b", "--s3-object-arg", "StorageClass"],
     ],
@@ -172,6 +209,10 @@ def test_bad_config_file_fails_with_the_key_named(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["serve", "--config", str(tmp_path / "bad.toml")])
     assert result.exit_code == 2
     assert "legacy_sha1 must be a bool" in result.output
+    (tmp_path / "bad.toml").write_text('[users.a]\npassword = "p"\nmax_file_size = "1G"\n')
+    result = CliRunner().invoke(main, ["serve", "--config", str(tmp_path / "bad.toml")])
+    assert result.exit_code == 2
+    assert "[users.a] max_file_size must be a number of bytes" in result.output
 
 
 @pytest.mark.parametrize(
