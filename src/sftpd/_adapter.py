@@ -302,6 +302,9 @@ class SftpAdapter(asyncssh.SFTPServer):
         meta["open_timeout"] = self._ctx.config.open_timeout
         path = self._path(raw)
         client_path = paths.unscope(self._root, path)
+        limit = self._ctx.config.max_open_files
+        if len(self._handles) >= limit:  # requests of a session are served one at a time
+            raise Failure(f"Too many open files (at most {limit} per session)")
         try:
             handle = await asyncio.wait_for(
                 self._open_backend(path, client_path, mode), self._ctx.config.open_timeout

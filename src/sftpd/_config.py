@@ -107,6 +107,10 @@ class ServerConfig:
             from a TCP load balancer, naming the client's address; that address is then
             the session's peer (login throttling, audit, authenticators). Connections
             without one are dropped. Only the balancer must be able to reach the port.
+        max_open_files: Files one session may have open at once; more opens fail. Each
+            open upload holds up to one part in memory (S3: ``part_size *
+            (upload_concurrency + 1)``), so this bounds a session's memory. Clients open
+            one file per transfer; parallel ones a few.
         max_file_size: The largest file, in bytes, a session may upload (None: no
             limit); an authenticator's ``max_file_size`` attribute overrides it per
             session. A write past it fails ("quota exceeded") and the upload stores
@@ -139,6 +143,7 @@ class ServerConfig:
     legacy_sha1: bool = False
     proxy_protocol: bool = False
     proxy_from: Sequence[str] = ()
+    max_open_files: int = 32
     max_file_size: int | None = None
     authenticator: Authenticator = field(init=False, repr=False)
 
@@ -149,12 +154,10 @@ class ServerConfig:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError("host must be an address to listen on, such as '127.0.0.1'")
-        if (
-            not isinstance(self.max_sessions, int)
-            or isinstance(self.max_sessions, bool)
-            or self.max_sessions < 1
-        ):
-            raise ConfigError(f"max_sessions must be a positive integer, got {self.max_sessions!r}")
+        for name in ("max_sessions", "max_open_files"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         timeouts = ["open_timeout", "close_timeout", "shutdown_grace", "login_timeout"]
         timeouts += ["auth_timeout"] + (["idle_timeout"] if self.idle_timeout is not None else [])
         for name in timeouts:

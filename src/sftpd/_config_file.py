@@ -60,6 +60,7 @@ SERVER_KEYS = {
     "proxy_protocol": bool,
     "proxy_from": list,
     "max_file_size": int,
+    "max_open_files": int,
 }
 #: [s3]: options of the S3 backend (sftpd.backends.s3.S3Backend), with their types.
 S3_KEYS = {

@@ -193,6 +193,8 @@ def main() -> None:
               help="Largest file a session may upload, in bytes or with a K, M, G or T "
                    "suffix (powers of 1024); a larger upload fails and stores nothing. "
                    "Default: no limit.")  # fmt: skip
+@click.option("--max-open-files", default=32, show_default=True, type=click.IntRange(1),
+              help="Files one session may have open at once.")  # fmt: skip
 @click.option("--max-sessions", default=10, show_default=True, type=click.IntRange(1),
               help="Most sessions at once; more are refused at login.")  # fmt: skip
 @click.option("--open-timeout", default=30.0, show_default=True, type=click.FloatRange(0.001),

@@ -23,7 +23,8 @@ def test_help_lists_every_option() -> None:
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0
     for option in ("--host", "--port", "--user", "--host-key-dir", "--backend",
-                   "--max-sessions", "--open-timeout", "--close-timeout"):  # fmt: skip
+                   "--max-sessions", "--open-timeout", "--close-timeout", "--max-open-files",
+                   "--max-file-size", "--s3-object-arg"):  # fmt: skip
         assert option in result.output
 
 

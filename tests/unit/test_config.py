@@ -29,6 +29,8 @@ def config(**kw: Any) -> ServerConfig:
         ({"port": 70000}, "port must be between 0 and 65535"),
         ({"port": "22"}, "port must be an integer"),
         ({"max_sessions": 0}, "max_sessions must be a positive integer"),
+        ({"max_open_files": 0}, "max_open_files must be a positive integer"),
+        ({"max_open_files": True}, "max_open_files must be a positive integer"),
         ({"open_timeout": 0}, "open_timeout must be a positive number"),
         ({"close_timeout": float("nan")}, "close_timeout must be a positive number"),
         ({"backend": None}, "backend is required"),

@@ -1,7 +1,8 @@
-"""End-to-end: the largest file a session may upload (``max_file_size``)."""
+"""End-to-end: what one session may use: file size (``max_file_size``), open files."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,63 @@ async def test_openssh_put_past_the_limit(openssh: OpenSSH, tmp_path: Path) -> N
         assert 'write remote "/big.bin": Failure' in result.stderr
         async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
             assert sorted(await sftp.listdir("/")) == [".", "..", "ok.bin"]
+
+
+async def test_open_files_are_capped_per_session() -> None:
+    """The open past max_open_files fails (reads and writes alike); a close frees a slot.
+
+    Each open upload may hold a part in memory, so the cap bounds a session's memory.
+    Another session has its own allowance.
+    """
+    backend = sftpd.MemoryBackend({"/r.txt": b"r"})
+    async with running_server(backend=backend, max_open_files=3) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            held = [await sftp.open("/a.bin", "wb"), await sftp.open("/b.bin", "wb"),
+                    await sftp.open("/r.txt", "rb")]  # fmt: skip
+            with pytest.raises(
+                asyncssh.SFTPFailure, match=r"Too many open files \(at most 3 per session\)"
+            ):
+                await sftp.open("/c.bin", "wb")
+            async with connect(server.port) as other, other.start_sftp_client() as sftp2:
+                async with sftp2.open("/r.txt", "rb") as f:
+                    assert await f.read() == b"r"
+            await held[0].write(b"a")
+            await held[0].close()
+            async with sftp.open("/c.bin", "wb") as f:
+                await f.write(b"c")
+            for f in held[1:]:
+                await f.close()
+            assert sorted(await sftp.listdir("/")) == [
+                ".",
+                "..",
+                "a.bin",
+                "b.bin",
+                "c.bin",
+                "r.txt",
+            ]
+
+
+class SlowStat(sftpd.MemoryBackend):
+    """A memory backend whose stat takes a while, as remote storage does."""
+
+    async def stat(self, path: str, session: sftpd.Session) -> sftpd.FileAttrs:
+        await asyncio.sleep(0.05)
+        return await super().stat(path, session)
+
+
+async def test_concurrent_opens_cannot_overshoot_the_cap() -> None:
+    """Opens sent at once, before any completes, never overshoot: exactly the cap succeed.
+
+    (asyncssh serves a session's requests one at a time; the slow stat would expose an
+    open counted only once it completed, should that change.)
+    """
+    async with running_server(backend=SlowStat(), max_open_files=4) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            results = await asyncio.gather(
+                *(sftp.open(f"/f{i}.bin", "wb") for i in range(10)), return_exceptions=True
+            )
+            opened = [r for r in results if not isinstance(r, BaseException)]
+            refused = [r for r in results if isinstance(r, asyncssh.SFTPFailure)]
+            assert (len(opened), len(refused)) == (4, 6)
+            for f in opened:
+                await f.close()
