@@ -107,6 +107,13 @@ class ServerConfig:
             from a TCP load balancer, naming the client's address; that address is then
             the session's peer (login throttling, audit, authenticators). Connections
             without one are dropped. Only the balancer must be able to reach the port.
+        max_unauthenticated: Connections that have not logged in yet, at most (as
+            OpenSSH's MaxStartups): more are dropped at once. Each costs a key exchange
+            and is held until ``login_timeout``; this keeps a flood of idle or slow
+            connections from tying the server up.
+        max_unauthenticated_per_address: The same, from one client address (None: no
+            such limit), so one address cannot take every slot. Behind a load balancer,
+            turn on ``proxy_protocol`` or every client shares the balancer's address.
         max_open_files: Files one session may have open at once; more opens fail. Each
             open upload holds up to one part in memory (S3: ``part_size *
             (upload_concurrency + 1)``), so this bounds a session's memory. Clients open
@@ -143,6 +150,8 @@ class ServerConfig:
     legacy_sha1: bool = False
     proxy_protocol: bool = False
     proxy_from: Sequence[str] = ()
+    max_unauthenticated: int = 100
+    max_unauthenticated_per_address: int | None = 32
     max_open_files: int = 32
     max_file_size: int | None = None
     authenticator: Authenticator = field(init=False, repr=False)
@@ -154,7 +163,10 @@ class ServerConfig:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError("host must be an address to listen on, such as '127.0.0.1'")
-        for name in ("max_sessions", "max_open_files"):
+        counts = ["max_sessions", "max_open_files", "max_unauthenticated"]
+        if self.max_unauthenticated_per_address is not None:
+            counts.append("max_unauthenticated_per_address")
+        for name in counts:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -61,6 +61,8 @@ SERVER_KEYS = {
     "proxy_from": list,
     "max_file_size": int,
     "max_open_files": int,
+    "max_unauthenticated": int,
+    "max_unauthenticated_per_address": int,
 }
 #: [s3]: options of the S3 backend (sftpd.backends.s3.S3Backend), with their types.
 S3_KEYS = {

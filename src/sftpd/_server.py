@@ -63,6 +63,18 @@ class ServerContext:
 
         task.add_done_callback(finished)
 
+    def too_many_pending(self, host: str) -> str | None:
+        """Why a new connection from ``host`` must be dropped before it logs in, if so."""
+        config = self.config
+        pending = [c for c in self.connections if c.session is None]
+        if len(pending) >= config.max_unauthenticated:
+            return f"{len(pending)} connections are not logged in yet (max_unauthenticated)"
+        per_address = config.max_unauthenticated_per_address
+        if per_address is not None and sum(c.peer.host == host for c in pending) >= per_address:
+            return (f"{per_address} connections from it are not logged in yet "
+                    "(max_unauthenticated_per_address)")  # fmt: skip
+        return None
+
     def notify_upload(self, upload: Upload) -> None:
         """Run ``on_upload`` in the background: the file is stored, the client not held up."""
         callback = self.config.on_upload
@@ -101,6 +113,11 @@ class _Connection(asyncssh.SSHServer):
         coalesce_writes(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self.peer = self._client or Peer(str(peer[0]), int(peer[1]))
+        refusal = self._ctx.too_many_pending(self.peer.host)
+        if refusal is not None:
+            log.warning("dropping a connection from %s: %s", self.peer, refusal)
+            asyncio.get_running_loop().call_soon(conn.abort)
+            return
         self._ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

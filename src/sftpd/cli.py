@@ -193,6 +193,13 @@ def main() -> None:
               help="Largest file a session may upload, in bytes or with a K, M, G or T "
                    "suffix (powers of 1024); a larger upload fails and stores nothing. "
                    "Default: no limit.")  # fmt: skip
+@click.option("--max-unauthenticated", default=100, show_default=True,
+              type=click.IntRange(1),
+              help="Connections not logged in yet, at most (as OpenSSH's MaxStartups); "
+                   "more are dropped.")  # fmt: skip
+@click.option("--max-unauthenticated-per-address", default=32, show_default=True,
+              type=click.IntRange(1),
+              help="The same, from one client address.")  # fmt: skip
 @click.option("--max-open-files", default=32, show_default=True, type=click.IntRange(1),
               help="Files one session may have open at once.")  # fmt: skip
 @click.option("--max-sessions", default=10, show_default=True, type=click.IntRange(1),

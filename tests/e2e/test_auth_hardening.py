@@ -274,3 +274,54 @@ async def test_unauthenticated_connections_are_dropped_after_login_timeout() -> 
         assert reader.at_eof()
         assert isinstance(rest, bytes)
         writer.close()
+
+
+async def hold_unauthenticated(port: int, host: str = "127.0.0.1") -> asyncio.StreamWriter:
+    """A connection that reads the server's greeting and then says nothing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(host, 0))
+    assert (await reader.readline()).startswith(b"SSH-2.0-")
+    return writer
+
+
+async def can_log_in(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a client from ``host`` gets through to a listing."""
+    try:
+        async with connect(port, local_addr=(host, 0)) as conn, conn.start_sftp_client() as sftp:
+            await sftp.listdir("/")
+    except (asyncssh.Error, OSError):
+        return False
+    return True
+
+
+async def test_too_many_unauthenticated_connections_are_dropped() -> None:
+    """Past max_unauthenticated, new connections are dropped; logged-in ones do not count.
+
+    When a pending connection goes away, a new client gets in again.
+    """
+    async with running_server(backend=sftpd.MemoryBackend(), max_unauthenticated=3,
+                              max_unauthenticated_per_address=None) as server:  # fmt: skip
+        async with connect(server.port) as first, connect(server.port) as second:
+            idle = [await hold_unauthenticated(server.port) for _ in range(3)]
+            assert not await can_log_in(server.port)
+            idle.pop().close()
+            for _ in range(50):  # until the server has seen it go
+                if await can_log_in(server.port):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("no login after a pending connection closed")
+            assert not first.is_closed()
+            assert not second.is_closed()
+            for writer in idle:
+                writer.close()
+
+
+async def test_one_address_cannot_take_every_login_slot() -> None:
+    """max_unauthenticated_per_address drops more from one address; others still log in."""
+    async with running_server(backend=sftpd.MemoryBackend(),
+                              max_unauthenticated_per_address=2) as server:  # fmt: skip
+        idle = [await hold_unauthenticated(server.port, "127.0.0.2") for _ in range(2)]
+        assert not await can_log_in(server.port, "127.0.0.2")
+        assert await can_log_in(server.port, "127.0.0.1")
+        for writer in idle:
+            writer.close()

@@ -170,7 +170,8 @@ async def test_unexpected_exceptions_become_a_generic_failure(
 async def test_run_blocks_until_interrupted(host_key_dir: Path) -> None:
     """sftpd.run() serves until KeyboardInterrupt, then returns (tested in a subprocess)."""
     script = (
-        "import sftpd, sys\n"
+        "import logging, sftpd, sys\n"
+        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
         f"sftpd.run(backend=sftpd.MemoryBackend(), auth={{'dev': 'dev'}}, "
         f"system_dir={str(host_key_dir)!r}, port=0)\n"
         "print('returned')\n"
@@ -178,8 +179,19 @@ async def test_run_blocks_until_interrupted(host_key_dir: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    await asyncio.sleep(1.5)
+    assert proc.stderr is not None
+    log = b""
+    while b"sftpd listening on" not in log:  # started, however slow the machine
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert line, f"run() ended before listening: {log.decode()}"
+        log += line
+    await asyncio.sleep(0.3)
     assert proc.returncode is None, "run() returned early"
     proc.send_signal(2)  # SIGINT, as Ctrl-C
-    out, _err = await asyncio.wait_for(proc.communicate(), 20)
-    assert b"returned" in out
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+    except asyncio.TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        pytest.fail(f"run() did not return after SIGINT: {(log + err).decode()}")
+    assert b"returned" in out, (log + err).decode()

@@ -31,6 +31,11 @@ def config(**kw: Any) -> ServerConfig:
         ({"max_sessions": 0}, "max_sessions must be a positive integer"),
         ({"max_open_files": 0}, "max_open_files must be a positive integer"),
         ({"max_open_files": True}, "max_open_files must be a positive integer"),
+        ({"max_unauthenticated": 0}, "max_unauthenticated must be a positive integer"),
+        (
+            {"max_unauthenticated_per_address": 0},
+            "max_unauthenticated_per_address must be a positive integer",
+        ),
         ({"open_timeout": 0}, "open_timeout must be a positive number"),
         ({"close_timeout": float("nan")}, "close_timeout must be a positive number"),
         ({"backend": None}, "backend is required"),
