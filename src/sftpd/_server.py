@@ -24,7 +24,7 @@ from ._proxy import ProxyListener
 from ._session import Peer, Session
 from ._throttle import LoginThrottle
 from ._upload import Upload
-from .auth import BoundAuthenticator, Disconnect, fingerprint
+from .auth import Authenticator, BoundAuthenticator, Disconnect, as_authenticator, fingerprint
 from .backend import BoundBackend, bind_backend
 from .errors import ConfigError
 from .telemetry import TelemetryBus
@@ -510,6 +510,22 @@ class Server:
     def is_serving(self) -> bool:
         """True between a successful :meth:`start` and :meth:`close`."""
         return self._acceptor is not None and self._closing is None
+
+    def replace_auth(self, auth: Authenticator | Mapping[str, str]) -> None:
+        """Check logins against ``auth`` from now on; sessions already open stay.
+
+        For reloading users without a restart (``sftpd serve`` does so on SIGHUP).
+        ``config.auth`` keeps the value the server started with.
+
+        Raises:
+            ConfigError: ``auth`` is not an authenticator or a ``{"user": "password"}``
+                mapping.
+            RuntimeError: the server has not been started.
+        """
+        authenticator = as_authenticator(auth)
+        if self._ctx is None:
+            raise RuntimeError("server not started")
+        self._ctx.auth = BoundAuthenticator(authenticator)
 
     def close(self, grace: float | None = None) -> None:
         """Stop accepting now; let open files and requests finish, then disconnect.

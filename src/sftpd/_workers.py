@@ -11,6 +11,7 @@ the storage, as separate ``sftpd serve`` instances behind a load balancer would.
 - SIGTERM or Ctrl-C to the supervisor stops every worker gracefully; a second one stops
   them now. Workers live in their own process group, so Ctrl-C reaches them only through
   the supervisor, and they stop by themselves if the supervisor disappears.
+- SIGHUP to the supervisor is passed on to every worker (``sftpd serve`` reloads users).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def supervise(
                 reserved.close()
                 for signum in STOP_SIGNALS:
                     signal.signal(signum, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker handles it
                 status = run_worker(config, Worker(index, ready_write, lifeline_read))
             finally:
                 os._exit(status)
@@ -131,6 +133,11 @@ def supervise(
         stopping += 1
         _terminate(children)
 
+    def hangup(_signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     try:
         for index in range(workers):
             failed = start(index)
@@ -138,6 +145,7 @@ def supervise(
                 _stop_all(children)
                 return failed
         previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
         on_ready(config)
         quick_deaths = 0
         while children:

@@ -22,7 +22,7 @@ from rich.panel import Panel
 
 from . import __version__
 from ._config import HOST_KEY_GLOB, ServerConfig, load_host_keys
-from ._config_file import UserTable, load_config_file
+from ._config_file import FileConfig, UserTable, load_config_file
 from ._server import Server
 from ._workers import Worker, supervise
 from .audit import AuditLog
@@ -249,6 +249,9 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
           object_args: tuple[str, ...], **options: Any) -> None:  # fmt: skip
     """Serve SFTP until Ctrl-C or SIGTERM (both stop gracefully).
 
+    SIGHUP reloads the users (config file, --authorized-keys files) for new logins;
+    open sessions stay.
+
     With no options: the memory backend on 127.0.0.1:2222, user dev with password dev, and
     host keys generated into .sftpd/host_keys. Connect with: sftp -P 2222 dev@localhost
     """
@@ -259,28 +262,21 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
     )
     logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
-        table = UserTable()
         s3_options: dict[str, Any] = {}
-        if config_file is not None:
-            loaded = load_config_file(config_file)
-            table = loaded.users
+        loaded = load_config_file(config_file) if config_file is not None else None
+        if loaded is not None:
             s3_options = loaded.s3
             for key, value in loaded.server.items():
                 name = "backend_spec" if key == "backend" else key
                 if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
                     options[name] = Path(value) if name == "host_key_dir" else value
-        for spec in users:
-            name, password = _parse_user(spec)
-            table.passwords[name] = password
-        for spec in key_files:
-            name, sep, file = spec.partition(":")
-            if not sep or not name or not file:
-                raise click.BadParameter(
-                    f"{spec!r} is not NAME:FILE", param_hint="--authorized-keys"
-                )
-            table.keys[name] = file
-        if not table.names:
-            table.passwords["dev"] = "dev"
+        table = _user_table(loaded, users, key_files)
+
+        def reload_users() -> Any:
+            """The users as the config file and authorized_keys files now say (SIGHUP)."""
+            fresh = load_config_file(config_file) if config_file is not None else None
+            return _user_table(fresh, users, key_files).authenticator()
+
         host_key_dir = options.pop("host_key_dir")
         key_dir = host_key_dir if host_key_dir is not None else DEFAULT_KEY_DIR
         ciphers = options.pop("ciphers")
@@ -322,7 +318,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
                 status = supervise(
                     config,
                     workers,
-                    _run_worker,
+                    lambda cfg, worker: _run_worker(cfg, worker, reload_users),
                     lambda cfg: _announce(cfg, names, load_host_keys(cfg), workers),
                     on_exit,
                 )
@@ -331,7 +327,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
             metrics = _prometheus().PrometheusMetrics().attach()
             server = metrics.serve(metrics_port, metrics_host)
             console.print(f"Metrics: http://{metrics_host}:{server.server_address[1]}/metrics")
-        asyncio.run(_serve(config, table.names))
+        asyncio.run(_serve(config, table.names, reload_users))
     except ConfigError as exc:
         _print_error(exc)
         sys.exit(2)
@@ -374,10 +370,28 @@ def _print_error(exc: ConfigError) -> None:
     console.print(f"[bold red]error:[/] {escape(str(exc))}")
 
 
-def _run_worker(config: ServerConfig, worker: Worker) -> int:
+def _user_table(
+    loaded: FileConfig | None, users: tuple[str, ...], key_files: tuple[str, ...]
+) -> UserTable:
+    """Users from the config file, then --user and --authorized-keys; dev:dev if none."""
+    table = loaded.users if loaded is not None else UserTable()
+    for spec in users:
+        name, password = _parse_user(spec)
+        table.passwords[name] = password
+    for spec in key_files:
+        name, sep, file = spec.partition(":")
+        if not sep or not name or not file:
+            raise click.BadParameter(f"{spec!r} is not NAME:FILE", param_hint="--authorized-keys")
+        table.keys[name] = file
+    if not table.names:
+        table.passwords["dev"] = "dev"
+    return table
+
+
+def _run_worker(config: ServerConfig, worker: Worker, reload_users: Callable[[], Any]) -> int:
     """One worker process of --workers: serve until told to stop; return the exit status."""
     try:
-        asyncio.run(_serve(config, [], worker=worker))
+        asyncio.run(_serve(config, [], reload_users, worker=worker))
     except ConfigError as exc:
         _print_error(exc)
         return 2
@@ -411,11 +425,25 @@ def _announce(
     )
 
 
-async def _serve(config: ServerConfig, users: list[str], worker: Worker | None = None) -> None:
+async def _serve(
+    config: ServerConfig,
+    users: list[str],
+    reload_users: Callable[[], Any],
+    worker: Worker | None = None,
+) -> None:
     server = Server(config)
     await server.start()
     loop = asyncio.get_running_loop()
     stopping = False
+
+    def on_hangup() -> None:
+        """Reload the users; on any error keep the current ones."""
+        try:
+            server.replace_auth(reload_users())
+        except (ConfigError, click.ClickException, OSError, ValueError) as exc:
+            log.error("reloading users failed, keeping the previous ones: %s", exc)
+            return
+        log.info("users reloaded (the [server] settings need a restart)")
 
     def on_signal(signum: int) -> None:
         nonlocal stopping
@@ -434,6 +462,7 @@ async def _serve(config: ServerConfig, users: list[str], worker: Worker | None =
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     if worker is None:
         _announce(config, users, server.host_keys, 1, port=server.port)
     else:
@@ -448,5 +477,5 @@ async def _serve(config: ServerConfig, users: list[str], worker: Worker | None =
     try:
         await server.serve_forever()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)

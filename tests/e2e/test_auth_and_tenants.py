@@ -143,3 +143,23 @@ async def test_openssh_sees_only_its_tenant(
     assert result.returncode != 0
     assert "report.txt" in result.stdout
     assert not (tmp_path / "stolen.txt").exists()
+
+
+async def test_replace_auth_changes_who_may_log_in_from_now_on() -> None:
+    """replace_auth() swaps the users for new logins; a session already open keeps working."""
+    backend = sftpd.MemoryBackend()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    unstarted = sftpd.Server(backend=backend, auth={"a": "a"}, host_keys=[key])
+    with pytest.raises(RuntimeError, match="not started"):
+        unstarted.replace_auth({"b": "b"})
+    async with running_server(backend=backend, auth={"old": "pw"}) as server:
+        async with connect(server.port, "old", "pw") as conn, conn.start_sftp_client() as sftp:
+            server.replace_auth({"new": "pw"})
+            with pytest.raises(asyncssh.PermissionDenied):
+                async with connect(server.port, "old", "pw"):
+                    pass
+            async with connect(server.port, "new", "pw") as new, new.start_sftp_client() as other:
+                assert await other.listdir("/") == [".", ".."]
+            assert await sftp.listdir("/") == [".", ".."]
+        with pytest.raises(sftpd.ConfigError):
+            server.replace_auth(42)  # type: ignore[arg-type]

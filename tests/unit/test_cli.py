@@ -309,3 +309,53 @@ async def test_workers_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
         proc.kill()
         await proc.wait()
     await eventually(lambda: not any(map(alive, workers)), f"{workers} outlived the supervisor")
+
+
+async def output_until(proc: asyncio.subprocess.Process, text: str, count: int = 1) -> None:
+    """Read the server's output until ``text`` has appeared ``count`` times."""
+    assert proc.stdout is not None
+    seen = ""
+    while seen.count(text) < count:
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line, f"server exited before printing {text!r}: {seen}"
+        seen += line.decode()
+
+
+async def logs_in(port: int, user: str, password: str) -> bool:
+    """Whether ``user`` can log in and list the top directory."""
+    try:
+        async with connect(port, user, password) as conn, conn.start_sftp_client() as sftp:
+            await sftp.listdir("/")
+    except (asyncssh.PermissionDenied, asyncssh.DisconnectError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sighup_reloads_users(workers: int, tmp_path: Path) -> None:
+    """SIGHUP re-reads the users for new logins (in every worker); open sessions stay.
+
+    A config file that no longer loads keeps the previous users, with an error logged.
+    """
+    (tmp_path / "data").mkdir()
+    config = tmp_path / "sftpd.toml"
+    config.write_text('[users.alice]\npassword = "a"\n')
+    args = ["--config", "sftpd.toml", "--backend", f"local:{tmp_path / 'data'}"]
+    if workers > 1:
+        args += ["--workers", str(workers)]
+    async with cli(*args, cwd=tmp_path) as (proc, port, _text):
+        async with connect(port, "alice", "a") as conn, conn.start_sftp_client() as alice:
+            assert not await logs_in(port, "bob", "b")
+            config.write_text('[users.bob]\npassword = "b"\n')
+            proc.send_signal(signal.SIGHUP)
+            await output_until(proc, "users reloaded", workers)
+            assert [await logs_in(port, "bob", "b") for _ in range(6)] == [True] * 6
+            assert not await logs_in(port, "alice", "a")
+            async with alice.open("/still-here.txt", "wb") as f:  # her open session stays
+                await f.write(b"a")
+            assert (tmp_path / "data" / "still-here.txt").read_bytes() == b"a"
+            config.write_text('[users.carol]\npasword = "c"\n')  # a typo: refused
+            proc.send_signal(signal.SIGHUP)
+            await output_until(proc, "reloading users failed", workers)
+            assert [await logs_in(port, "bob", "b") for _ in range(6)] == [True] * 6
+        assert await stop_cli(proc) == 0
