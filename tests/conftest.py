@@ -313,3 +313,24 @@ async def eventually(check: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.1)
     pytest.fail(what)
+
+
+async def exclusive_race(port: int) -> tuple[bytes, str]:
+    """Two clients open the same new file exclusively; the first closes, then the second.
+
+    Returns what the file holds and how the second close ended.
+    """
+    async with connect(port) as a, a.start_sftp_client() as first:
+        async with connect(port) as b, b.start_sftp_client() as second:
+            mine = await first.open("/claimed.txt", "xb")  # both pass the check at open
+            theirs = await second.open("/claimed.txt", "xb")
+            await mine.write(b"first")
+            await theirs.write(b"second")
+            await mine.close()
+            try:
+                await theirs.close()
+                outcome = "stored"
+            except asyncssh.SFTPError as exc:
+                outcome = exc.reason
+            async with first.open("/claimed.txt", "rb") as f:
+                return await f.read(), outcome

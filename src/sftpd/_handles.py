@@ -130,7 +130,18 @@ class FileHandle:
         if mode.write:
             keep = attrs is not None and not mode.truncate
             if self.backend.open_writer is not None:
-                writer = await self.backend.open_writer(self.path, self.session, keep_existing=keep)
+                # An exclusive create is checked at open; where the backend can, again at
+                # commit, so two clients creating the same new file cannot both succeed.
+                extra = {}
+                if (
+                    mode.create
+                    and mode.exclusive
+                    and "exclusive_writes" in self.backend.capabilities
+                ):
+                    extra["exclusive"] = True
+                writer = await self.backend.open_writer(
+                    self.path, self.session, keep_existing=keep, **extra
+                )
                 if mode.read and not callable(getattr(writer, "read", None)):
                     # The backend's writer cannot read back: buffer this handle instead.
                     await writer.abort()

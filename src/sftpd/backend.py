@@ -24,7 +24,10 @@ Optional, each its own small protocol, detected once at start-up:
   read-ahead or pinned versions; preferred over ``read_range``.
 - :class:`StreamingWrites` ``open_writer(path, session, *, keep_existing) -> Writer``:
   uploads that stream to storage; the :class:`Writer` makes the file visible only at
-  ``commit()`` and leaves nothing behind on ``abort()``.
+  ``commit()`` and leaves nothing behind on ``abort()``. If ``open_writer`` also takes
+  ``exclusive``, exclusive creates (``O_EXCL``) pass ``exclusive=True``: ``commit()``
+  must then raise :class:`~sftpd.errors.FileAlreadyExists` if the file appeared since
+  the open, instead of replacing it (without it, only the check at open is made).
 - :class:`SetAttrs` ``set_attrs(path, changes, session)``: mtime, permissions, size.
 - :class:`DiskUsage` ``disk_usage(path, session) -> SpaceInfo``: for ``df``/statvfs.
 - :class:`SessionHooks` ``session_opened(session)`` / ``session_closed(session)``.
@@ -607,6 +610,8 @@ def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
             methods[name] = asyncify(getattr(backend, name), executor)
     if "streaming_writes" in capabilities:
         methods["open_writer"] = _adapting_writers(methods["open_writer"], executor)
+        if "exclusive" in inspect.signature(backend.open_writer).parameters:  # type: ignore[attr-defined]
+            capabilities.add("exclusive_writes")
     if "readers" in capabilities:
         methods["open_reader"] = _adapting_readers(methods["open_reader"], executor)
     return BoundBackend(

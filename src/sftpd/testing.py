@@ -269,6 +269,30 @@ class BackendConformance:
         await writer.commit()
         assert await bound.read_file("/resume.bin", session) == b"first half|second half"
 
+    async def test_exclusive_commit_refuses_a_file_created_meanwhile(
+        self, bound: BoundBackend, session: Session, open_writer: Callable[..., Any]
+    ) -> None:
+        """An exclusive upload fails at commit if the file appeared since the open.
+
+        Small and part-sized uploads alike; the file that appeared stays as it was, and an
+        exclusive upload of a file that is still new is stored.
+        """
+        if "exclusive_writes" not in bound.capabilities:
+            pytest.skip("backend has no exclusive writes")
+        for size in (5, 6 << 20):
+            path = f"/excl-{size}.bin"
+            writer = await open_writer(path, session, keep_existing=False, exclusive=True)
+            await writer.write(0, b"x" * size)
+            await bound.write_file(path, b"first", session)
+            with pytest.raises(FileExistsError):
+                await writer.commit()
+            await writer.abort()
+            assert await bound.read_file(path, session) == b"first"
+        writer = await open_writer("/excl-new.bin", session, keep_existing=False, exclusive=True)
+        await writer.write(0, b"mine")
+        await writer.commit()
+        assert await bound.read_file("/excl-new.bin", session) == b"mine"
+
     async def test_set_attrs_mtime(self, bound: BoundBackend, session: Session) -> None:
         """set_attrs with an mtime shows in stat."""
         if bound.set_attrs is None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import cast
 
 import asyncssh
 import pytest
 
 import sftpd
-from tests.conftest import connect, sha256
+from sftpd.testing import running_server
+from tests.conftest import connect, exclusive_race, sha256
 
 S = sftpd.Session(username="t", peer=sftpd.Peer("127.0.0.1", 0))
 
@@ -261,3 +263,11 @@ async def test_sftp_v6_client(server: sftpd.Server) -> None:
         assert "v6.txt" in await client.listdir("/")
         with pytest.raises(asyncssh.SFTPNoSuchFile):
             await client.remove("/nope")
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+async def test_exclusive_create_has_one_winner(kind: str, tmp_path: Path) -> None:
+    """Of two exclusive creates of one file, the second to close fails; the first stays."""
+    backend = sftpd.MemoryBackend() if kind == "memory" else sftpd.LocalBackend(tmp_path)
+    async with running_server(backend=backend) as server:
+        assert await exclusive_race(server.port) == (b"first", "File already exists")

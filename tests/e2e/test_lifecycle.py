@@ -75,8 +75,12 @@ async def test_grace_period_expiry_disconnects_and_aborts(host_key_dir: Path) ->
 class FailingCommitBackend(sftpd.MemoryBackend):
     """Commits fail, as an S3 CompleteMultipartUpload might."""
 
-    async def open_writer(self, path: str, session: sftpd.Session, *, keep_existing: bool) -> Any:
-        writer = await super().open_writer(path, session, keep_existing=keep_existing)
+    async def open_writer(
+        self, path: str, session: sftpd.Session, *, keep_existing: bool, exclusive: bool = False
+    ) -> Any:
+        writer = await super().open_writer(
+            path, session, keep_existing=keep_existing, exclusive=exclusive
+        )
 
         async def fail() -> None:
             raise sftpd.Failure("Storage refused the upload")
@@ -110,8 +114,12 @@ class SlowBackend(sftpd.MemoryBackend):
             await asyncio.sleep(30)
         return await super().stat(path, session)
 
-    async def open_writer(self, path: str, session: sftpd.Session, *, keep_existing: bool) -> Any:
-        writer: MemoryWriter = await super().open_writer(path, session, keep_existing=keep_existing)
+    async def open_writer(
+        self, path: str, session: sftpd.Session, *, keep_existing: bool, exclusive: bool = False
+    ) -> Any:
+        writer: MemoryWriter = await super().open_writer(
+            path, session, keep_existing=keep_existing, exclusive=exclusive
+        )
         backend = self
 
         async def hang() -> None:

@@ -20,7 +20,16 @@ from sftpd import telemetry
 from sftpd.backends import s3 as s3_module
 from sftpd.backends.s3 import S3Backend, SessionPrefix
 from sftpd.testing import running_server
-from tests.conftest import OpenSSH, connect, make_file, sha256, sha256_file, start_cli, stop_cli
+from tests.conftest import (
+    OpenSSH,
+    connect,
+    exclusive_race,
+    make_file,
+    sha256,
+    sha256_file,
+    start_cli,
+    stop_cli,
+)
 from tests.s3_servers import aws_env
 
 MiB = 1 << 20
@@ -623,3 +632,9 @@ async def test_storage_outage_mid_upload(seaweedfs: Any, tmp_path: Path) -> None
                 break
             await asyncio.sleep(0.25)
         assert await open_uploads(client, "outage") == []
+
+
+async def test_exclusive_create_has_one_winner(s3_backend: S3Backend) -> None:
+    """Two exclusive creates of one key: S3 refuses the second commit (If-None-Match)."""
+    async with running_server(backend=s3_backend) as server:
+        assert await exclusive_race(server.port) == (b"first", "File already exists")

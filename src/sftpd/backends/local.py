@@ -236,8 +236,13 @@ class LocalBackend:
         with self._open_file(path, os.O_RDONLY) as fd:
             return os.pread(fd, length, offset)
 
-    def open_writer(self, path: str, session: Session, *, keep_existing: bool) -> LocalWriter:
-        """Start an upload into a hidden temporary file next to ``path``."""
+    def open_writer(
+        self, path: str, session: Session, *, keep_existing: bool, exclusive: bool = False
+    ) -> LocalWriter:
+        """Start an upload into a hidden temporary file next to ``path``.
+
+        With ``exclusive``, the commit fails if ``path`` exists by then (no replace).
+        """
         with self._parent(path) as (dirfd, name):
             try:
                 existing = self._lstat(dirfd, name)
@@ -247,7 +252,7 @@ class LocalBackend:
                 raise IsADirectory()
             if existing is not None and stat.S_ISLNK(existing.st_mode):
                 raise PermissionDenied("Symbolic links are not followed")
-            writer = LocalWriter(self, os.dup(dirfd), name, existing)
+            writer = LocalWriter(self, os.dup(dirfd), name, existing, exclusive=exclusive)
         if keep_existing and existing is not None:
             writer.copy_existing()
         return writer
@@ -329,12 +334,19 @@ class LocalWriter:
     """One upload: an anonymous (or hidden) file renamed over the target at commit."""
 
     def __init__(
-        self, backend: LocalBackend, dirfd: int, name: str, existing: os.stat_result | None
+        self,
+        backend: LocalBackend,
+        dirfd: int,
+        name: str,
+        existing: os.stat_result | None,
+        *,
+        exclusive: bool = False,
     ) -> None:
         self._backend = backend
         self._dirfd = dirfd
         self._name = name
         self._existing = existing
+        self._exclusive = exclusive
         self._temp_name: str | None = None
         try:
             self._fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644, dir_fd=dirfd)
@@ -392,8 +404,11 @@ class LocalWriter:
                 self._temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
                 os.link(f"/proc/self/fd/{self._fd}", self._temp_name, dst_dir_fd=self._dirfd,
                         follow_symlinks=True)  # fmt: skip
-            os.rename(self._temp_name, self._name, src_dir_fd=self._dirfd,
-                      dst_dir_fd=self._dirfd)  # fmt: skip
+            if self._exclusive:
+                _rename_noreplace(self._dirfd, self._temp_name, self._dirfd, self._name)
+            else:
+                os.rename(self._temp_name, self._name, src_dir_fd=self._dirfd,
+                          dst_dir_fd=self._dirfd)  # fmt: skip
             self._temp_name = None
             if self._backend.fsync:
                 os.fsync(self._dirfd)

@@ -386,9 +386,9 @@ class MemoryBackend:
         return self._file(path).read(offset, length)
 
     async def open_writer(
-        self, path: str, session: Session, *, keep_existing: bool
+        self, path: str, session: Session, *, keep_existing: bool, exclusive: bool = False
     ) -> MemoryWriter:
-        """Start an upload that becomes visible at commit."""
+        """Start an upload that becomes visible at commit (exclusive: only if still new)."""
         parent = self._parent_dir(path)
         existing = parent.children.get(paths.basename(path))
         if existing is not None and existing.type is FileType.DIRECTORY:
@@ -396,7 +396,7 @@ class MemoryBackend:
         blob = Blob()
         if keep_existing and existing is not None and existing.blob is not None:
             blob = existing.blob.copy()
-        return MemoryWriter(self, path, blob)
+        return MemoryWriter(self, path, blob, exclusive=exclusive)
 
     async def set_attrs(self, path: str, changes: AttrChanges, session: Session) -> None:
         """Apply mtime, atime, permissions and size (truncate or extend) changes."""
@@ -434,10 +434,13 @@ class MemoryBackend:
 class MemoryWriter:
     """An upload into a :class:`MemoryBackend`; readable, so read+write opens stream too."""
 
-    def __init__(self, backend: MemoryBackend, path: str, blob: Blob) -> None:
+    def __init__(
+        self, backend: MemoryBackend, path: str, blob: Blob, *, exclusive: bool = False
+    ) -> None:
         self._backend = backend
         self._path = path
         self._blob: Blob | None = blob
+        self._exclusive = exclusive
 
     def _live(self) -> Blob:
         if self._blob is None:
@@ -461,8 +464,14 @@ class MemoryWriter:
         self._live().truncate(size)
 
     async def commit(self) -> None:
-        """Put the file in place, replacing any previous content."""
+        """Put the file in place, replacing any previous content (unless exclusive)."""
         blob = self._live()
+        if (
+            self._exclusive
+            and paths.basename(self._path) in self._backend._parent_dir(self._path).children
+        ):
+            self._blob = None
+            raise FileAlreadyExists()
         self._backend._store(self._path, blob)
         self._blob = None
 

@@ -407,6 +407,8 @@ class S3Backend:
         if code in ("InvalidRange", "416"):
             return InvalidParameter("Range not satisfiable")
         if code in ("PreconditionFailed", "412"):
+            if what in ("PutObject", "CompleteMultipartUpload"):  # an exclusive create lost
+                return FileAlreadyExists()
             log.info("S3 %s: %s changed while it was being read", what, self.bucket)
             return Failure("The file changed while it was being read")
         log.error("S3 %s failed (bucket %s): %s", what, self.bucket, exc)
@@ -756,15 +758,17 @@ class S3Backend:
             raise NoSuchFile()
         return S3Reader(self, key, int(head.get("ContentLength", 0)), head.get("ETag"))
 
-    async def open_writer(self, path: str, session: Session, *, keep_existing: bool) -> S3Writer:
-        """Start an upload that becomes visible at commit."""
+    async def open_writer(
+        self, path: str, session: Session, *, keep_existing: bool, exclusive: bool = False
+    ) -> S3Writer:
+        """Start an upload that becomes visible at commit (exclusive: only if still new)."""
         await self._require_upload_target(path, session)
         key = self.key(path, session)
         existing = 0
         if keep_existing:
             head = await self._head(key)
             existing = int(head.get("ContentLength", 0)) if head else 0
-        writer = S3Writer(self, key)
+        writer = S3Writer(self, key, exclusive=exclusive)
         if existing:
             await writer.start_from_existing(existing)
         return writer
@@ -904,9 +908,12 @@ class S3Writer:
     that was already uploaded is refused with a clear error.
     """
 
-    def __init__(self, backend: S3Backend, key: str) -> None:
+    def __init__(self, backend: S3Backend, key: str, *, exclusive: bool = False) -> None:
         self._backend = backend
         self._key = key
+        # Exclusive creates commit with If-None-Match: *, so S3 itself refuses the commit
+        # if another upload stored the key since the open.
+        self._condition = {"IfNoneMatch": "*"} if exclusive else {}
         self._upload_id: str | None = None
         self._parts: dict[int, str] = {}
         self._next_part = 1
@@ -1042,7 +1049,7 @@ class S3Writer:
                 async with self._backend._errors("PutObject"):
                     await client.put_object(
                         Bucket=bucket, Key=self._key, Body=self._buffer.body(),
-                        **self._backend._new_object_args(self._key),
+                        **self._backend._new_object_args(self._key), **self._condition,
                     )  # fmt: skip
             else:
                 if len(self._buffer) or self._next_part == 1:
@@ -1053,7 +1060,7 @@ class S3Writer:
                 async with self._backend._errors("CompleteMultipartUpload"):
                     await client.complete_multipart_upload(
                         Bucket=bucket, Key=self._key, UploadId=self._upload_id,
-                        MultipartUpload={"Parts": parts},
+                        MultipartUpload={"Parts": parts}, **self._condition,
                     )  # fmt: skip
                 self._upload_id = None
         except BaseException:
@@ -1071,7 +1078,7 @@ class S3Writer:
                 async with self._backend._errors("PutObject"):
                     await client.put_object(
                         Bucket=self._backend.bucket, Key=self._key, Body=spill.read(size),
-                        **self._backend._new_object_args(self._key),
+                        **self._backend._new_object_args(self._key), **self._condition,
                     )  # fmt: skip
                 return
             self._buffer = _PartBuffer()
