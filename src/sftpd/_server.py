@@ -436,7 +436,11 @@ class Server:
             bus=config.telemetry if config.telemetry is not None else default_bus,
         )
         ctx = self._ctx
-        await _start_backend(ctx.backend)
+        try:
+            await _start_backend(ctx.backend)
+        except BaseException:
+            await _stop_backend(ctx.backend)  # release what a failed startup opened
+            raise
         tolerate_client_bugs()
         ssh_options: dict[str, Any] = {
             "server_host_keys": host_key_pairs(self.host_keys, legacy_sha1=config.legacy_sha1),
@@ -469,6 +473,7 @@ class Server:
                     **ssh_options,
                 )
         except OSError as exc:
+            await _stop_backend(ctx.backend)
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(
                     f"cannot listen on {config.host}:{config.port}: the address is already in "
@@ -510,6 +515,27 @@ class Server:
     def is_serving(self) -> bool:
         """True between a successful :meth:`start` and :meth:`close`."""
         return self._acceptor is not None and self._closing is None
+
+    async def check(self, *, host_keys: bool = True) -> list[asyncssh.SSHKey]:
+        """Check what :meth:`start` would, without listening: for deploy pipelines.
+
+        The host keys load (unless ``host_keys`` is False: they are yet to be generated)
+        and the backend's ``startup()`` runs, then its ``shutdown()``: S3 credentials,
+        endpoint and bucket are checked for real.
+
+        Returns:
+            The host keys.
+
+        Raises:
+            ConfigError: with what to fix.
+        """
+        keys = load_host_keys(self.config) if host_keys else []
+        backend = bind_backend(self.config.backend)
+        try:
+            await _start_backend(backend)
+        finally:
+            await _stop_backend(backend)
+        return keys
 
     def replace_auth(self, auth: Authenticator | Mapping[str, str]) -> None:
         """Check logins against ``auth`` from now on; sessions already open stay.

@@ -33,7 +33,8 @@ Optional, each its own small protocol, detected once at start-up:
 - :class:`SessionHooks` ``session_opened(session)`` / ``session_closed(session)``.
 - :class:`Startup` ``startup()``: connect and check the configuration when the server
   starts, so a misconfiguration stops the start with a message, not the first upload.
-- :class:`Shutdown` ``shutdown()``: release connections when the server has stopped.
+- :class:`Shutdown` ``shutdown()``: release connections when the server has stopped (or
+  its start failed after ``startup()`` began).
 
 Errors: raise the exceptions of :mod:`sftpd.errors` (or the builtin ones they subclass,
 ``FileNotFoundError``, ``PermissionError``, ``FileExistsError``...). Each method's
@@ -400,7 +401,9 @@ class Shutdown(Protocol):
     async def shutdown(self) -> None:
         """Called once by a server's stop, after its sessions and background work ended.
 
-        A later ``Server.start`` calls ``startup()`` again. Failures are logged.
+        Also called when a start fails after ``startup()`` began (``startup()`` itself
+        failed, or the port was taken), so release whatever was opened so far. A later
+        ``Server.start`` calls ``startup()`` again. Failures are logged.
         """
 
 

@@ -241,12 +241,15 @@ def main() -> None:
               help="Server processes sharing the port, e.g. one per core; each has its own "
                    "sessions (and --max-sessions); --metrics-port serves their sum. Not with "
                    "the memory backend.")  # fmt: skip
+@click.option("--check", is_flag=True,
+              help="Check the configuration (users, host keys, storage reachable) and exit "
+                   "without serving: 0 if it is sound, 2 with what to fix.")  # fmt: skip
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
 @click.pass_context
 def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...],
           key_files: tuple[str, ...], generate_host_key: bool, log_level: str,
-          object_args: tuple[str, ...], **options: Any) -> None:  # fmt: skip
+          object_args: tuple[str, ...], check: bool, **options: Any) -> None:  # fmt: skip
     """Serve SFTP until Ctrl-C or SIGTERM (both stop gracefully).
 
     SIGHUP reloads the users (config file, --authorized-keys files) for new logins;
@@ -306,6 +309,19 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
                 "the memory backend keeps files inside one process, so workers would "
                 "not see each other's files: use --backend local:/path or s3://BUCKET"
             )
+        generating = (host_key_dir is None or generate_host_key) and not any(
+            Path(key_dir).glob(HOST_KEY_GLOB)
+        )
+        if check:
+            keys = asyncio.run(Server(config).check(host_keys=not generating))
+            lines = [f"  {k.get_algorithm()}  {fingerprint(k)}" for k in keys] or [
+                f"  none yet: generated in {key_dir} on the first start"
+            ]
+            console.print(
+                f"Configuration OK: {type(config.backend).__name__} started and stopped; "
+                f"users: {', '.join(table.names)}; host keys:\n" + "\n".join(lines)
+            )
+            return
         # Only a configuration found valid gets its side effects: keys, log file, port.
         if host_key_dir is None or generate_host_key:
             for created in ensure_host_keys(key_dir):

@@ -178,7 +178,10 @@ async def test_unexpected_exceptions_become_a_generic_failure(
 async def test_run_blocks_until_interrupted(host_key_dir: Path) -> None:
     """sftpd.run() serves until KeyboardInterrupt, then returns (tested in a subprocess)."""
     script = (
-        "import logging, sftpd, sys\n"
+        "import logging, signal, sftpd, sys\n"
+        # A shell's background job inherits SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt handler; restore it, as an interactive terminal would have it.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
         f"sftpd.run(backend=sftpd.MemoryBackend(), auth={{'dev': 'dev'}}, "
         f"system_dir={str(host_key_dir)!r}, port=0)\n"

@@ -638,3 +638,16 @@ async def test_exclusive_create_has_one_winner(s3_backend: S3Backend) -> None:
     """Two exclusive creates of one key: S3 refuses the second commit (If-None-Match)."""
     async with running_server(backend=s3_backend) as server:
         assert await exclusive_race(server.port) == (b"first", "File already exists")
+
+
+def test_check_reaches_the_bucket(seaweedfs: Any, tmp_path: Path) -> None:
+    """`sftpd serve --check` talks to S3: a missing bucket fails with what to fix."""
+    from click.testing import CliRunner
+
+    from sftpd.cli import main
+
+    args = ["serve", "--check", "--host-key-dir", str(tmp_path), "--generate-host-key"]
+    env = aws_env(seaweedfs.endpoint)
+    missing = CliRunner().invoke(main, [*args, "--backend", "s3://no-such-bucket"], env=env)
+    assert missing.exit_code == 2
+    assert "bucket 'no-such-bucket' does not exist" in " ".join(missing.output.split())

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import asyncssh
 import pytest
 from click.testing import CliRunner
 
+from sftpd import fingerprint
 from sftpd.cli import ensure_host_keys, main, parse_size
 from tests.conftest import alive, children_of, cli, connect, eventually, start_cli, stop_cli
 
@@ -359,3 +361,35 @@ async def test_sighup_reloads_users(workers: int, tmp_path: Path) -> None:
             await output_until(proc, "reloading users failed", workers)
             assert [await logs_in(port, "bob", "b") for _ in range(6)] == [True] * 6
         assert await stop_cli(proc) == 0
+
+
+def test_check_validates_without_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--check loads keys and starts the backend, then exits 0 without listening or writing.
+
+    The port given is taken by another socket, which a real start would fail on.
+    """
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        fresh = CliRunner().invoke(main, ["serve", "--check", "--port", port])
+        assert fresh.exit_code == 0, fresh.output
+        assert "Configuration OK: MemoryBackend" in fresh.output
+        assert "none yet: generated in .sftpd/host_keys on the first start" in fresh.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing generated
+        keys = tmp_path / "keys"
+        keys.mkdir()
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        key.write_private_key(str(keys / "ssh_host_ed25519_key"))
+        args = ["serve", "--check", "--port", port, "--host-key-dir", "keys",
+                "--backend", "local:data", "--user", "ops:pw"]  # fmt: skip
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        assert "LocalBackend" in result.output
+        assert "users: ops" in result.output
+        assert fingerprint(key) in result.output
+    missing = CliRunner().invoke(main, ["serve", "--check", "--backend", "local:nowhere"])
+    assert missing.exit_code == 2
+    assert "nowhere" in missing.output
