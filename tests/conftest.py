@@ -334,3 +334,14 @@ async def exclusive_race(port: int) -> tuple[bytes, str]:
                 outcome = exc.reason
             async with first.open("/claimed.txt", "rb") as f:
                 return await f.read(), outcome
+
+
+async def upload_stored(port: int, user: str, password: str, size: int) -> bool:
+    """Whether a ``size``-byte upload by ``user`` is stored (False if the server refuses it)."""
+    async with connect(port, user, password) as conn, conn.start_sftp_client() as sftp:
+        try:
+            async with sftp.open(f"/{user}-{size}.bin", "wb") as f:
+                await f.write(b"x" * size)
+        except asyncssh.SFTPFailure:
+            return False
+        return True

@@ -12,7 +12,7 @@ import pytest
 import sftpd
 from sftpd import telemetry
 from sftpd.testing import running_server
-from tests.conftest import OpenSSH, connect, make_file
+from tests.conftest import OpenSSH, connect, make_file, upload_stored
 
 KiB = 1024
 
@@ -73,22 +73,13 @@ async def test_session_attribute_overrides_the_server_limit() -> None:
     auth = users(big=1024 * KiB, small=KiB, free=None)
     backend = sftpd.MemoryBackend()
     async with running_server(backend=backend, auth=auth, max_file_size=64 * KiB) as server:
-
-        async def upload(user: str, size: int) -> bool:
-            password = "dev" if user == "dev" else "pw"
-            async with connect(server.port, user, password) as conn:
-                async with conn.start_sftp_client() as sftp:
-                    try:
-                        async with sftp.open(f"/{user}-{size}.bin", "wb") as f:
-                            await f.write(b"z" * size)
-                    except asyncssh.SFTPFailure:
-                        return False
-                    return True
-
-        stored = [await upload(user, size) for user, size in (
-            ("dev", 64 * KiB), ("dev", 64 * KiB + 1), ("big", 1024 * KiB),
-            ("big", 1024 * KiB + 1), ("small", KiB), ("small", KiB + 1), ("free", 2048 * KiB),
-        )]  # fmt: skip
+        cases = (("dev", 64 * KiB), ("dev", 64 * KiB + 1), ("big", 1024 * KiB),
+                 ("big", 1024 * KiB + 1), ("small", KiB), ("small", KiB + 1),
+                 ("free", 2048 * KiB))  # fmt: skip
+        stored = [
+            await upload_stored(server.port, user, "dev" if user == "dev" else "pw", size)
+            for user, size in cases
+        ]
         assert stored == [True, False, True, False, True, False, True]
 
 

@@ -17,7 +17,16 @@ from click.testing import CliRunner
 
 from sftpd import fingerprint
 from sftpd.cli import ensure_host_keys, main, parse_size
-from tests.conftest import alive, children_of, cli, connect, eventually, start_cli, stop_cli
+from tests.conftest import (
+    alive,
+    children_of,
+    cli,
+    connect,
+    eventually,
+    start_cli,
+    stop_cli,
+    upload_stored,
+)
 
 
 def test_help_lists_every_option() -> None:
@@ -122,17 +131,10 @@ async def test_max_file_size_from_flag_config_and_user(tmp_path: Path) -> None:
     proc, port, _text = await start_cli("--config", "sftpd.toml", "--max-file-size", "2K",
                                         cwd=tmp_path)  # fmt: skip
 
-    async def stored(user: str, password: str, size: int) -> bool:
-        async with connect(port, user, password) as conn, conn.start_sftp_client() as sftp:
-            try:
-                async with sftp.open(f"/{user}{size}", "wb") as f:
-                    await f.write(b"x" * size)
-            except asyncssh.SFTPFailure:
-                return False
-            return True
-
-    results = [await stored("dev", "dev", 2048), await stored("dev", "dev", 2049),
-               await stored("big", "pw", 4096), await stored("big", "pw", 4097)]  # fmt: skip
+    results = [await upload_stored(port, "dev", "dev", 2048),
+               await upload_stored(port, "dev", "dev", 2049),
+               await upload_stored(port, "big", "pw", 4096),
+               await upload_stored(port, "big", "pw", 4097)]  # fmt: skip
     assert results == [True, False, True, False]
     assert await stop_cli(proc) == 0
 
