@@ -64,16 +64,24 @@ class ServerContext:
         task.add_done_callback(finished)
 
     def too_many_pending(self, host: str) -> str | None:
-        """Why a new connection from ``host`` must be dropped before it logs in, if so."""
+        """The limit a new connection from ``host`` is over before it logs in, if any."""
         config = self.config
         pending = [c for c in self.connections if c.session is None]
         if len(pending) >= config.max_unauthenticated:
-            return f"{len(pending)} connections are not logged in yet (max_unauthenticated)"
+            return "max_unauthenticated"
         per_address = config.max_unauthenticated_per_address
         if per_address is not None and sum(c.peer.host == host for c in pending) >= per_address:
-            return (f"{per_address} connections from it are not logged in yet "
-                    "(max_unauthenticated_per_address)")  # fmt: skip
+            return "max_unauthenticated_per_address"
         return None
+
+    def refused(self, peer: Peer, limit: str) -> None:
+        """Log and report a connection refused for a limit (``max_sessions``...)."""
+        log.warning("refusing a connection from %s: %s reached", peer, limit)
+        self.bus.execute(
+            ("sftpd", "connection", "refused"),
+            {"duration": 0},
+            {"peer": str(peer), "reason": limit},
+        )
 
     def notify_upload(self, upload: Upload) -> None:
         """Run ``on_upload`` in the background: the file is stored, the client not held up."""
@@ -113,9 +121,9 @@ class _Connection(asyncssh.SSHServer):
         coalesce_writes(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self.peer = self._client or Peer(str(peer[0]), int(peer[1]))
-        refusal = self._ctx.too_many_pending(self.peer.host)
-        if refusal is not None:
-            log.warning("dropping a connection from %s: %s", self.peer, refusal)
+        limit = self._ctx.too_many_pending(self.peer.host)
+        if limit is not None:
+            self._ctx.refused(self.peer, limit)
             asyncio.get_running_loop().call_soon(conn.abort)
             return
         self._ctx.connections.add(self)
@@ -162,7 +170,7 @@ class _Connection(asyncssh.SSHServer):
 
     def begin_auth(self, username: str) -> bool:
         if self._at_capacity():
-            log.warning("refusing %s from %s: max_sessions reached", username, self.peer)
+            self._ctx.refused(self.peer, "max_sessions")
             self._refuse(asyncssh.DISC_TOO_MANY_CONNECTIONS, "Too many sessions")
         return True
 
@@ -314,7 +322,7 @@ class _Connection(asyncssh.SSHServer):
             self._refuse(asyncssh.DISC_PROTOCOL_ERROR, "Authentication state lost")
             return
         if self._at_capacity():
-            log.warning("refusing %s from %s: max_sessions reached", session.username, self.peer)
+            self._ctx.refused(self.peer, "max_sessions")
             self._refuse(asyncssh.DISC_TOO_MANY_CONNECTIONS, "Too many sessions")
             return
         self._ctx.active_sessions += 1

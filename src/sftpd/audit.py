@@ -11,7 +11,8 @@ Lines look like::
 
 Events: ``login`` and ``login_failed`` (method, never the password), ``logout`` (bytes
 in and out), ``upload``, ``download``, ``delete``, ``rename`` (``path`` and ``to``),
-``mkdir``, ``rmdir``. Failed operations are logged too, with ``result`` and ``reason``.
+``mkdir``, ``rmdir``, ``refused`` (a connection turned away at a limit, with ``peer`` and
+``reason``). Failed operations are logged too, with ``result`` and ``reason``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class AuditLog(Listener):
         ("sftpd", "sftp", "close"),
         ("sftpd", "auth"),
         ("sftpd", "session", "close"),
+        ("sftpd", "connection", "refused"),
         *(("sftpd", "sftp", op) for op in _SIMPLE),
     )
 
@@ -95,6 +97,10 @@ class AuditLog(Listener):
                 record["reason"] = meta["reason"]
             if session is not None:
                 record["session"] = session.id
+            return record
+        if kind == ("connection", "refused"):
+            record.update(event="refused", peer=meta.get("peer"), reason=meta.get("reason"),
+                          result="error")  # fmt: skip
             return record
         if kind == ("session", "close"):
             record.update(

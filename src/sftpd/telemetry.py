@@ -19,6 +19,7 @@ Events (see docs/telemetry.md for every field):
   write_file_info, disk_usage
 - ``("sftpd", "auth", "success" | "failure")``
 - ``("sftpd", "session", "open" | "close")``
+- ``("sftpd", "connection", "refused")`` (a limit such as ``max_sessions`` was reached)
 
 Every event has ``measurements["duration"]`` in nanoseconds of ``time.monotonic_ns()``
 (0 for instantaneous events). Handlers run inline, so keep them fast; one that raises is

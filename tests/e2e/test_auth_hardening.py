@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +14,9 @@ import asyncssh
 import pytest
 
 import sftpd
+from sftpd import telemetry
+from sftpd.audit import AuditLog
+from sftpd.integrations.prometheus import PrometheusMetrics
 from sftpd.testing import running_server
 from tests.conftest import OpenSSH, connect
 
@@ -317,11 +322,30 @@ async def test_too_many_unauthenticated_connections_are_dropped() -> None:
 
 
 async def test_one_address_cannot_take_every_login_slot() -> None:
-    """max_unauthenticated_per_address drops more from one address; others still log in."""
-    async with running_server(backend=sftpd.MemoryBackend(),
+    """max_unauthenticated_per_address drops more from one address; others still log in.
+
+    Each refusal is a telemetry event, a Prometheus count and an audit line.
+    """
+    bus = telemetry.TelemetryBus()
+    events: list[telemetry.Event] = []
+    bus.attach("t", [("sftpd", "connection", "refused")], events.append)
+    metrics = PrometheusMetrics().attach(bus)
+    audit = io.StringIO()
+    AuditLog(audit).attach(bus)
+    async with running_server(backend=sftpd.MemoryBackend(), telemetry=bus,
                               max_unauthenticated_per_address=2) as server:  # fmt: skip
         idle = [await hold_unauthenticated(server.port, "127.0.0.2") for _ in range(2)]
         assert not await can_log_in(server.port, "127.0.0.2")
         assert await can_log_in(server.port, "127.0.0.1")
         for writer in idle:
             writer.close()
+    assert [e.metadata["reason"] for e in events] == ["max_unauthenticated_per_address"]
+    assert events[0].metadata["peer"].startswith("127.0.0.2:")
+    refused = metrics.registry.get_sample_value(
+        "sftpd_connections_refused_total", {"reason": "max_unauthenticated_per_address"}
+    )
+    assert refused == 1.0
+    lines = [json.loads(line) for line in audit.getvalue().splitlines()]
+    assert [(r["event"], r["reason"]) for r in lines if r["event"] == "refused"] == [
+        ("refused", "max_unauthenticated_per_address")
+    ]

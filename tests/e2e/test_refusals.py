@@ -9,6 +9,7 @@ import asyncssh
 import pytest
 
 import sftpd
+from sftpd import telemetry
 from tests.conftest import connect
 
 
@@ -91,16 +92,23 @@ async def test_wrong_password_gets_no_session(server: sftpd.Server) -> None:
 async def test_max_sessions_refuses_the_extra_client(
     host_key_dir: Path, memory_backend: sftpd.MemoryBackend
 ) -> None:
-    """With max_sessions=2 a third client is refused while the first two keep working."""
+    """With max_sessions=2 a third client is refused while the first two keep working.
+
+    The refusal is reported as a ("sftpd", "connection", "refused") event.
+    """
+    bus = telemetry.TelemetryBus()
+    events: list[telemetry.Event] = []
+    bus.attach("t", [("sftpd", "connection", "refused")], events.append)
     async with sftpd.Server(
         backend=memory_backend, auth={"dev": "dev"}, system_dir=host_key_dir, port=0,
-        max_sessions=2,
+        max_sessions=2, telemetry=bus,
     ) as server:  # fmt: skip
         async with connect(server.port) as one, connect(server.port) as two:
             with pytest.raises(asyncssh.DisconnectError) as refused:
                 async with connect(server.port):
                     pass
             assert refused.value.code == asyncssh.DISC_TOO_MANY_CONNECTIONS
+            assert [e.metadata["reason"] for e in events] == ["max_sessions"]
             for conn in (one, two):
                 async with conn.start_sftp_client() as sftp:
                     await sftp.listdir("/")

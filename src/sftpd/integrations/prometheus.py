@@ -41,7 +41,7 @@ class PrometheusMetrics(Listener):
     ``sftpd_operation_duration_seconds{operation}``, ``sftpd_bytes_received_total``,
     ``sftpd_bytes_sent_total``, ``sftpd_uploads_total{result}``,
     ``sftpd_sessions_active``, ``sftpd_sessions_total``,
-    ``sftpd_logins_total{method,result}``.
+    ``sftpd_logins_total{method,result}``, ``sftpd_connections_refused_total{reason}``.
 
     Args:
         registry: Where to register (default: a new registry of its own).
@@ -73,6 +73,9 @@ class PrometheusMetrics(Listener):
         self.sessions = prom.Counter("sftpd_sessions", "Sessions opened", registry=r)
         self.logins = prom.Counter(
             "sftpd_logins", "Login attempts", ["method", "result"], registry=r
+        )
+        self.refused = prom.Counter(
+            "sftpd_connections_refused", "Connections refused at a limit", ["reason"], registry=r
         )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> Any:
@@ -107,6 +110,8 @@ class PrometheusMetrics(Listener):
                 self.sessions_active.dec()
         elif name[1] == "auth":
             self.logins.labels(meta.get("method", "unknown"), name[2]).inc()
+        elif name[1:] == ("connection", "refused"):
+            self.refused.labels(meta.get("reason", "unknown")).inc()
 
 
 def _start(port: int, host: str, registry: prom.CollectorRegistry) -> Any:
