@@ -62,6 +62,18 @@ async def server(
         yield srv
 
 
+async def refused_at_key_exchange(port: int, **options: Any) -> None:
+    """Connect with ``options`` (algorithm lists) and expect the key exchange to fail.
+
+    The server sends its "key exchange failed" disconnect and drops the connection; on a
+    loaded machine the client can see the drop before reading the message, as a lost
+    connection. Either way no session was made, which is what the callers check.
+    """
+    with pytest.raises((asyncssh.KeyExchangeFailed, asyncssh.ConnectionLost)):
+        async with connect(port, **options):
+            pass
+
+
 def connect(port: int, username: str = "dev", password: str = "dev", **kw: Any) -> Any:
     """Open an asyncssh client connection to a test server."""
     return asyncssh.connect(
