@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._session import check_max_file_size
 from .auth import AuthorizedKeys, CombinedAuthenticator, StaticPasswords
 from .errors import ConfigError
 
@@ -167,12 +168,11 @@ def load_config_file(path: Path) -> FileConfig:
         if "permissions" in spec:
             attrs["permissions"] = spec["permissions"]
         if "max_file_size" in spec:
-            limit = spec["max_file_size"]
-            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-                raise ConfigError(
-                    f"{path}: [users.{name}] max_file_size must be a number of bytes, got {limit!r}"
-                )
-            attrs["max_file_size"] = limit
+            try:
+                check_max_file_size(spec["max_file_size"])
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: [users.{name}] {exc}") from None
+            attrs["max_file_size"] = spec["max_file_size"]
         if attrs:
             table.attributes[name] = attrs
     return FileConfig(server=server, users=table, s3=s3)

@@ -446,9 +446,31 @@ class Server:
         ctx = self._ctx
         try:
             await _start_backend(ctx.backend)
+            self._acceptor = await self._listen(ctx)
         except BaseException:
-            await _stop_backend(ctx.backend)  # release what a failed startup opened
+            await _stop_backend(ctx.backend)  # release what a failed start opened
             raise
+        self._port = int(self._acceptor.sockets[0].getsockname()[1])
+        if config.idle_timeout is not None:
+            self._reaper = asyncio.get_running_loop().create_task(
+                self._reap_idle(config.idle_timeout)
+            )
+        log.info("sftpd listening on %s:%d (%s)", config.host, self._port, ctx.backend.name)
+        ctx.bus.execute(
+            ("sftpd", "server", "start"),
+            {"duration": 0},
+            {"host": config.host, "port": self._port, "max_sessions": config.max_sessions,
+             "backend": ctx.backend.name, "backend_kind": ctx.backend.kind, "result": "ok",
+             "server_ref": self},
+        )  # fmt: skip
+
+    async def _listen(self, ctx: ServerContext) -> asyncssh.SSHAcceptor | ProxyListener:
+        """Listen for SSH (behind a PROXY header reader if configured).
+
+        Raises:
+            ConfigError: the address cannot be listened on.
+        """
+        config = self.config
         tolerate_client_bugs()
         ssh_options: dict[str, Any] = {
             "server_host_keys": host_key_pairs(self.host_keys, legacy_sha1=config.legacy_sha1),
@@ -465,42 +487,27 @@ class Server:
         }
         try:
             if config.proxy_protocol:
-                self._acceptor = await ProxyListener.listen(
+                return await ProxyListener.listen(
                     config.host,
                     config.port,
                     lambda sock, client: _serve_proxied(ctx, sock, Peer(*client), ssh_options),
                     reuse_port=config.reuse_port,
                     allowed=config.proxy_from,
                 )
-            else:
-                self._acceptor = await asyncssh.create_server(
-                    lambda: _Connection(ctx),
-                    config.host,
-                    config.port,
-                    reuse_port=config.reuse_port or None,
-                    **ssh_options,
-                )
+            return await asyncssh.create_server(
+                lambda: _Connection(ctx),
+                config.host,
+                config.port,
+                reuse_port=config.reuse_port or None,
+                **ssh_options,
+            )
         except OSError as exc:
-            await _stop_backend(ctx.backend)
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(
                     f"cannot listen on {config.host}:{config.port}: the address is already in "
                     "use; choose another port or stop the server using it"
                 ) from exc
             raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
-        self._port = int(self._acceptor.sockets[0].getsockname()[1])
-        if config.idle_timeout is not None:
-            self._reaper = asyncio.get_running_loop().create_task(
-                self._reap_idle(config.idle_timeout)
-            )
-        log.info("sftpd listening on %s:%d (%s)", config.host, self._port, ctx.backend.name)
-        ctx.bus.execute(
-            ("sftpd", "server", "start"),
-            {"duration": 0},
-            {"host": config.host, "port": self._port, "max_sessions": config.max_sessions,
-             "backend": ctx.backend.name, "backend_kind": ctx.backend.kind, "result": "ok",
-             "server_ref": self},
-        )  # fmt: skip
 
     @property
     def port(self) -> int:

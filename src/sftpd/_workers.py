@@ -134,9 +134,7 @@ def supervise(
         _terminate(children)
 
     def hangup(_signum: int, _frame: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGHUP)
+        _signal_all(children, signal.SIGHUP)
 
     try:
         for index in range(workers):
@@ -182,11 +180,16 @@ def _wait_any(children: dict[int, tuple[int, float]]) -> tuple[int, int]:
         time.sleep(0.1)
 
 
-def _terminate(children: dict[int, tuple[int, float]]) -> None:
-    """SIGTERM every worker: a graceful stop (a second one stops it now)."""
+def _signal_all(children: dict[int, tuple[int, float]], signum: int) -> None:
+    """Send ``signum`` to every worker still there."""
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signum)
+
+
+def _terminate(children: dict[int, tuple[int, float]]) -> None:
+    """SIGTERM every worker: a graceful stop (a second one stops it now)."""
+    _signal_all(children, signal.SIGTERM)
 
 
 def _stop_all(children: dict[int, tuple[int, float]]) -> None:

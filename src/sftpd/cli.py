@@ -285,11 +285,8 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         ciphers = options.pop("ciphers")
         if ciphers is not None:
             options["ciphers"] = ciphers.split(",") if isinstance(ciphers, str) else ciphers
-        size = options.pop("max_file_size")
-        if isinstance(size, str):
-            options["max_file_size"] = parse_size(size)
-        elif size is not None:
-            options["max_file_size"] = size
+        if isinstance(options["max_file_size"], str):  # the flag's text ([server]: an int)
+            options["max_file_size"] = parse_size(options["max_file_size"])
         workers = options.pop("workers")
         metrics_port = options.pop("metrics_port")
         metrics_host = options.pop("metrics_host")
@@ -366,8 +363,6 @@ def _worker_metrics(port: int | None, host: str) -> Iterator[Callable[[int], Non
     if port is None:
         yield lambda pid: None
         return
-    if "prometheus_client" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        raise ConfigError("prometheus_client was loaded before the workers' metrics were set up")
     with contextlib.ExitStack() as stack:
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="sftpd-metrics-"))

@@ -911,6 +911,7 @@ class S3Writer:
     def __init__(self, backend: S3Backend, key: str, *, exclusive: bool = False) -> None:
         self._backend = backend
         self._key = key
+        self._object_args = backend._new_object_args(key)
         # Exclusive creates commit with If-None-Match: *, so S3 itself refuses the commit
         # if another upload stored the key since the open.
         self._condition = {"IfNoneMatch": "*"} if exclusive else {}
@@ -940,7 +941,7 @@ class S3Writer:
             async with self._backend._errors("CreateMultipartUpload"):
                 result = await client.create_multipart_upload(
                     Bucket=self._backend.bucket, Key=self._key,
-                    **self._backend._new_object_args(self._key),
+                    **self._object_args,
                 )  # fmt: skip
             self._upload_id = str(result["UploadId"])
         return self._upload_id
@@ -1049,7 +1050,7 @@ class S3Writer:
                 async with self._backend._errors("PutObject"):
                     await client.put_object(
                         Bucket=bucket, Key=self._key, Body=self._buffer.body(),
-                        **self._backend._new_object_args(self._key), **self._condition,
+                        **self._object_args, **self._condition,
                     )  # fmt: skip
             else:
                 if len(self._buffer) or self._next_part == 1:
@@ -1078,7 +1079,7 @@ class S3Writer:
                 async with self._backend._errors("PutObject"):
                     await client.put_object(
                         Bucket=self._backend.bucket, Key=self._key, Body=spill.read(size),
-                        **self._backend._new_object_args(self._key), **self._condition,
+                        **self._object_args, **self._condition,
                     )  # fmt: skip
                 return
             self._buffer = _PartBuffer()
