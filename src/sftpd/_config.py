@@ -114,10 +114,18 @@ class ServerConfig:
         max_unauthenticated_per_address: The same, from one client address (None: no
             such limit), so one address cannot take every slot. Behind a load balancer,
             turn on ``proxy_protocol`` or every client shares the balancer's address.
-        max_open_files: Files one session may have open at once; more opens fail. Each
-            open upload holds up to one part in memory (S3: ``part_size *
-            (upload_concurrency + 1)``), so this bounds a session's memory. Clients open
-            one file per transfer; parallel ones a few.
+        max_open_files: Files and directories one session may have open at once, over
+            all its SFTP channels; more opens fail ("too many open files"), and
+            ``limits@openssh.com`` tells clients this number. Each open upload holds up
+            to one part in memory (S3: ``part_size * (upload_concurrency + 1)``), so this
+            bounds a session's memory. Clients open one file per transfer; parallel ones
+            a few.
+        max_channels: SFTP channels one connection may open at once (OpenSSH's
+            MaxSessions is 10); more are refused.
+        max_requests_per_channel: SFTP requests of one channel served at the same time;
+            the next waits (the client is read no further) until one is answered.
+            Clients keep up to 64 requests outstanding (OpenSSH's ``sftp -R``).
+        max_requests_per_session: The same over all channels of one connection.
         max_file_size: The largest file, in bytes, a session may upload (None: no
             limit); an authenticator's ``max_file_size`` attribute overrides it per
             session. A write past it fails ("quota exceeded") and the upload stores
@@ -154,6 +162,9 @@ class ServerConfig:
     max_unauthenticated_per_address: int | None = 32
     max_open_files: int = 32
     max_file_size: int | None = None
+    max_channels: int = 10
+    max_requests_per_channel: int = 64
+    max_requests_per_session: int = 256
     authenticator: Authenticator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -163,7 +174,8 @@ class ServerConfig:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError("host must be an address to listen on, such as '127.0.0.1'")
-        counts = ["max_sessions", "max_open_files", "max_unauthenticated"]
+        counts = ["max_sessions", "max_open_files", "max_unauthenticated", "max_channels"]
+        counts += ["max_requests_per_channel", "max_requests_per_session"]
         if self.max_unauthenticated_per_address is not None:
             counts.append("max_unauthenticated_per_address")
         for name in counts:

@@ -5,6 +5,9 @@ handle. Writes go to the backend's streaming :class:`~sftpd.backend.Writer` when
 one, else to a spool (memory, then a temporary file) that is written whole at close.
 Either way the file becomes visible only when the handle is closed and the commit
 succeeds; a failed or abandoned upload is aborted and leaves nothing.
+
+Requests on one handle may run concurrently (see :mod:`sftpd._sftp.engine`): reads
+always, writes only where the writer says it is safe (``concurrent_writes``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ log = logging.getLogger("sftpd")
 
 SPOOL_MEMORY_LIMIT = 8 << 20
 """Bytes a buffered upload keeps in memory before it spills to a temporary file."""
+
+COPY_CHUNK = 255 << 10
+"""Bytes per step when copy-data copies through reads and writes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +59,12 @@ class _Spool:
     """A buffered upload for backends without streaming writes.
 
     It keeps writes in memory up to :data:`SPOOL_MEMORY_LIMIT`, then in an anonymous
-    temporary file, and hands the whole content to ``write_file`` at commit.
+    temporary file, and hands the whole content to ``write_file`` at commit. Its methods
+    never await between a seek and the write or read after it, so writes may come
+    concurrently.
     """
+
+    concurrent_writes = True
 
     def __init__(self, backend: BoundBackend, path: str, session: Session, initial: bytes):
         self._backend = backend
@@ -103,6 +113,7 @@ class FileHandle:
         attrs: FileAttrs | None,
         close_timeout: float,
         handle_id: int,
+        source: FileHandle | None = None,
     ) -> None:
         self.backend = backend
         self.session = session
@@ -112,6 +123,7 @@ class FileHandle:
         self.id = handle_id
         self.close_timeout = close_timeout
         self._attrs = attrs
+        self._source = source  # for reads: an upload of this session still being written
         self._size = attrs.size if attrs is not None and not mode.truncate else 0
         self._writer: Any = None
         self._reader: Any = None
@@ -151,6 +163,8 @@ class FileHandle:
                 self._writer = await self._spool(keep)
             # Creating or truncating changes the file even if nothing is written.
             self._dirty = attrs is None or mode.truncate
+        elif self._source is not None and self._source.readable_upload:
+            pass  # reads come from the upload this session is writing
         elif self.backend.open_reader is not None:
             self._reader = await self.backend.open_reader(self.path, self.session)
         return self
@@ -158,6 +172,23 @@ class FileHandle:
     async def _spool(self, keep_existing: bool) -> _Spool:
         initial = await self.backend.read_file(self.path, self.session) if keep_existing else b""
         return _Spool(self.backend, self.path, self.session, initial)
+
+    @property
+    def concurrent_writes(self) -> bool:
+        """True when writes of this handle may reach the backend together."""
+        return bool(getattr(self._writer, "concurrent_writes", False))
+
+    @property
+    def readable_upload(self) -> bool:
+        """True for an upload whose content can be read back before it is committed."""
+        return self._writer is not None and callable(getattr(self._writer, "read", None))
+
+    def set_initial_permissions(self, permissions: int) -> None:
+        """Give a new file the mode the client asked for at open (applied at commit)."""
+        previous = self._pending_changes or AttrChanges()
+        self._pending_changes = AttrChanges(
+            permissions=permissions, atime=previous.atime, mtime=previous.mtime
+        )
 
     @property
     def size(self) -> int:
@@ -172,6 +203,8 @@ class FileHandle:
             raise InvalidParameter("Negative offset or length")
         if self._writer is not None:
             data: bytes = await self._writer.read(offset, length)
+        elif self._source is not None and self._source.readable_upload:
+            data = await self._source._writer.read(offset, length)
         elif self._reader is not None:
             data = await self._reader.read(offset, length)
         elif self.backend.read_range is not None:
@@ -197,10 +230,52 @@ class FileHandle:
         except BaseException:
             self._failed = True
             raise
-        self._dirty = True
-        self._size = max(self._size, offset + len(data))
-        self.bytes_written += len(data)
+        self._grow(offset + len(data), len(data))
         return offset
+
+    async def copy_from(
+        self, source: FileHandle, offset: int, length: int, target_offset: int
+    ) -> None:
+        """copy-data: ``length`` bytes of ``source`` from ``offset`` (0: to its end).
+
+        A writer with ``copy_from(path, offset, length, target_offset)`` copies on the
+        storage side (the stored file, not an upload still open); otherwise the bytes go
+        through reads and writes here, never through the client.
+        """
+        if self._writer is None:
+            raise PermissionDenied("File not open for writing")
+        if not source.mode.read:
+            raise PermissionDenied("File not open for reading")
+        if source is self and self.mode.write:
+            raise InvalidParameter("Cannot copy a file onto itself")
+        end = source.size if length == 0 else min(offset + length, source.size)
+        if end <= offset:
+            return
+        if self.mode.append:
+            target_offset = self._size
+        self._check_limit(target_offset + end - offset)
+        copy = getattr(self._writer, "copy_from", None)
+        if copy is not None and source._writer is None and source._source is None:
+            try:
+                await copy(source.path, offset, end - offset, target_offset)
+            except BaseException:
+                self._failed = True
+                raise
+            self._grow(target_offset + end - offset, end - offset)
+            source.bytes_read += end - offset
+            return
+        position = offset
+        while position < end:
+            data = await source.read(position, min(COPY_CHUNK, end - position))
+            if not data:
+                break
+            await self.write(target_offset + position - offset, data)
+            position += len(data)
+
+    def _grow(self, end: int, written: int) -> None:
+        self._dirty = True
+        self._size = max(self._size, end)
+        self.bytes_written += written
 
     def _check_limit(self, size: int) -> None:
         """Refuse to grow the file past the session's limit; the upload then stores nothing."""

@@ -16,16 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from ._adapter import SftpAdapter
 from ._coalesce import coalesce_writes
-from ._compat import install as tolerate_client_bugs
 from ._config import WITHOUT_SHA1, ServerConfig, host_key_pairs, load_host_keys
 from ._proxy import ProxyListener
+from ._requests import Requests, SessionState, Settings
 from ._session import Peer, Session
+from ._sftp.engine import ConnectionBudget, SftpEngine, Transport
+from ._sftp.ssh import SftpChannel
 from ._throttle import LoginThrottle
 from ._upload import Upload
 from .auth import Authenticator, BoundAuthenticator, Disconnect, as_authenticator, fingerprint
-from .backend import BoundBackend, bind_backend
+from .backend import BoundBackend, bind_backend, start_backend, stop_backend
 from .errors import ConfigError
 from .telemetry import TelemetryBus
 from .telemetry import bus as default_bus
@@ -50,6 +51,16 @@ class ServerContext:
     connections: set[_Connection] = field(default_factory=set)
     active_sessions: int = 0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    settings: Settings = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.config
+        self.settings = Settings(
+            open_timeout=config.open_timeout,
+            close_timeout=config.close_timeout,
+            max_open_handles=config.max_open_files,
+            on_upload=self.notify_upload,
+        )
 
     def spawn(self, work: Coroutine[Any, Any, Any], what: str) -> None:
         """Run background work, holding a reference until it ends; a failure is logged."""
@@ -106,13 +117,12 @@ class _Connection(asyncssh.SSHServer):
         self._client = client  # from a PROXY header; else the socket's peer is the client
         self.peer = Peer("", 0)
         self.session: Session | None = None
-        self.adapters: set[SftpAdapter] = set()
+        self.state: SessionState | None = None
+        self.channels: set[SftpChannel] = set()
+        self._budget = ConnectionBudget(context.config.max_requests_per_session)
         self._pending: Session | None = None
         self._counted = False
         self._failed_attempts = 0
-        self.last_active = 0.0
-        self.bytes_in = 0
-        self.bytes_out = 0
 
     # -- lifecycle
 
@@ -133,14 +143,14 @@ class _Connection(asyncssh.SSHServer):
         if self._counted:
             self._ctx.active_sessions -= 1
             self._counted = False
-        session = self.session
-        if session is not None:
+        session, state = self.session, self.state
+        if session is not None and state is not None:
             self._ctx.bus.execute(
                 ("sftpd", "session", "close"),
                 {
                     "duration": int((time.time() - session.started) * 1e9),
-                    "bytes_in": self.bytes_in,
-                    "bytes_out": self.bytes_out,
+                    "bytes_in": state.bytes_in,
+                    "bytes_out": state.bytes_out,
                 },
                 {"username": session.username, "peer": str(self.peer),
                  "reason": "error" if exc else "closed"},
@@ -152,7 +162,14 @@ class _Connection(asyncssh.SSHServer):
     @property
     def busy(self) -> bool:
         """True while any channel of this connection has a request or a file open."""
-        return any(adapter.busy for adapter in self.adapters)
+        return self.state is not None and (self.state.busy or self._budget.requests > 0)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the last request of a logged-in session with none running."""
+        state = self.state
+        if state is None or state.in_flight or self._budget.requests:
+            return 0.0
+        return now - state.last_active
 
     def close(self) -> None:
         """Disconnect the client."""
@@ -328,7 +345,10 @@ class _Connection(asyncssh.SSHServer):
         self._ctx.active_sessions += 1
         self._counted = True
         self.session = session
-        self.last_active = time.monotonic()
+        client_version = self._conn.get_extra_info("client_version", "") if self._conn else ""
+        self.state = SessionState(
+            session=session, client_version=str(client_version), last_active=time.monotonic()
+        )
         self._ctx.bus.execute(
             ("sftpd", "session", "open"),
             {"duration": 0},
@@ -346,10 +366,31 @@ class _Connection(asyncssh.SSHServer):
         if self._ctx.backend.session_opened is not None:
             self._ctx.spawn(self._ctx.backend.session_opened(session), "backend session_opened")
 
-    # -- everything that is not SFTP is refused
+    # -- SFTP channels; everything else is refused
 
-    def session_requested(self) -> bool:
-        return False
+    def session_requested(self) -> SftpChannel | bool:
+        """A session channel: served by the SFTP engine if it asks for the subsystem."""
+        limit = self._ctx.config.max_channels
+        if self.state is None:
+            return False
+        if len(self.channels) >= limit:
+            log.warning("refusing an SFTP channel of %s: max_channels (%d) reached",
+                        self.peer, limit)  # fmt: skip
+            return False
+        channel = SftpChannel(self._make_engine, self._channel_ended, self._ctx.spawn,
+                              self._ctx.config.close_timeout)  # fmt: skip
+        self.channels.add(channel)
+        return channel
+
+    def _make_engine(self, transport: Transport) -> SftpEngine:
+        ctx, state = self._ctx, self.state
+        assert state is not None  # channels are opened only after authentication
+        requests = Requests(ctx.backend, state, ctx.bus, ctx.settings)
+        return SftpEngine(requests, transport, self._budget,
+                          concurrency=ctx.config.max_requests_per_channel)  # fmt: skip
+
+    def _channel_ended(self, channel: SftpChannel) -> None:
+        self.channels.discard(channel)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> bool:  # fmt: skip
@@ -363,28 +404,6 @@ class _Connection(asyncssh.SSHServer):
 
     def unix_server_requested(self, listen_path: str) -> bool:
         return False
-
-
-async def _start_backend(backend: BoundBackend) -> None:
-    """Run the backend's optional ``startup()``; any failure becomes a ConfigError."""
-    if backend.startup is None:
-        return
-    try:
-        await backend.startup()
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"{backend.name} failed to start: {exc}") from exc
-
-
-async def _stop_backend(backend: BoundBackend) -> None:
-    """Run the backend's optional ``shutdown()``; a failure is logged, the stop goes on."""
-    if backend.shutdown is None:
-        return
-    try:
-        await backend.shutdown()
-    except Exception:
-        log.exception("%s failed to shut down", backend.name)
 
 
 async def _serve_proxied(
@@ -445,10 +464,10 @@ class Server:
         )
         ctx = self._ctx
         try:
-            await _start_backend(ctx.backend)
+            await start_backend(ctx.backend)
             self._acceptor = await self._listen(ctx)
         except BaseException:
-            await _stop_backend(ctx.backend)  # release what a failed start opened
+            await stop_backend(ctx.backend)  # release what a failed start opened
             raise
         self._port = int(self._acceptor.sockets[0].getsockname()[1])
         if config.idle_timeout is not None:
@@ -471,11 +490,8 @@ class Server:
             ConfigError: the address cannot be listened on.
         """
         config = self.config
-        tolerate_client_bugs()
         ssh_options: dict[str, Any] = {
             "server_host_keys": host_key_pairs(self.host_keys, legacy_sha1=config.legacy_sha1),
-            "sftp_factory": lambda chan: SftpAdapter(chan, ctx),
-            "allow_scp": False,
             "agent_forwarding": False,
             "x11_forwarding": False,
             "allow_pty": False,
@@ -547,9 +563,9 @@ class Server:
         keys = load_host_keys(self.config) if host_keys else []
         backend = bind_backend(self.config.backend)
         try:
-            await _start_backend(backend)
+            await start_backend(backend)
         finally:
-            await _stop_backend(backend)
+            await stop_backend(backend)
         return keys
 
     def replace_auth(self, auth: Authenticator | Mapping[str, str]) -> None:
@@ -600,11 +616,7 @@ class Server:
             await asyncio.sleep(min(5.0, idle_timeout / 4))
             now = time.monotonic()
             for connection in list(self._ctx.connections):
-                if (
-                    connection.session is not None
-                    and not any(a.in_flight for a in connection.adapters)
-                    and now - connection.last_active > idle_timeout
-                ):
+                if connection.session is not None and connection.idle_for(now) > idle_timeout:
                     log.info("disconnecting idle session %s (%s)", connection.session.id,
                              connection.session.username)  # fmt: skip
                     connection.close()
@@ -629,7 +641,7 @@ class Server:
             await asyncio.sleep(0.02)
         if ctx.tasks:  # session_closed hooks and on_upload callbacks still running
             await asyncio.wait(list(ctx.tasks), timeout=max(0.0, hard_stop - loop.time()))
-        await _stop_backend(ctx.backend)
+        await stop_backend(ctx.backend)
         self._closed.set()
         log.info("sftpd stopped")
         ctx.bus.execute(

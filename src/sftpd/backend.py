@@ -28,7 +28,14 @@ Optional, each its own small protocol, detected once at start-up:
   ``exclusive``, exclusive creates (``O_EXCL``) pass ``exclusive=True``: ``commit()``
   must then raise :class:`~sftpd.errors.FileAlreadyExists` if the file appeared since
   the open, instead of replacing it (without it, only the check at open is made).
+  A writer may also offer ``truncate(size)`` (resizing an open upload),
+  ``copy_from(path, offset, length, target_offset)`` (copy-data on the storage side) and
+  set ``concurrent_writes = True`` when non-overlapping writes may run at the same time.
 - :class:`SetAttrs` ``set_attrs(path, changes, session)``: mtime, permissions, size.
+- :class:`Symlinks` ``read_link(path, session) -> str`` and
+  ``make_symlink(target, link, session)``: symbolic links, stored as written; sftpd
+  follows them itself, inside the session's root (backends never follow links).
+- :class:`HardLinks` ``make_link(existing, new, session)``: ``hardlink@openssh.com``.
 - :class:`DiskUsage` ``disk_usage(path, session) -> SpaceInfo``: for ``df``/statvfs.
 - :class:`SessionHooks` ``session_opened(session)`` / ``session_closed(session)``.
 - :class:`Startup` ``startup()``: connect and check the configuration when the server
@@ -47,6 +54,7 @@ import asyncio
 import enum
 import functools
 import inspect
+import logging
 import stat as stat_module
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -67,6 +75,7 @@ __all__ = [
     "DiskUsage",
     "FileAttrs",
     "FileType",
+    "HardLinks",
     "RangeReads",
     "Reader",
     "Readers",
@@ -76,6 +85,7 @@ __all__ = [
     "SpaceInfo",
     "Startup",
     "StreamingWrites",
+    "Symlinks",
     "Writer",
     "directory_info",
     "file_info",
@@ -363,6 +373,40 @@ class SetAttrs(Protocol):
 
 
 @runtime_checkable
+class Symlinks(Protocol):
+    """Optional: symbolic links. sftpd resolves them, in the client's view of the tree."""
+
+    async def read_link(self, path: str, session: Session) -> str:
+        """Return the target of the link at ``path`` exactly as it was written.
+
+        Raises:
+            NoSuchFile: nothing exists there.
+            InvalidParameter: ``path`` is not a symbolic link.
+        """
+
+    async def make_symlink(self, target: str, link: str, session: Session) -> None:
+        """Create a link at ``link`` whose content is ``target`` (not checked, not scoped).
+
+        Raises:
+            FileAlreadyExists: something exists at ``link``.
+            NoSuchFile: the parent of ``link`` does not exist.
+        """
+
+
+@runtime_checkable
+class HardLinks(Protocol):
+    """Optional: a second name for a file (``hardlink@openssh.com``, OpenSSH's ``ln``)."""
+
+    async def make_link(self, existing: str, new: str, session: Session) -> None:
+        """Make ``new`` name the same file as ``existing``.
+
+        Raises:
+            NoSuchFile: ``existing`` does not exist, or ``new``'s parent does not.
+            FileAlreadyExists: something exists at ``new``.
+        """
+
+
+@runtime_checkable
 class DiskUsage(Protocol):
     """Optional: report capacity (``statvfs``, ``df`` in OpenSSH's client)."""
 
@@ -424,6 +468,8 @@ _OPTIONAL: dict[str, tuple[str, ...]] = {
     "streaming_writes": ("open_writer",),
     "set_attrs": ("set_attrs",),
     "disk_usage": ("disk_usage",),
+    "symlinks": ("read_link", "make_symlink"),
+    "hard_links": ("make_link",),
     "session_hooks": ("session_opened", "session_closed"),
     "startup": ("startup",),
     "shutdown": ("shutdown",),
@@ -436,7 +482,8 @@ def supports(backend: object, capability: str) -> bool:
     Args:
         backend: Any object.
         capability: One of ``range_reads``, ``readers``, ``streaming_writes``, ``set_attrs``,
-            ``disk_usage``, ``session_hooks``, ``startup``, ``shutdown``.
+            ``disk_usage``, ``symlinks``, ``hard_links``, ``session_hooks``, ``startup``,
+            ``shutdown``.
     """
     try:
         names = _OPTIONAL[capability]
@@ -472,6 +519,9 @@ class BoundBackend:
     open_writer: Callable[..., Any] | None = None
     set_attrs: Callable[..., Any] | None = None
     disk_usage: Callable[..., Any] | None = None
+    read_link: Callable[..., Any] | None = None
+    make_symlink: Callable[..., Any] | None = None
+    make_link: Callable[..., Any] | None = None
     session_opened: Callable[..., Any] | None = None
     session_closed: Callable[..., Any] | None = None
     startup: Callable[..., Any] | None = None
@@ -543,8 +593,11 @@ class _AsyncWriter:
         self.write = asyncify(writer.write, executor)
         self.commit = asyncify(writer.commit, executor)
         self.abort = asyncify(writer.abort, executor)
-        if callable(getattr(writer, "read", None)):
-            self.read = asyncify(writer.read, executor)
+        self.concurrent_writes = bool(getattr(writer, "concurrent_writes", False))
+        for optional in ("read", "truncate", "copy_from"):
+            method = getattr(writer, optional, None)
+            if callable(method):
+                setattr(self, optional, asyncify(method, executor))
 
 
 class _AsyncReader:
@@ -624,3 +677,28 @@ def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
         capabilities=frozenset(capabilities),
         **methods,
     )
+
+
+_log = logging.getLogger("sftpd")
+
+
+async def start_backend(backend: BoundBackend) -> None:
+    """Run the backend's optional ``startup()``; any failure becomes a ConfigError."""
+    if backend.startup is None:
+        return
+    try:
+        await backend.startup()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{backend.name} failed to start: {exc}") from exc
+
+
+async def stop_backend(backend: BoundBackend) -> None:
+    """Run the backend's optional ``shutdown()``; a failure is logged, the stop goes on."""
+    if backend.shutdown is None:
+        return
+    try:
+        await backend.shutdown()
+    except Exception:
+        _log.exception("%s failed to shut down", backend.name)

@@ -1,4 +1,4 @@
-"""``sftpd serve``: run a server from the command line."""
+"""``sftpd serve``: run a server from the command line; ``sftpd stdio``: serve under sshd."""
 
 from __future__ import annotations
 
@@ -343,6 +343,84 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         asyncio.run(_serve(config, table.names, reload_users))
     except ConfigError as exc:
         _print_error(exc)
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="TOML config file: its [server] backend, its [s3] section "
+                                 "and the user's [users.NAME] root, permissions and "
+                                 "max_file_size apply.")  # fmt: skip
+@click.option("--backend", "backend_spec", default=None,
+              help="memory, local:/path or s3://BUCKET/PREFIX (default: the config's, "
+                   "else memory).")  # fmt: skip
+@click.option(
+    "--user", default=None, help="The session's user name (default: $USER, as sshd sets it)."
+)
+@click.option("--root", default=None, help="Confine the session to this directory.")
+@click.option("--read-only", is_flag=True, help="Refuse every change.")
+@click.option("--max-open-files", default=32, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--audit-log",
+    type=str,
+    default=None,
+    metavar="FILE",
+    help="Append one JSON line per operation to FILE.",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the log here (default: standard error, which sshd passes on).",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def stdio(config_file: Path | None, backend_spec: str | None, user: str | None,
+          root: str | None, read_only: bool, max_open_files: int, audit_log: str | None,
+          log_file: Path | None, log_level: str) -> None:  # fmt: skip
+    """Serve one SFTP session on standard input and output, for OpenSSH's sshd.
+
+    In sshd_config: Subsystem sftp /path/to/sftpd stdio --backend local:/srv/sftp
+    (sshd authenticates; this serves the user it names with sftpd's engine and backends).
+    """
+    from ._requests import Settings
+    from ._session import Session
+    from ._stdio import peer_from_environment, serve_stdio
+    from .backend import bind_backend
+    from .telemetry import bus
+
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file is not None else logging.StreamHandler()
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler])
+    try:
+        loaded = load_config_file(config_file) if config_file is not None else None
+        spec = backend_spec or (loaded.server.get("backend") if loaded else None) or "memory"
+        name = user or os.environ.get("USER") or os.environ.get("LOGNAME") or "sftp"
+        attributes: dict[str, Any] = dict(loaded.users.attributes.get(name, {})) if loaded else {}
+        if root is not None:
+            attributes["root"] = root
+        if read_only:
+            attributes["permissions"] = "read-only"
+        session = Session.from_attributes(
+            username=name, peer=peer_from_environment(), auth_method="sshd",
+            attributes=attributes,
+        )  # fmt: skip
+        backend = bind_backend(make_backend(spec, loaded.s3 if loaded else {}))
+        if audit_log is not None:
+            AuditLog(audit_log).attach()
+        asyncio.run(serve_stdio(
+            backend, session, bus=bus,
+            settings=Settings(max_open_handles=max_open_files),
+            stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
+        ))  # fmt: skip
+    except ConfigError as exc:
+        log.error("sftpd stdio: %s", exc)
         sys.exit(2)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import errno
 
-import asyncssh
+from ._sftp import codec
 
 __all__ = [
     "ConfigError",
@@ -44,24 +44,34 @@ __all__ = [
     "NotADirectory",
     "PermissionDenied",
     "QuotaExceeded",
+    "SftpStatus",
     "SftpdError",
     "StorageError",
     "Unsupported",
     "to_sftp_error",
 ]
 
-FX_NO_SUCH_FILE = asyncssh.FX_NO_SUCH_FILE
-FX_PERMISSION_DENIED = asyncssh.FX_PERMISSION_DENIED
-FX_FAILURE = asyncssh.FX_FAILURE
-FX_OP_UNSUPPORTED = asyncssh.FX_OP_UNSUPPORTED
-FX_FILE_ALREADY_EXISTS = asyncssh.FX_FILE_ALREADY_EXISTS
-FX_NO_SPACE_ON_FILESYSTEM = asyncssh.FX_NO_SPACE_ON_FILESYSTEM
-FX_DIR_NOT_EMPTY = asyncssh.FX_DIR_NOT_EMPTY
-FX_NOT_A_DIRECTORY = asyncssh.FX_NOT_A_DIRECTORY
-FX_INVALID_FILENAME = asyncssh.FX_INVALID_FILENAME
-FX_INVALID_PARAMETER = asyncssh.FX_INVALID_PARAMETER
-FX_FILE_IS_A_DIRECTORY = asyncssh.FX_FILE_IS_A_DIRECTORY
-FX_QUOTA_EXCEEDED = asyncssh.FX_QUOTA_EXCEEDED
+FX_NO_SUCH_FILE = codec.FX_NO_SUCH_FILE
+FX_PERMISSION_DENIED = codec.FX_PERMISSION_DENIED
+FX_FAILURE = codec.FX_FAILURE
+FX_OP_UNSUPPORTED = codec.FX_OP_UNSUPPORTED
+FX_FILE_ALREADY_EXISTS = codec.FX_FILE_ALREADY_EXISTS
+FX_NO_SPACE_ON_FILESYSTEM = codec.FX_NO_SPACE_ON_FILESYSTEM
+FX_DIR_NOT_EMPTY = codec.FX_DIR_NOT_EMPTY
+FX_NOT_A_DIRECTORY = codec.FX_NOT_A_DIRECTORY
+FX_INVALID_FILENAME = codec.FX_INVALID_FILENAME
+FX_INVALID_PARAMETER = codec.FX_INVALID_PARAMETER
+FX_FILE_IS_A_DIRECTORY = codec.FX_FILE_IS_A_DIRECTORY
+FX_QUOTA_EXCEEDED = codec.FX_QUOTA_EXCEEDED
+
+
+class SftpStatus(Exception):
+    """A status reply as it goes on the wire: an SFTP status code and a short reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class SftpdError(Exception):
@@ -189,12 +199,12 @@ _ERRNO_CODES: dict[int, tuple[int, str]] = {
     errno.EINVAL: (FX_INVALID_PARAMETER, "Invalid parameter"),
     errno.ENOSPC: (FX_NO_SPACE_ON_FILESYSTEM, "No space left"),
     errno.EDQUOT: (FX_NO_SPACE_ON_FILESYSTEM, "Quota exceeded"),
-    errno.ELOOP: (asyncssh.FX_LINK_LOOP, "Too many levels of symbolic links"),
+    errno.ELOOP: (codec.FX_LINK_LOOP, "Too many levels of symbolic links"),
     errno.EXDEV: (FX_OP_UNSUPPORTED, "Cross-device operation not supported"),
 }
 
 
-def to_sftp_error(exc: BaseException) -> asyncssh.SFTPError:
+def to_sftp_error(exc: BaseException) -> SftpStatus:
     """Translate any exception into the SFTP status the client receives.
 
     This is the only place where exceptions reach the wire. Unknown exceptions become a
@@ -204,30 +214,30 @@ def to_sftp_error(exc: BaseException) -> asyncssh.SFTPError:
         exc: The exception raised while serving a request.
 
     Returns:
-        The asyncssh error whose code and reason are sent to the client.
+        The code and reason sent to the client.
     """
-    if isinstance(exc, asyncssh.SFTPError):
+    if isinstance(exc, SftpStatus):
         return exc
     if isinstance(exc, StorageError):
-        return asyncssh.SFTPError(exc.code, exc.reason)
+        return SftpStatus(exc.code, exc.reason)
     if isinstance(exc, NotImplementedError):
-        return asyncssh.SFTPError(FX_OP_UNSUPPORTED, "Operation not supported")
+        return SftpStatus(FX_OP_UNSUPPORTED, "Operation not supported")
     if isinstance(exc, TimeoutError):
-        return asyncssh.SFTPError(FX_FAILURE, "Storage timed out")
+        return SftpStatus(FX_FAILURE, "Storage timed out")
     if isinstance(exc, OSError) and exc.errno in _ERRNO_CODES:
         code, reason = _ERRNO_CODES[exc.errno]
-        return asyncssh.SFTPError(code, reason)
+        return SftpStatus(code, reason)
     if isinstance(exc, FileNotFoundError):
-        return asyncssh.SFTPError(FX_NO_SUCH_FILE, "No such file")
+        return SftpStatus(FX_NO_SUCH_FILE, "No such file")
     if isinstance(exc, PermissionError):
-        return asyncssh.SFTPError(FX_PERMISSION_DENIED, "Permission denied")
+        return SftpStatus(FX_PERMISSION_DENIED, "Permission denied")
     if isinstance(exc, FileExistsError):
-        return asyncssh.SFTPError(FX_FILE_ALREADY_EXISTS, "File already exists")
+        return SftpStatus(FX_FILE_ALREADY_EXISTS, "File already exists")
     if isinstance(exc, IsADirectoryError):
-        return asyncssh.SFTPError(FX_FILE_IS_A_DIRECTORY, "Is a directory")
+        return SftpStatus(FX_FILE_IS_A_DIRECTORY, "Is a directory")
     if isinstance(exc, NotADirectoryError):
-        return asyncssh.SFTPError(FX_NOT_A_DIRECTORY, "Not a directory")
-    return asyncssh.SFTPError(FX_FAILURE, "Failure")
+        return SftpStatus(FX_NOT_A_DIRECTORY, "Not a directory")
+    return SftpStatus(FX_FAILURE, "Failure")
 
 
 def is_expected(exc: BaseException) -> bool:
@@ -236,6 +246,6 @@ def is_expected(exc: BaseException) -> bool:
     Expected failures are logged at debug level; everything else is logged with its
     traceback because the client only sees a generic failure.
     """
-    return isinstance(exc, (asyncssh.SFTPError, StorageError, NotImplementedError)) or (
+    return isinstance(exc, (SftpStatus, StorageError, NotImplementedError)) or (
         isinstance(exc, OSError) and exc.errno in _ERRNO_CODES
     )

@@ -166,12 +166,25 @@ async def test_truncate_flag_and_setstat_size(sftp: asyncssh.SFTPClient) -> None
     assert await get(sftp, "/t") == b"a\x00\x00"
 
 
-async def test_upload_is_visible_only_at_close(sftp: asyncssh.SFTPClient) -> None:
-    """While a new file is being written, other requests do not see it."""
+async def test_upload_is_visible_to_its_own_session_only_until_close(
+    server: sftpd.Server, sftp: asyncssh.SFTPClient, memory_backend: sftpd.MemoryBackend
+) -> None:
+    """A file being written shows in its own session's stat and listing with its size so far;
+    another session and the backend see it only once it is closed."""
     f = await sftp.open("/pending", "wb")
     await f.write(b"partial")
-    assert not await sftp.exists("/pending")
+    assert (await sftp.stat("/pending")).size == 7
+    assert (await sftp.lstat("/pending")).size == 7
+    listed = {n.filename: n.attrs.size for n in await sftp.readdir("/")}
+    assert listed["pending"] == 7
+    async with connect(server.port, "other", "secret") as conn, conn.start_sftp_client() as other:
+        assert not await other.exists("/pending")
+        assert "pending" not in await other.listdir("/")
+    with pytest.raises(sftpd.NoSuchFile):
+        await memory_backend.stat("/pending", S)
     await f.close()
+    async with connect(server.port, "other", "secret") as conn, conn.start_sftp_client() as other:
+        assert (await other.stat("/pending")).size == 7
     assert await get(sftp, "/pending") == b"partial"
 
 
@@ -230,15 +243,17 @@ async def test_statvfs_extension(sftp: asyncssh.SFTPClient) -> None:
     assert 0 < info.bavail <= info.blocks
 
 
-async def test_symlinks_and_locks_are_unsupported(sftp: asyncssh.SFTPClient) -> None:
-    """symlink, readlink, link and fsync answer "operation unsupported"."""
-    await put(sftp, "/f", b"")
-    for call in (sftp.symlink("/f", "/l"), sftp.readlink("/f"), sftp.link("/f", "/h")):
-        with pytest.raises(asyncssh.SFTPOpUnsupported):
-            await call
-    async with sftp.open("/f", "wb") as f:
-        with pytest.raises(asyncssh.SFTPOpUnsupported):
-            await f.fsync()
+async def test_symlinks_and_hard_links(sftp: asyncssh.SFTPClient) -> None:
+    """symlink, readlink and link work on the memory backend; a link is followed on open."""
+    await put(sftp, "/f", b"content")
+    await sftp.symlink("/f", "/l")
+    assert await sftp.readlink("/l") == "/f"
+    assert (await sftp.lstat("/l")).type == asyncssh.FILEXFER_TYPE_SYMLINK
+    assert await get(sftp, "/l") == b"content"
+    await sftp.link("/f", "/h")
+    assert await get(sftp, "/h") == b"content"
+    with pytest.raises(asyncssh.SFTPFailure, match="already exists"):
+        await sftp.symlink("/f", "/h")
 
 
 async def test_invalid_utf8_path_is_refused(sftp: asyncssh.SFTPClient) -> None:

@@ -8,12 +8,12 @@ import struct
 
 import sftpd
 from sftpd import telemetry
-from sftpd._adapter import REPLY_BACKLOG
+from sftpd._sftp.engine import LIMIT_READ, REPLY_BACKLOG
 from sftpd.testing import running_server
 from tests.conftest import connect
 from tests.raw_sftp import open_raw, packet, string
 
-READ = 256 << 10
+READ = LIMIT_READ  # the largest read the server announces (limits@openssh.com)
 COUNT = 120  # 30 MiB of reads asked for at once
 
 

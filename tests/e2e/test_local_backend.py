@@ -101,18 +101,30 @@ async def test_escapes_fail_and_touch_nothing_outside(
     assert (root / "escape-file").is_symlink()
 
 
-async def test_symlinks_are_listed_but_not_followed(layout: tuple[Path, Path]) -> None:
-    """A listing shows symlinks as symlinks; stat of one does not report its target."""
-    root, _outside = layout
+async def test_symlinks_resolve_only_inside_the_root(layout: tuple[Path, Path]) -> None:
+    """Links are listed as links and followed in the client's tree: a link whose target
+    names a host path outside the root, or climbs with ``..``, leads to that path inside
+    the root (here: nothing), never to the secret; links inside the root work."""
+    root, outside = layout
+    (root / "climb").symlink_to("../../outside/secret.txt")
+    (root / "docs-link").symlink_to("docs")
     async with running_server(backend=sftpd.LocalBackend(root)) as server:
         async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
             names = {n.filename: n.attrs for n in await sftp.readdir("/")}
             assert names["escape"].type == asyncssh.FILEXFER_TYPE_SYMLINK
             assert names["escape-file"].type == asyncssh.FILEXFER_TYPE_SYMLINK
-            with pytest.raises(asyncssh.SFTPNoSuchFile, match="Not a directory"):
-                await sftp.listdir("/escape")  # v3 has no "not a directory" status
-            with pytest.raises(asyncssh.SFTPPermissionDenied):
-                await sftp.open("/escape-file", "rb")
+            assert await sftp.readlink("/escape-file") == str(outside / "secret.txt")
+            with pytest.raises(asyncssh.SFTPNoSuchFile):
+                await sftp.listdir("/escape")
+            for link in ("/escape-file", "/climb"):
+                with pytest.raises(asyncssh.SFTPNoSuchFile):
+                    await sftp.open(link, "rb")
+            assert sorted(await sftp.listdir("/docs-link")) == [".", "..", "readme.txt"]
+            async with sftp.open("/docs-link/readme.txt", "rb") as f:
+                assert await f.read() == b"hello"
+            assert (await sftp.stat("/docs-link")).type == asyncssh.FILEXFER_TYPE_DIRECTORY
+            assert (await sftp.lstat("/docs-link")).type == asyncssh.FILEXFER_TYPE_SYMLINK
+    assert (outside / "secret.txt").read_text() == "top secret"
 
 
 async def test_killed_server_leaves_no_partial_file(tmp_path: Path) -> None:

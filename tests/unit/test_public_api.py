@@ -1,13 +1,16 @@
-"""Unit: the public surface is explicit, and the adapter overrides every host-FS default."""
+"""Unit: the public surface is explicit, and no asyncssh SFTP layer is reachable."""
 
 from __future__ import annotations
 
 import inspect
-
-import asyncssh
+import re
+from pathlib import Path
 
 import sftpd
-from sftpd._adapter import SftpAdapter
+from sftpd._requests import Requests
+from sftpd._sftp import engine
+
+SRC = Path(sftpd.__file__).parent
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -25,18 +28,29 @@ def test_all_is_sorted_and_complete() -> None:
     assert public | {"__version__"} == set(sftpd.__all__)
 
 
-def test_adapter_overrides_every_sftpserver_method() -> None:
-    """Every function asyncssh.SFTPServer defines is redefined by the adapter.
+def test_no_asyncssh_sftp_layer_or_private_hooks_in_the_source() -> None:
+    """The source never names asyncssh's SFTP server classes, its packet table or frames.
 
-    asyncssh's defaults act on the host file system; none may be reachable.
+    asyncssh's SFTPServer acts on the host file system by default and serializes requests;
+    the engine is sftpd's own, so none of it may be reachable.
     """
-    base_functions = {
-        name
-        for name, value in vars(asyncssh.SFTPServer).items()
-        if inspect.isfunction(value) and name != "__init__"
-    }
-    assert base_functions, "asyncssh.SFTPServer has no methods?"
-    not_overridden = sorted(name for name in base_functions if name not in vars(SftpAdapter))
-    assert not_overridden == []
-    for name in base_functions:
-        assert getattr(SftpAdapter, name) is not getattr(asyncssh.SFTPServer, name)
+    banned = re.compile(r"SFTPServer|sftp_factory|_packet_handlers|_getframe")
+    offenders = [
+        f"{path.relative_to(SRC)}:{number}"
+        for path in sorted(SRC.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if banned.search(line)
+    ]
+    assert offenders == []
+
+
+def test_every_dispatched_request_is_served_by_the_request_layer() -> None:
+    """Each row of the engine's tables calls a method that Requests really defines."""
+    source = inspect.getsource(engine)
+    called = set(re.findall(r"self\.requests\.([a-z_]+)", source))
+    assert called, "the engine calls nothing?"
+    defined = inspect.getsource(Requests)
+    missing = sorted(
+        name for name in called if name not in vars(Requests) and f"self.{name} =" not in defined
+    )
+    assert missing == []

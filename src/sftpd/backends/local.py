@@ -1,10 +1,14 @@
 """A folder on the local disk, safe for untrusted clients.
 
-Symlink policy: **symbolic links are never followed.** Every path is opened one component
-at a time from the root directory with ``O_NOFOLLOW`` (``openat``), so neither a symlink
-inside the root that points outside, nor one swapped in while a request runs, can lead
-out of the root. Symlinks that exist in the folder are listed as symlinks; opening or
-entering them fails with "permission denied". Clients cannot create symlinks.
+Symlink policy: **this backend never follows a symbolic link.** Every path is opened one
+component at a time from the root directory with ``O_NOFOLLOW`` (``openat``), so neither
+a symlink inside the root that points outside, nor one swapped in while a request runs,
+can lead out of the root. Links are listed as links, and clients may create them
+(``ln -s``) and read them; sftpd itself resolves a link's target in the client's view of
+the tree, scoped into the session's root again, so a link that says ``/etc/passwd`` or
+``../../..`` leads to that path *inside* the root, never outside. Hard links
+(``hardlink@openssh.com``, OpenSSH's ``ln``) are made with ``linkat`` between two
+no-follow directory descriptors.
 
 Uploads go to an anonymous ``O_TMPFILE`` in the target directory (a hidden temporary file
 where the file system lacks it) and are renamed into place at close: atomic, nothing
@@ -284,6 +288,27 @@ class LocalBackend:
         finally:
             os.close(fd)
 
+    def read_link(self, path: str, session: Session) -> str:
+        """The target of the link at ``path``, as written."""
+        with self._parent(path) as (fd, name):
+            try:
+                return os.readlink(name, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:
+                    raise InvalidParameter("Not a symbolic link") from exc
+                raise
+
+    def make_symlink(self, target: str, link: str, session: Session) -> None:
+        """Create a symbolic link; its target is stored as given and never followed here."""
+        with self._parent(link) as (fd, name):
+            os.symlink(target, name, dir_fd=fd)
+
+    def make_link(self, existing: str, new: str, session: Session) -> None:
+        """Give the file at ``existing`` a second name (never following a link)."""
+        with self._parent(existing) as (src_fd, src_name), self._parent(new) as (dst_fd, dst_name):
+            os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd,
+                    follow_symlinks=False)  # fmt: skip
+
     def disk_usage(self, path: str, session: Session) -> SpaceInfo:
         """Capacity of the file system holding the root."""
         st = os.statvfs(self.root)
@@ -330,8 +355,25 @@ def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     raise FileAlreadyExists()
 
 
+def _copy_range(src: int, dst: int, offset: int, length: int, target_offset: int) -> None:
+    """Copy ``length`` bytes in the kernel (stops early at the source's end)."""
+    while length > 0:
+        copied = os.copy_file_range(src, dst, length, offset, target_offset)
+        if copied == 0:
+            break
+        offset += copied
+        target_offset += copied
+        length -= copied
+
+
 class LocalWriter:
-    """One upload: an anonymous (or hidden) file renamed over the target at commit."""
+    """One upload: an anonymous (or hidden) file renamed over the target at commit.
+
+    ``pwrite`` at distinct offsets is safe from several threads, so writes may come
+    concurrently.
+    """
+
+    concurrent_writes = True
 
     def __init__(
         self,
@@ -368,14 +410,7 @@ class LocalWriter:
         """Start from the current file's content (resume, append)."""
         src = os.open(self._name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dirfd)
         try:
-            remaining = os.fstat(src).st_size
-            offset = 0
-            while remaining > 0:
-                copied = os.copy_file_range(src, self._fd, remaining, offset, offset)
-                if copied == 0:
-                    break
-                offset += copied
-                remaining -= copied
+            _copy_range(src, self._fd, 0, os.fstat(src).st_size, 0)
         finally:
             os.close(src)
 
@@ -386,6 +421,11 @@ class LocalWriter:
             written = os.pwrite(self._fd, view, offset)
             view = view[written:]
             offset += written
+
+    def copy_from(self, path: str, offset: int, length: int, target_offset: int) -> None:
+        """copy-data inside the kernel: ``copy_file_range`` from the stored file at ``path``."""
+        with self._backend._open_file(path, os.O_RDONLY) as src:
+            _copy_range(src, self._fd, offset, length, target_offset)
 
     def read(self, offset: int, length: int) -> bytes:
         """Read back the upload."""

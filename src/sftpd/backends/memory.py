@@ -205,11 +205,16 @@ class _Node:
     atime: float | None = None
     blob: Blob | None = None
     children: dict[str, _Node] = field(default_factory=dict)
+    target: str | None = None  # of a symbolic link
+    links: int = 1  # names this node has (hard links)
 
     def attrs(self) -> FileAttrs:
+        size = self.blob.size if self.blob is not None else 0
+        if self.target is not None:
+            size = len(self.target.encode("utf-8"))
         return FileAttrs(
             type=self.type,
-            size=self.blob.size if self.blob is not None else 0,
+            size=size,
             mtime=self.mtime,
             atime=self.atime,
             permissions=self.permissions,
@@ -277,6 +282,11 @@ class MemoryBackend:
         existing = parent.children.get(name)
         if existing is not None and existing.type is FileType.DIRECTORY:
             raise IsADirectory()
+        if existing is not None and (existing.links > 1 or existing.target is not None):
+            # Replacing a name that shares its file (or is a link) gives it a new file,
+            # as a rename over it would: the other names keep the old content.
+            self._unlink(existing)
+            existing = None
         old_size = existing.blob.size if existing is not None and existing.blob else 0
         self._reserve(blob.size - old_size)
         now = time.time()
@@ -286,6 +296,12 @@ class MemoryBackend:
         else:
             parent.children[name] = _Node(FileType.FILE, now, permissions, blob=blob)
         parent.mtime = now
+
+    def _unlink(self, node: _Node) -> None:
+        """One name of ``node`` is gone; its bytes are freed with its last name."""
+        node.links -= 1
+        if node.links == 0 and node.blob is not None:
+            self._used -= node.blob.size
 
     def _reserve(self, delta: int) -> None:
         if self.max_bytes is not None and delta > 0 and self._used + delta > self.max_bytes:
@@ -341,7 +357,7 @@ class MemoryBackend:
         if node.type is FileType.DIRECTORY:
             raise IsADirectory()
         del parent.children[paths.basename(path)]
-        self._used -= node.blob.size if node.blob else 0
+        self._unlink(node)
         parent.mtime = time.time()
 
     async def rename(self, src: str, dst: str, session: Session, *, overwrite: bool) -> None:
@@ -365,7 +381,7 @@ class MemoryBackend:
                     raise DirectoryNotEmpty()
             elif node.type is FileType.DIRECTORY:
                 raise NotADirectory()
-            self._used -= existing.blob.size if existing.blob else 0
+            self._unlink(existing)
         del src_parent.children[paths.basename(src)]
         dst_parent.children[dst_name] = node
         now = time.time()
@@ -416,6 +432,36 @@ class MemoryBackend:
         if changes.atime is not None:
             node.atime = changes.atime
 
+    async def read_link(self, path: str, session: Session) -> str:
+        """The target of a symbolic link, as written."""
+        node = self._lookup(path)
+        if node.target is None:
+            raise InvalidParameter("Not a symbolic link")
+        return node.target
+
+    async def make_symlink(self, target: str, link: str, session: Session) -> None:
+        """Create a symbolic link whose content is ``target``."""
+        parent = self._parent_dir(link)
+        name = paths.basename(link)
+        if name in parent.children:
+            raise FileAlreadyExists()
+        now = time.time()
+        parent.children[name] = _Node(FileType.SYMLINK, now, 0o777, target=target)
+        parent.mtime = now
+
+    async def make_link(self, existing: str, new: str, session: Session) -> None:
+        """Give a file a second name; both name the same content from now on."""
+        node = self._lookup(existing)
+        if node.type is FileType.DIRECTORY:
+            raise PermissionDenied("Directories cannot be hard-linked")
+        parent = self._parent_dir(new)
+        name = paths.basename(new)
+        if name in parent.children:
+            raise FileAlreadyExists()
+        node.links += 1
+        parent.children[name] = node
+        parent.mtime = time.time()
+
     async def disk_usage(self, path: str, session: Session) -> SpaceInfo:
         """Report ``max_bytes`` (or the machine's memory) as the capacity."""
         if self.max_bytes is not None:
@@ -426,13 +472,20 @@ class MemoryBackend:
 
     def _file(self, path: str) -> Blob:
         node = self._lookup(path)
+        if node.target is not None:
+            raise PermissionDenied("Symbolic links are not followed")
         if node.blob is None:
             raise IsADirectory()
         return node.blob
 
 
 class MemoryWriter:
-    """An upload into a :class:`MemoryBackend`; readable, so read+write opens stream too."""
+    """An upload into a :class:`MemoryBackend`; readable, so read+write opens stream too.
+
+    Its methods never await, so concurrent writes are safe.
+    """
+
+    concurrent_writes = True
 
     def __init__(
         self, backend: MemoryBackend, path: str, blob: Blob, *, exclusive: bool = False
@@ -462,6 +515,15 @@ class MemoryWriter:
     async def truncate(self, size: int) -> None:
         """Cut or extend the upload to ``size`` bytes."""
         self._live().truncate(size)
+
+    async def copy_from(self, path: str, offset: int, length: int, target_offset: int) -> None:
+        """copy-data: a whole file into an empty upload shares its blocks; else copies."""
+        source = self._backend._file(path)
+        blob = self._live()
+        if offset == 0 and target_offset == 0 and length >= source.size and blob.size == 0:
+            self._blob = source.copy()
+            return
+        await self.write(target_offset, source.read(offset, length))
 
     async def commit(self) -> None:
         """Put the file in place, replacing any previous content (unless exclusive)."""

@@ -799,6 +799,7 @@ class S3Reader:
         self._chunk = backend.read_chunk
         self._chunks: dict[int, asyncio.Task[bytearray]] = {}
         self._spare: list[bytearray] = []  # buffers of chunks done with, to fill again
+        self._in_use: dict[int, int] = {}  # chunk -> reads in progress that need it
 
     def _fetch(self, index: int) -> asyncio.Task[bytearray]:
         task = self._chunks.get(index)
@@ -822,23 +823,38 @@ class S3Reader:
             task.cancel()
 
     async def read(self, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes at ``offset``; chunks ahead are fetched meanwhile."""
+        """Up to ``length`` bytes at ``offset``; chunks ahead are fetched meanwhile.
+
+        Reads may run concurrently (a client keeps many outstanding): a chunk another
+        read still needs is never dropped, nor its buffer reused.
+        """
         if offset >= self.size or length <= 0:
             return b""
         end = min(self.size, offset + length)
         first, last = offset // self._chunk, (end - 1) // self._chunk
         # Keep only the window: chunks before this read are done with.
-        for index in [i for i in self._chunks if i < first]:
+        for index in [i for i in self._chunks if i < first and not self._in_use.get(i)]:
             self._drop(index)
         last_chunk = (self.size - 1) // self._chunk
         for index in range(first, min(last_chunk, last + self._backend.read_ahead) + 1):
             self._fetch(index)
-        pieces = []
-        for index in range(first, last + 1):
-            data = memoryview(await self._fetch(index))
-            base = index * self._chunk
-            pieces.append(data[max(0, offset - base) : end - base])
-        return b"".join(pieces)
+        needed = range(first, last + 1)
+        for index in needed:
+            self._in_use[index] = self._in_use.get(index, 0) + 1
+        try:
+            pieces = []
+            for index in needed:
+                data = memoryview(await self._fetch(index))
+                base = index * self._chunk
+                pieces.append(data[max(0, offset - base) : end - base])
+            return b"".join(pieces)
+        finally:
+            for index in needed:
+                count = self._in_use[index] - 1
+                if count:
+                    self._in_use[index] = count
+                else:
+                    del self._in_use[index]
 
     async def close(self) -> None:
         """Cancel the read-ahead."""

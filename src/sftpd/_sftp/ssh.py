@@ -1,0 +1,130 @@
+"""The ``sftp`` subsystem on an asyncssh channel, served by :class:`~.engine.SftpEngine`.
+
+Only asyncssh's public session API is used: a channel delivers bytes to
+:meth:`SftpChannel.data_received`, replies go out with ``channel.write`` and the channel's
+write buffer is the backlog. Shell, exec, pty and any other subsystem are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+
+from .engine import SftpEngine, Transport
+
+__all__ = ["ChannelTransport", "SftpChannel"]
+
+log = logging.getLogger("sftpd")
+
+
+class ChannelTransport:
+    """A :class:`~.engine.Transport` over one asyncssh channel."""
+
+    __slots__ = ("_chan", "closed")
+
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self._chan.write(data)
+
+    def backlog(self) -> int:
+        return 0 if self.closed else self._chan.get_write_buffer_size()
+
+    def pause_reading(self) -> None:
+        if not self.closed:
+            self._chan.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.closed:
+            self._chan.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._chan.close()
+
+
+class SftpChannel(asyncssh.SSHServerSession[bytes]):
+    """One session channel: the ``sftp`` subsystem and nothing else.
+
+    Args:
+        make_engine: Builds the engine for this channel once the subsystem starts.
+        finished: Called with this channel once it is gone and its engine has aborted
+            what was left open.
+        spawn: Runs background work (holding a reference to it).
+        grace: Seconds running requests may go on after the channel is gone.
+    """
+
+    def __init__(
+        self,
+        make_engine: Callable[[Transport], SftpEngine],
+        finished: Callable[[SftpChannel], None],
+        spawn: Callable[[Any, str], None],
+        grace: float,
+    ) -> None:
+        self._make_engine = make_engine
+        self._finished = finished
+        self._spawn = spawn
+        self._grace = grace
+        self._transport: ChannelTransport | None = None
+        self.engine: SftpEngine | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._transport = ChannelTransport(chan)
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        return False
+
+    def shell_requested(self) -> bool:
+        return False
+
+    def exec_requested(self, command: str) -> bool:
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == "sftp"
+
+    def session_started(self) -> None:
+        assert self._transport is not None
+        self.engine = self._make_engine(self._transport)
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self.engine is not None and datatype is None:
+            self.engine.data_received(data)
+
+    def eof_received(self) -> bool:
+        """The client sent all it will: answer what is running, then close."""
+        engine, transport = self.engine, self._transport
+
+        async def finish() -> None:
+            if engine is not None:
+                await engine.wait_idle()
+            if transport is not None:
+                transport.close()
+
+        self._spawn(finish(), "finishing an SFTP channel")
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._transport.closed = True
+        engine = self.engine
+
+        async def end() -> None:
+            if engine is not None:
+                try:
+                    await asyncio.wait_for(engine.wait_idle(), self._grace)
+                except asyncio.TimeoutError:
+                    log.warning("requests still running %.0f s after their channel closed; "
+                                "cancelling them", self._grace)  # fmt: skip
+                await engine.connection_lost()
+            self._finished(self)
+
+        self._spawn(end(), "ending an SFTP channel")
