@@ -14,7 +14,24 @@ import asyncio
 import logging
 from typing import Any
 
+import asyncssh
+
 log = logging.getLogger("sftpd")
+
+#: asyncssh versions (from, up to but not including) the swap is known to be right for.
+TESTED = ((2, 17), (2, 25))
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (int(part) for part in text.split(".")[:2])
+    return major, minor
+
+
+def supported(version: str = asyncssh.__version__) -> bool:
+    """True when ``version`` of asyncssh is one the transport swap was tested with."""
+    low, high = TESTED
+    return low <= _version(version) < high
+
 
 #: Bytes joined into one send at most: large enough that system calls are few, small
 #: enough that the joined copy costs little memory.
@@ -81,6 +98,9 @@ class CoalescingTransport:
 
 def coalesce_writes(conn: object) -> bool:
     """Put a :class:`CoalescingTransport` under an asyncssh connection; True if done."""
+    if not supported():
+        log.debug("asyncssh %s is untested here; writes are not coalesced", asyncssh.__version__)
+        return False
     transport = getattr(conn, "_transport", None)
     if not isinstance(transport, asyncio.Transport):
         log.debug("asyncssh connection has no _transport; writes are not coalesced")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sftpd._coalesce import BATCH, CoalescingTransport
+import asyncssh
+import pytest
+
+import sftpd
+from sftpd._coalesce import BATCH, CoalescingTransport, supported
+from sftpd.testing import running_server
+from tests.conftest import connect
 
 
 class RecordingTransport(asyncio.Transport):
@@ -114,3 +120,34 @@ async def test_a_backed_up_socket_gets_packets_without_joining() -> None:
         outer.write(packet)
     await asyncio.sleep(0)
     assert inner.writes == [b"unsent", b"a" * 10, b"b" * 10, b"c" * 10]
+
+
+def test_only_tested_asyncssh_versions_get_the_swap() -> None:
+    """The swap runs on the asyncssh versions it was tested with, and on no others."""
+    assert supported(asyncssh.__version__), "update TESTED after checking the assumptions"
+    assert not supported("2.16.0")
+    assert not supported("3.0.0")
+
+
+async def test_asyncssh_keeps_its_transport_where_the_swap_expects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a live connection, asyncssh's server connection holds its transport in
+    ``_transport`` and sends through it: after the swap its bytes go through ours."""
+    writes: list[int] = []
+    original = CoalescingTransport.write
+
+    def spy(self: CoalescingTransport, data: bytes) -> None:
+        writes.append(len(data))
+        original(self, data)
+
+    async with running_server(backend=sftpd.MemoryBackend()) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            await sftp.listdir("/")
+            context = server._ctx
+            assert context is not None
+            [connection] = list(context.connections)
+            assert isinstance(connection._conn._transport, CoalescingTransport)  # type: ignore[union-attr]
+            monkeypatch.setattr(CoalescingTransport, "write", spy)
+            await sftp.listdir("/")
+    assert writes, "asyncssh wrote around the transport it was given"
