@@ -1,6 +1,8 @@
 """Servers the benchmarks start in their own processes, so each one's RSS is its own.
 
     python -m benchmarks._servers sftpd KEY_DIR
+    python -m benchmarks._servers sftpd-local KEY_DIR ROOT
+    python -m benchmarks._servers sftpd-latency KEY_DIR MILLISECONDS
     python -m benchmarks._servers sftpd-handler KEY_DIR
     python -m benchmarks._servers sftpd-s3 KEY_DIR ENDPOINT BUCKET
     python -m benchmarks._servers asyncssh KEY_DIR ROOT
@@ -47,6 +49,55 @@ async def serve_sftpd(key_dir: str, handler: bool = False) -> None:
         await asyncio.Event().wait()
 
 
+async def serve_backend(key_dir: str, backend: object) -> None:
+    """sftpd on any backend (room for a benchmark's parallel clients)."""
+    async with sftpd.Server(
+        backend=backend, auth={"dev": "dev"}, system_dir=key_dir, port=0, max_sessions=64
+    ) as server:
+        print(server.port, flush=True)
+        await asyncio.Event().wait()
+
+
+class LatencyBackend(sftpd.MemoryBackend):
+    """The memory backend with a fixed delay on every read and every write (a remote store)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def read_range(
+        self, path: str, offset: int, length: int, session: sftpd.Session
+    ) -> bytes:
+        await asyncio.sleep(self.delay)
+        return await super().read_range(path, offset, length, session)
+
+    async def open_writer(  # type: ignore[override]
+        self, path: str, session: sftpd.Session, *, keep_existing: bool, exclusive: bool = False
+    ) -> _LatencyWriter:
+        inner = await super().open_writer(
+            path, session, keep_existing=keep_existing, exclusive=exclusive
+        )
+        return _LatencyWriter(inner, self.delay)
+
+
+class _LatencyWriter:
+    concurrent_writes = True
+
+    def __init__(self, inner: sftpd.backend.Writer, delay: float) -> None:
+        self._inner = inner
+        self._delay = delay
+
+    async def write(self, offset: int, data: bytes) -> None:
+        await asyncio.sleep(self._delay)
+        await self._inner.write(offset, data)
+
+    async def commit(self) -> None:
+        await self._inner.commit()
+
+    async def abort(self) -> None:
+        await self._inner.abort()
+
+
 async def serve_asyncssh(keys: list[asyncssh.SSHKey], root: str) -> None:
     """asyncssh's stock SFTPServer serving a directory (chrooted).
 
@@ -82,6 +133,10 @@ if __name__ == "__main__":
     kind = sys.argv[1]
     if kind == "sftpd":
         asyncio.run(serve_sftpd(sys.argv[2]))
+    elif kind == "sftpd-local":
+        asyncio.run(serve_backend(sys.argv[2], sftpd.LocalBackend(sys.argv[3])))
+    elif kind == "sftpd-latency":
+        asyncio.run(serve_backend(sys.argv[2], LatencyBackend(float(sys.argv[3]) / 1000)))
     elif kind == "sftpd-handler":
         asyncio.run(serve_sftpd(sys.argv[2], handler=True))
     elif kind == "sftpd-s3":

@@ -184,7 +184,14 @@ class FileHandle:
         return self._writer is not None and callable(getattr(self._writer, "read", None))
 
     def set_initial_permissions(self, permissions: int) -> None:
-        """Give a new file the mode the client asked for at open (applied at commit)."""
+        """Give a new file the mode the client asked for at open (applied at commit).
+
+        A writer with a ``permissions`` attribute applies it itself as it commits;
+        otherwise ``set_attrs`` follows the commit.
+        """
+        if hasattr(self._writer, "permissions"):
+            self._writer.permissions = permissions
+            return
         previous = self._pending_changes or AttrChanges()
         self._pending_changes = AttrChanges(
             permissions=permissions, atime=previous.atime, mtime=previous.mtime

@@ -53,6 +53,8 @@ T = TypeVar("T")
 READDIR_BATCH = 100
 #: Symbolic links followed for one path at most, as Linux's MAXSYMLINKS.
 MAX_LINKS = 40
+#: Taken off the modes clients ask for new files and directories, as a POSIX umask.
+UMASK = 0o022
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,19 +376,25 @@ class Requests:
         attrs: FileAttrs = await self._backend.stat(path, self._session)
         return attrs
 
-    async def _resolve(self, path: str) -> tuple[str, FileAttrs | None]:
+    async def _resolve(
+        self, path: str, *, walk_missing: bool = True
+    ) -> tuple[str, FileAttrs | None]:
         """Follow symbolic links in the client's view; ``None`` attrs: nothing there.
 
         The last component's links are followed directly. Links among the directories
         (``/link/file``) make the backend fail the lookup; only then is the path walked
-        one directory at a time, so a path without links costs one lookup.
+        one directory at a time, so a path without links costs one lookup. With
+        ``walk_missing`` false, a path that is simply missing is not walked (a create
+        walks only if the backend then fails to create it).
         """
         walked = False
         for _ in range(MAX_LINKS):
             try:
                 attrs = await self._lstat(path)
             except (FileNotFoundError, PermissionError) as exc:
-                if self._backend.read_link is not None and not walked:
+                missing = isinstance(exc, FileNotFoundError)
+                can_walk = walk_missing or not missing
+                if self._backend.read_link is not None and not walked and can_walk:
                     walked = True
                     path = await self._resolve_dirs(path)
                     continue
@@ -495,7 +503,27 @@ class Requests:
             self._allow("read", "Downloads are not allowed")
         if mode.write:
             self._allow("write", "Uploads are not allowed")
-        path, existing = await self._resolve(path)
+        resolved, existing = await self._resolve(path, walk_missing=not mode.create)
+        try:
+            return await self._open_handle(resolved, existing, mode, attrs, handle_id)
+        except (FileNotFoundError, PermissionError):
+            if existing is not None or self._backend.read_link is None:
+                raise
+            # A new file whose directories may hold a link: walk them, then try again.
+            walked = await self._resolve_dirs(resolved)
+            if walked == resolved:
+                raise
+            resolved, existing = await self._resolve(walked)
+            return await self._open_handle(resolved, existing, mode, attrs, handle_id)
+
+    async def _open_handle(
+        self,
+        path: str,
+        existing: FileAttrs | None,
+        mode: OpenMode,
+        attrs: WireAttrs,
+        handle_id: int,
+    ) -> FileHandle:
         if existing is not None and existing.is_dir:
             raise IsADirectory()
         if mode.write:
@@ -525,7 +553,9 @@ class Requests:
         )
         await handle.start()
         if mode.write and existing is None and attrs.permissions is not None:
-            handle.set_initial_permissions(attrs.permissions & 0o7777)
+            # A new file gets the mode the client asked for, less the usual umask (022),
+            # as OpenSSH's sftp-server creates it.
+            handle.set_initial_permissions(attrs.permissions & 0o7777 & ~UMASK)
         return handle
 
     async def close(self, name: bytes) -> None:
@@ -781,7 +811,7 @@ class Requests:
             raise FileAlreadyExists()
         await self._backend.make_dir(path, self._session)
         if attrs.permissions is not None and self._backend.set_attrs is not None:
-            changes = AttrChanges(permissions=attrs.permissions & 0o7777)
+            changes = AttrChanges(permissions=attrs.permissions & 0o7777 & ~UMASK)
             await self._backend.set_attrs(path, changes, self._session)
 
     async def rmdir(self, raw: bytes) -> None:

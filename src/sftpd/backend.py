@@ -29,8 +29,9 @@ Optional, each its own small protocol, detected once at start-up:
   must then raise :class:`~sftpd.errors.FileAlreadyExists` if the file appeared since
   the open, instead of replacing it (without it, only the check at open is made).
   A writer may also offer ``truncate(size)`` (resizing an open upload),
-  ``copy_from(path, offset, length, target_offset)`` (copy-data on the storage side) and
-  set ``concurrent_writes = True`` when non-overlapping writes may run at the same time.
+  ``copy_from(path, offset, length, target_offset)`` (copy-data on the storage side), a
+  ``permissions`` attribute (``None``, or the mode a new file gets at commit) and
+  ``concurrent_writes = True`` when non-overlapping writes may run at the same time.
 - :class:`SetAttrs` ``set_attrs(path, changes, session)``: mtime, permissions, size.
 - :class:`Symlinks` ``read_link(path, session) -> str`` and
   ``make_symlink(target, link, session)``: symbolic links, stored as written; sftpd
@@ -587,17 +588,44 @@ def _asyncify_iter(
 
 
 class _AsyncWriter:
-    """A sync writer whose methods run in the backend's thread pool."""
+    """A sync writer whose methods run in the backend's thread pool.
+
+    Made for every upload, so it wraps nothing up front: each call goes to the pool as is.
+    """
 
     def __init__(self, writer: Any, executor: ThreadPoolExecutor) -> None:
-        self.write = asyncify(writer.write, executor)
-        self.commit = asyncify(writer.commit, executor)
-        self.abort = asyncify(writer.abort, executor)
+        self._writer = writer
+        self._executor = executor
         self.concurrent_writes = bool(getattr(writer, "concurrent_writes", False))
+        if hasattr(writer, "permissions"):
+            self.permissions: int | None = writer.permissions
         for optional in ("read", "truncate", "copy_from"):
-            method = getattr(writer, optional, None)
-            if callable(method):
-                setattr(self, optional, asyncify(method, executor))
+            if not callable(getattr(writer, optional, None)):
+                setattr(self, optional, None)
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> Any:
+        return asyncio.get_running_loop().run_in_executor(self._executor, method, *args)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        await self._call(self._writer.write, offset, data)
+
+    async def commit(self) -> None:
+        if hasattr(self, "permissions"):
+            self._writer.permissions = self.permissions
+        await self._call(self._writer.commit)
+
+    async def abort(self) -> None:
+        await self._call(self._writer.abort)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        data: bytes = await self._call(self._writer.read, offset, length)
+        return data
+
+    async def truncate(self, size: int) -> None:
+        await self._call(self._writer.truncate, size)
+
+    async def copy_from(self, path: str, offset: int, length: int, target_offset: int) -> None:
+        await self._call(self._writer.copy_from, path, offset, length, target_offset)
 
 
 class _AsyncReader:

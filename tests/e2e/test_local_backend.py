@@ -127,6 +127,29 @@ async def test_symlinks_resolve_only_inside_the_root(layout: tuple[Path, Path]) 
     assert (outside / "secret.txt").read_text() == "top secret"
 
 
+async def test_new_files_get_the_clients_mode_less_the_umask(tmp_path: Path) -> None:
+    """A new file takes the mode sent with OPEN (less 022, as sftp-server's umask); an
+    overwritten file keeps its own; a file created through a linked directory lands in
+    the directory the link names."""
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    (root / "via").symlink_to("real")
+    (root / "kept.txt").write_text("old")
+    (root / "kept.txt").chmod(0o600)
+    async with running_server(backend=sftpd.LocalBackend(root)) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            for name, mode in (("/script.sh", 0o755), ("/open.txt", 0o777), ("/kept.txt", 0o644)):
+                attrs = asyncssh.SFTPAttrs(permissions=mode)
+                async with sftp.open(name, "wb", attrs) as f:
+                    await f.write(b"x")
+            async with sftp.open("/via/new.txt", "wb") as f:
+                await f.write(b"through the link")
+    assert (root / "script.sh").stat().st_mode & 0o7777 == 0o755
+    assert (root / "open.txt").stat().st_mode & 0o7777 == 0o755
+    assert (root / "kept.txt").stat().st_mode & 0o7777 == 0o600
+    assert (root / "real" / "new.txt").read_bytes() == b"through the link"
+
+
 async def test_killed_server_leaves_no_partial_file(tmp_path: Path) -> None:
     """kill -9 of the server mid-upload leaves nothing in the root, not even a temp file."""
     root = tmp_path / "root"

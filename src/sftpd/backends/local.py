@@ -390,6 +390,7 @@ class LocalWriter:
         self._existing = existing
         self._exclusive = exclusive
         self._temp_name: str | None = None
+        self.permissions: int | None = None  # of a new file, applied at commit
         try:
             self._fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644, dir_fd=dirfd)
         except OSError as exc:
@@ -438,6 +439,8 @@ class LocalWriter:
     def commit(self) -> None:
         """Flush, then rename into place atomically."""
         try:
+            if self.permissions is not None:
+                os.fchmod(self._fd, self.permissions)
             if self._backend.fsync:
                 os.fsync(self._fd)
             if self._temp_name is None:

@@ -494,6 +494,7 @@ class MemoryWriter:
         self._path = path
         self._blob: Blob | None = blob
         self._exclusive = exclusive
+        self.permissions: int | None = None  # of a new file, applied at commit
 
     def _live(self) -> Blob:
         if self._blob is None:
@@ -534,7 +535,8 @@ class MemoryWriter:
         ):
             self._blob = None
             raise FileAlreadyExists()
-        self._backend._store(self._path, blob)
+        mode = 0o644 if self.permissions is None else self.permissions
+        self._backend._store(self._path, blob, mode)
         self._blob = None
 
     async def abort(self) -> None:
