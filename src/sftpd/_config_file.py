@@ -64,6 +64,9 @@ SERVER_KEYS = {
     "max_open_files": int,
     "max_unauthenticated": int,
     "max_unauthenticated_per_address": int,
+    "max_channels": int,
+    "max_requests_per_channel": int,
+    "max_requests_per_session": int,
 }
 #: [s3]: options of the S3 backend (sftpd.backends.s3.S3Backend), with their types.
 S3_KEYS = {

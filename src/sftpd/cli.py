@@ -201,7 +201,15 @@ def main() -> None:
               type=click.IntRange(1),
               help="The same, from one client address.")  # fmt: skip
 @click.option("--max-open-files", default=32, show_default=True, type=click.IntRange(1),
-              help="Files one session may have open at once.")  # fmt: skip
+              help="Files and directories one session may have open at once.")  # fmt: skip
+@click.option("--max-channels", default=10, show_default=True, type=click.IntRange(1),
+              help="SFTP channels one connection may open at once.")  # fmt: skip
+@click.option("--max-requests-per-channel", default=64, show_default=True,
+              type=click.IntRange(1),
+              help="SFTP requests of one channel served at once.")  # fmt: skip
+@click.option("--max-requests-per-session", default=256, show_default=True,
+              type=click.IntRange(1),
+              help="SFTP requests of one connection served at once.")  # fmt: skip
 @click.option("--max-sessions", default=10, show_default=True, type=click.IntRange(1),
               help="Most sessions at once; more are refused at login.")  # fmt: skip
 @click.option("--open-timeout", default=30.0, show_default=True, type=click.FloatRange(0.001),

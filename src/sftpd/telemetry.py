@@ -16,7 +16,7 @@ Events (see docs/telemetry.md for every field):
 - ``("sftpd", "server", "start" | "stop")``
 - ``("sftpd", "sftp", OPERATION)`` for open, close, read, write, list_dir, read_file_info,
   read_link_info, read_link, rename, delete, make_dir, del_dir, get_cwd, make_symlink,
-  write_file_info, disk_usage
+  make_link, copy_data, write_file_info, disk_usage
 - ``("sftpd", "auth", "success" | "failure")``
 - ``("sftpd", "session", "open" | "close")``
 - ``("sftpd", "connection", "refused")`` (a limit such as ``max_sessions`` was reached)

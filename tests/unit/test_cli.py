@@ -139,6 +139,26 @@ async def test_max_file_size_from_flag_config_and_user(tmp_path: Path) -> None:
     assert await stop_cli(proc) == 0
 
 
+async def test_channel_limits_from_flag_and_config(tmp_path: Path) -> None:
+    """--max-channels caps the SFTP channels of a connection; [server] max_open_files and
+    max_requests_* are read from the config file."""
+    (tmp_path / "sftpd.toml").write_text(
+        "[server]\nmax_open_files = 1\nmax_requests_per_channel = 8\n"
+        "max_requests_per_session = 16\n\n"
+        '[users.dev]\npassword = "dev"\n'
+    )
+    proc, port, _text = await start_cli("--config", "sftpd.toml", "--max-channels", "1",
+                                        cwd=tmp_path)  # fmt: skip
+    async with connect(port) as conn:
+        sftp = await conn.start_sftp_client()
+        with pytest.raises(asyncssh.ChannelOpenError):
+            await conn.start_sftp_client()
+        async with sftp.open("/a", "wb"):
+            with pytest.raises(asyncssh.SFTPFailure, match="at most 1"):
+                await sftp.open("/b", "wb")
+    assert await stop_cli(proc) == 0
+
+
 @pytest.mark.parametrize(
     ("text", "size"),
     [("1048576", 1 << 20), ("512K", 512 << 10), ("100M", 100 << 20), ("2g", 2 << 30),
