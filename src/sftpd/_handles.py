@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .backend import AttrChanges, BoundBackend, FileAttrs, FileType
-from .errors import Failure, InvalidParameter, PermissionDenied, QuotaExceeded
+from .errors import Failure, InvalidParameter, PermissionDenied, QuotaExceeded, Unsupported
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -265,12 +265,15 @@ class FileHandle:
         if copy is not None and source._writer is None and source._source is None:
             try:
                 await copy(source.path, offset, end - offset, target_offset)
+            except Unsupported:
+                pass  # not this copy: through reads and writes below
             except BaseException:
                 self._failed = True
                 raise
-            self._grow(target_offset + end - offset, end - offset)
-            source.bytes_read += end - offset
-            return
+            else:
+                self._grow(target_offset + end - offset, end - offset)
+                source.bytes_read += end - offset
+                return
         position = offset
         while position < end:
             data = await source.read(position, min(COPY_CHUNK, end - position))

@@ -651,3 +651,33 @@ def test_check_reaches_the_bucket(seaweedfs: Any, tmp_path: Path) -> None:
     missing = CliRunner().invoke(main, [*args, "--backend", "s3://no-such-bucket"], env=env)
     assert missing.exit_code == 2
     assert "bucket 'no-such-bucket' does not exist" in " ".join(missing.output.split())
+
+
+async def test_copy_data_copies_inside_the_storage(
+    s3_backend: S3Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncssh's copy (copy-data of a whole object) is one CopyObject: no GET of the source
+    reaches the storage; a copy of part of an object goes through ranged GETs and writes;
+    both are exact."""
+    data = os.urandom(6 * MiB + 3)
+    gets: list[int] = []
+    get_chunk = s3_backend._get_chunk
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        gets.append(1)
+        return await get_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(s3_backend, "_get_chunk", counted)
+    async with running_server(backend=s3_backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/src.bin", "wb") as f:
+                await f.write(data)
+            await sftp.copy("/src.bin", "/copy.bin")
+            assert gets == []
+            async with sftp.open("/src.bin", "rb") as src, sftp.open("/part.bin", "wb") as dst:
+                await sftp.remote_copy(src, dst, 1000, 3 * MiB, 0)
+            assert gets, "a partial copy reads the range it copies"
+            async with sftp.open("/copy.bin", "rb") as f:
+                assert await f.read() == data
+            async with sftp.open("/part.bin", "rb") as f:
+                assert await f.read() == data[1000 : 1000 + 3 * MiB]

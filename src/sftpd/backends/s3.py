@@ -768,7 +768,7 @@ class S3Backend:
         if keep_existing:
             head = await self._head(key)
             existing = int(head.get("ContentLength", 0)) if head else 0
-        writer = S3Writer(self, key, exclusive=exclusive)
+        writer = S3Writer(self, key, exclusive=exclusive, session=session)
         if existing:
             await writer.start_from_existing(existing)
         return writer
@@ -924,9 +924,20 @@ class S3Writer:
     that was already uploaded is refused with a clear error.
     """
 
-    def __init__(self, backend: S3Backend, key: str, *, exclusive: bool = False) -> None:
+    def __init__(
+        self,
+        backend: S3Backend,
+        key: str,
+        *,
+        exclusive: bool = False,
+        session: Session | None = None,
+    ) -> None:
         self._backend = backend
         self._key = key
+        self._session = session  # to name the source of a copy-data
+        # copy-data of a whole object into this empty upload: (source key, size, head),
+        # done with CopyObject at commit unless a write comes first.
+        self._copy: tuple[str, int, Mapping[str, Any]] | None = None
         self._object_args = backend._new_object_args(key)
         # Exclusive creates commit with If-None-Match: *, so S3 itself refuses the commit
         # if another upload stored the key since the open.
@@ -962,14 +973,15 @@ class S3Writer:
             self._upload_id = str(result["UploadId"])
         return self._upload_id
 
-    async def start_from_existing(self, size: int) -> None:
+    async def start_from_existing(self, size: int, source_key: str | None = None) -> None:
         """Begin with the stored object: copied as parts if large, in memory if small."""
+        source_key = self._key if source_key is None else source_key
         if size < MIN_PART_SIZE:
-            self._buffer = _PartBuffer(await self._backend._get_range(self._key, 0, size))
+            self._buffer = _PartBuffer(await self._backend._get_range(source_key, 0, size))
             return
         upload_id = await self._start_multipart()
         client = await self._client()
-        source = {"Bucket": self._backend.bucket, "Key": self._key}
+        source = {"Bucket": self._backend.bucket, "Key": source_key}
         for start, end in _copy_ranges(size):
             number = self._next_part
             self._next_part += 1
@@ -985,10 +997,35 @@ class S3Writer:
     def _end(self) -> int:
         return self._buffer_start + len(self._buffer)
 
+    async def copy_from(self, path: str, offset: int, length: int, target_offset: int) -> None:
+        """copy-data of a whole object into this empty upload: one CopyObject at commit
+        (UploadPartCopy for objects over 5 GiB), so no byte passes through sftpd.
+
+        Raises:
+            Unsupported: anything else (part of an object, into a non-empty upload, an
+                exclusive create); sftpd then copies through reads and writes.
+        """
+        empty = not self._end and self._upload_id is None and self._spill is None
+        if offset or target_offset or not empty or self._condition or self._copy:
+            raise Unsupported("Only whole objects are copied inside the storage")
+        if self._session is None:
+            raise Unsupported("No session to name the source with")
+        source = self._backend.key(path, self._session)
+        head = await self._backend._head(source)
+        if head is None:
+            raise NoSuchFile()
+        if int(head.get("ContentLength", 0)) != length:
+            raise Unsupported("Only whole objects are copied inside the storage")
+        self._copy = (source, length, head)
+
     async def write(self, offset: int, data: bytes) -> None:
         """Store ``data`` at ``offset``."""
         if self._failed is not None:
             raise Failure("An earlier part of this upload failed")
+        if self._copy is not None:  # written into after a copy-data: start from the copy
+            source, size, _head = self._copy
+            self._copy = None
+            await self.start_from_existing(size, source)
         if self._spill is not None:
             self._spill.seek(offset)
             self._spill.write(data)
@@ -1060,7 +1097,10 @@ class S3Writer:
         client = await self._client()
         bucket = self._backend.bucket
         try:
-            if self._spill is not None:
+            if self._copy is not None:
+                source, size, head = self._copy
+                await self._backend._copy(source, self._key, size, head)
+            elif self._spill is not None:
                 await self._commit_spill()
             elif self._upload_id is None:
                 async with self._backend._errors("PutObject"):
