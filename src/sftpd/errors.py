@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import errno
 
-from ._sftp import codec
-
 __all__ = [
     "ConfigError",
     "DirectoryNotEmpty",
@@ -51,18 +49,35 @@ __all__ = [
     "to_sftp_error",
 ]
 
-FX_NO_SUCH_FILE = codec.FX_NO_SUCH_FILE
-FX_PERMISSION_DENIED = codec.FX_PERMISSION_DENIED
-FX_FAILURE = codec.FX_FAILURE
-FX_OP_UNSUPPORTED = codec.FX_OP_UNSUPPORTED
-FX_FILE_ALREADY_EXISTS = codec.FX_FILE_ALREADY_EXISTS
-FX_NO_SPACE_ON_FILESYSTEM = codec.FX_NO_SPACE_ON_FILESYSTEM
-FX_DIR_NOT_EMPTY = codec.FX_DIR_NOT_EMPTY
-FX_NOT_A_DIRECTORY = codec.FX_NOT_A_DIRECTORY
-FX_INVALID_FILENAME = codec.FX_INVALID_FILENAME
-FX_INVALID_PARAMETER = codec.FX_INVALID_PARAMETER
-FX_FILE_IS_A_DIRECTORY = codec.FX_FILE_IS_A_DIRECTORY
-FX_QUOTA_EXCEEDED = codec.FX_QUOTA_EXCEEDED
+
+# SFTP status codes. Version 3 defines 0-8; the later drafts' codes are sent to a v3
+# client as FX_FAILURE with the reason saying what happened (as OpenSSH's sftp-server does).
+FX_OK = 0
+FX_EOF = 1
+FX_NO_SUCH_FILE = 2
+FX_PERMISSION_DENIED = 3
+FX_FAILURE = 4
+FX_BAD_MESSAGE = 5
+FX_NO_CONNECTION = 6
+FX_CONNECTION_LOST = 7
+FX_OP_UNSUPPORTED = 8
+FX_V3_END = FX_OP_UNSUPPORTED
+FX_INVALID_HANDLE = 9
+FX_NO_SUCH_PATH = 10
+FX_FILE_ALREADY_EXISTS = 11
+FX_WRITE_PROTECT = 12
+FX_NO_MEDIA = 13
+FX_NO_SPACE_ON_FILESYSTEM = 14
+FX_QUOTA_EXCEEDED = 15
+FX_UNKNOWN_PRINCIPAL = 16
+FX_LOCK_CONFLICT = 17
+FX_DIR_NOT_EMPTY = 18
+FX_NOT_A_DIRECTORY = 19
+FX_INVALID_FILENAME = 20
+FX_LINK_LOOP = 21
+FX_CANNOT_DELETE = 22
+FX_INVALID_PARAMETER = 23
+FX_FILE_IS_A_DIRECTORY = 24
 
 
 class SftpStatus(Exception):
@@ -199,7 +214,7 @@ _ERRNO_CODES: dict[int, tuple[int, str]] = {
     errno.EINVAL: (FX_INVALID_PARAMETER, "Invalid parameter"),
     errno.ENOSPC: (FX_NO_SPACE_ON_FILESYSTEM, "No space left"),
     errno.EDQUOT: (FX_NO_SPACE_ON_FILESYSTEM, "Quota exceeded"),
-    errno.ELOOP: (codec.FX_LINK_LOOP, "Too many levels of symbolic links"),
+    errno.ELOOP: (FX_LINK_LOOP, "Too many levels of symbolic links"),
     errno.EXDEV: (FX_OP_UNSUPPORTED, "Cross-device operation not supported"),
 }
 

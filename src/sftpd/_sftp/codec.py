@@ -10,6 +10,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+# Status codes are defined with the exceptions that carry them; the engine's own are here.
+from ..errors import FX_BAD_MESSAGE as FX_BAD_MESSAGE
+from ..errors import FX_EOF as FX_EOF
+from ..errors import FX_FAILURE as FX_FAILURE
+from ..errors import FX_NO_SUCH_FILE as FX_NO_SUCH_FILE
+from ..errors import FX_OK as FX_OK
+from ..errors import FX_OP_UNSUPPORTED as FX_OP_UNSUPPORTED
+from ..errors import FX_V3_END as FX_V3_END
+
 __all__ = [
     "BadMessage",
     "OutOfRange",
@@ -45,35 +54,6 @@ FXP_NAME = 104
 FXP_ATTRS = 105
 FXP_EXTENDED = 200
 FXP_EXTENDED_REPLY = 201
-
-# Status codes. Version 3 defines 0-8; the later drafts' codes are sent to a v3 client as
-# FX_FAILURE with the reason saying what happened (as OpenSSH's sftp-server does).
-FX_OK = 0
-FX_EOF = 1
-FX_NO_SUCH_FILE = 2
-FX_PERMISSION_DENIED = 3
-FX_FAILURE = 4
-FX_BAD_MESSAGE = 5
-FX_NO_CONNECTION = 6
-FX_CONNECTION_LOST = 7
-FX_OP_UNSUPPORTED = 8
-FX_V3_END = FX_OP_UNSUPPORTED
-FX_INVALID_HANDLE = 9
-FX_NO_SUCH_PATH = 10
-FX_FILE_ALREADY_EXISTS = 11
-FX_WRITE_PROTECT = 12
-FX_NO_MEDIA = 13
-FX_NO_SPACE_ON_FILESYSTEM = 14
-FX_QUOTA_EXCEEDED = 15
-FX_UNKNOWN_PRINCIPAL = 16
-FX_LOCK_CONFLICT = 17
-FX_DIR_NOT_EMPTY = 18
-FX_NOT_A_DIRECTORY = 19
-FX_INVALID_FILENAME = 20
-FX_LINK_LOOP = 21
-FX_CANNOT_DELETE = 22
-FX_INVALID_PARAMETER = 23
-FX_FILE_IS_A_DIRECTORY = 24
 
 # Open flags (pflags).
 FXF_READ = 0x01
