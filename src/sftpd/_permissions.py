@@ -1,4 +1,4 @@
-"""What a session may do: checked by the adapter before any backend call."""
+"""What a session may do: checked by the request layer before any backend call."""
 
 from __future__ import annotations
 

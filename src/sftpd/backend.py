@@ -501,7 +501,7 @@ def supports(backend: object, capability: str) -> bool:
 class BoundBackend:
     """A backend with every method made async, and its capabilities, decided once.
 
-    The server builds one at start-up; the adapter only talks to this.
+    The server builds one at start-up; the request layer only talks to this.
     """
 
     backend: object
@@ -675,7 +675,7 @@ def check_backend(backend: object) -> None:
 
 
 def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
-    """Check a backend against the contract and adapt it, once, for the adapter.
+    """Check a backend against the contract and adapt it, once, for the request layer.
 
     Raises:
         ConfigError: a required method is missing; the message lists them.
