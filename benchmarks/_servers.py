@@ -1,6 +1,6 @@
 """Servers the benchmarks start in their own processes, so each one's RSS is its own.
 
-    python -m benchmarks._servers sftpd KEY_DIR
+    python -m benchmarks._servers sftpd KEY_DIR [LISTING_ENTRIES]
     python -m benchmarks._servers sftpd-local KEY_DIR ROOT
     python -m benchmarks._servers sftpd-latency KEY_DIR MILLISECONDS
     python -m benchmarks._servers sftpd-handler KEY_DIR
@@ -131,7 +131,11 @@ async def serve_sftpd_s3(key_dir: str, endpoint: str, bucket: str) -> None:
 
 if __name__ == "__main__":
     kind = sys.argv[1]
-    if kind == "sftpd":
+    if kind == "sftpd" and len(sys.argv) > 3:  # with /listing holding that many files
+        entries = int(sys.argv[3])
+        files = {f"/listing/f{i:05d}": b"" for i in range(entries)}
+        asyncio.run(serve_backend(sys.argv[2], sftpd.MemoryBackend(files)))
+    elif kind == "sftpd":
         asyncio.run(serve_sftpd(sys.argv[2]))
     elif kind == "sftpd-local":
         asyncio.run(serve_backend(sys.argv[2], sftpd.LocalBackend(sys.argv[3])))

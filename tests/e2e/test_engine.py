@@ -187,8 +187,11 @@ class SleepyWriter:
 
 async def test_requests_of_one_transfer_run_concurrently(openssh: OpenSSH, tmp_path: Path) -> None:
     """With every read and write taking 10 ms, an OpenSSH upload and download of 32 KiB
-    requests (64 outstanding) finish over 20 times faster than one at a time could."""
-    size = 32 * MiB
+    requests (64 outstanding) finish over 20 times faster than one at a time could.
+
+    64 MiB (2048 requests each way, 20 s one at a time) so that OpenSSH's slow start of
+    outstanding reads is a small part of the time."""
+    size = 64 * MiB
     src = make_file(tmp_path / "up.bin", size, seed=4)
     requests = size // (32 << 10)
     serial = requests * 0.01  # seconds, if each request waited for the one before

@@ -240,6 +240,22 @@ class LocalBackend:
         with self._open_file(path, os.O_RDONLY) as fd:
             return os.pread(fd, length, offset)
 
+    def open_reader(self, path: str, session: Session) -> LocalReader:
+        """Open ``path`` once for a download (no link followed); reads are single preads.
+
+        The reader keeps the file it opened: a file replaced during a download is read
+        whole as it was.
+        """
+        with self._parent(path) as (dirfd, name):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+            except OSError as exc:
+                raise _translate(exc) from exc
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IsADirectory()
+        return LocalReader(fd)
+
     def open_writer(
         self, path: str, session: Session, *, keep_existing: bool, exclusive: bool = False
     ) -> LocalWriter:
@@ -353,6 +369,23 @@ def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
         os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
         return
     raise FileAlreadyExists()
+
+
+class LocalReader:
+    """One download: the open file, read with ``pread`` (safe from several threads)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset``."""
+        return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int, target_offset: int) -> None:
