@@ -637,10 +637,17 @@ class _AsyncWriter:
             await self._flush()
 
     async def commit(self) -> None:
-        await self._flush()
-        if hasattr(self, "permissions"):
-            self._writer.permissions = self.permissions
-        await self._call(self._writer.commit)
+        async with self._flushing:  # the last batch and the commit in one pool call
+            data, offset = bytes(self._pending), self._pending_at
+            self._pending = bytearray()
+            if hasattr(self, "permissions"):
+                self._writer.permissions = self.permissions
+            await self._call(self._write_and_commit, offset, data)
+
+    def _write_and_commit(self, offset: int, data: bytes) -> None:
+        if data:
+            self._writer.write(offset, data)
+        self._writer.commit()
 
     async def abort(self) -> None:
         self._pending = bytearray()

@@ -79,6 +79,26 @@ async def stored(backend: sftpd.MemoryBackend | sftpd.LocalBackend, path: str) -
     return (backend.root / path.lstrip("/")).read_bytes()
 
 
+async def settled(backend: sftpd.MemoryBackend | sftpd.LocalBackend, path: str,
+                  expected: bytes) -> bytes:  # fmt: skip
+    """The content once it is ``expected``, or what it is after 10 s.
+
+    sshfs answers a program's close() before its CLOSE (and rsync's rename after it)
+    reaches the server: FUSE releases files asynchronously. So the backend may take a
+    moment to hold what a program that just exited wrote.
+    """
+    content = b""
+    for _ in range(200):
+        try:
+            content = await stored(backend, path)
+        except FileNotFoundError:
+            content = b""
+        if content == expected:
+            break
+        await asyncio.sleep(0.05)
+    return content
+
+
 async def test_everyday_file_operations_through_a_mount(
     mounted: tuple[Path, sftpd.MemoryBackend | sftpd.LocalBackend], tmp_path: Path
 ) -> None:
@@ -105,11 +125,11 @@ async def test_everyday_file_operations_through_a_mount(
         mkdir empty
         rmdir empty
     """, mount)  # fmt: skip
-    assert await stored(backend, "/dir/moved.txt") == b"hello\nmore\n"
-    assert await stored(backend, "/b.txt") == b"one\n"
-    assert await stored(backend, "/cut.txt") == b"0123"
-    assert await stored(backend, "/grow.txt") == bytes(6)
-    assert await stored(backend, "/hard.txt") == b"hello\nmore\n"
+    assert await settled(backend, "/dir/moved.txt", b"hello\nmore\n") == b"hello\nmore\n"
+    assert await settled(backend, "/b.txt", b"one\n") == b"one\n"
+    assert await settled(backend, "/cut.txt", b"0123") == b"0123"
+    assert await settled(backend, "/grow.txt", bytes(6)) == bytes(6)
+    assert await settled(backend, "/hard.txt", b"hello\nmore\n") == b"hello\nmore\n"
     attrs = await backend.stat("/b.txt", S) if isinstance(backend, sftpd.MemoryBackend) else None
     mtime = attrs.mtime if attrs else (backend.root / "b.txt").stat().st_mtime  # type: ignore[union-attr]
     assert int(mtime) == 1577934245
@@ -136,6 +156,7 @@ async def test_rsync_of_a_small_tree(
     for path in tree.rglob("*"):
         if path.is_file():
             relative = "/tree/" + str(path.relative_to(tree))
-            assert await stored(backend, relative) == path.read_bytes(), relative
+            content = path.read_bytes()
+            assert await settled(backend, relative, content) == content, relative
     again = await asyncio.to_thread(sh, f"rsync -ai {tree}/ tree/", mount)
     assert ">f" not in again  # nothing to send the second time: times and sizes kept
