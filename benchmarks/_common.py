@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import resource
 import shutil
@@ -13,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -104,6 +106,33 @@ def sftp_batch(
     return time.perf_counter() - start
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(proc: subprocess.Popen[Any], port: int, what: str, seconds: float) -> None:
+    """Wait until ``port`` accepts connections; exit if ``proc`` ends or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not start (exit {proc.poll()})")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def openssh_server(tmp: Path) -> Iterator[tuple[int, Path, int] | None]:
     """OpenSSH's own sshd (internal-sftp) on loopback, for a reference point.
@@ -126,9 +155,7 @@ def openssh_server(tmp: Path) -> Iterator[tuple[int, Path, int] | None]:
     (home / "authorized_keys").write_bytes(
         asyncssh.read_private_key(str(client_key)).export_public_key()
     )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     (home / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
         f"AuthorizedKeysFile {home / 'authorized_keys'}\nPasswordAuthentication no\n"
@@ -140,13 +167,7 @@ def openssh_server(tmp: Path) -> Iterator[tuple[int, Path, int] | None]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"sshd did not start (exit {proc.poll()})")
-            time.sleep(0.05)
+        wait_for_port(proc, port, "sshd", 10)
         yield port, client_key, proc.pid
     finally:
         proc.terminate()

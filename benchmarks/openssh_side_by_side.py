@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,12 +42,15 @@ from pathlib import Path
 from benchmarks._common import (
     TMPFS,
     cpu_seconds,
+    file_sha256,
+    free_port,
     make_workspace,
     openssh_server,
     peak_rss_mib,
     reset_peak_rss,
     server,
     sftp_batch,
+    wait_for_port,
 )
 
 PROFILES = {"default": "", "32k": "-B 32768 -R 64"}
@@ -85,14 +86,6 @@ class Results:
             table.setdefault((test, name), []).append(value)
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _server_cpu(target: Target) -> float:
     """CPU seconds of the server: with sshd's reaped children, or over its live workers."""
     if target.processes == "sshd":
@@ -103,16 +96,10 @@ def _server_cpu(target: Target) -> float:
     return cpu_seconds(target.pid)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _workers(keys: Path, root: Path) -> Iterator[tuple[int, int]]:
     """``sftpd serve --workers 2`` on the local backend; yields its port and pid."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sftpd", "serve", "--workers", "2", "--port", str(port),
          "--backend", f"local:{root}", "--user", "dev:dev", "--host-key-dir", str(keys),
@@ -120,13 +107,7 @@ def _workers(keys: Path, root: Path) -> Iterator[tuple[int, int]]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("sftpd --workers 2 did not start")
-            time.sleep(0.1)
+        wait_for_port(proc, port, "sftpd --workers 2", 20)
         yield port, proc.pid
     finally:
         proc.terminate()
@@ -139,7 +120,7 @@ class Bench:
         self.args = args
         self.keys, self.askpass, self.local, _ = make_workspace(tmp, args.size_mib)
         self.size = args.size_mib << 20
-        self.payload_digest = _digest(self.local / "payload.bin")
+        self.payload_digest = file_sha256(self.local / "payload.bin")
         self.results = Results()
 
     def run(self, target: Target, commands: str, profile: str = "default") -> float:
@@ -170,7 +151,7 @@ class Bench:
             target, lambda: self.run(target, f"get {remote} back.bin\n", profile)
         )
         self.results.add(f"download {profile}", target.name, self.size / wall / 1e6, cpu, rss)
-        if _digest(self.local / "back.bin") != self.payload_digest:
+        if file_sha256(self.local / "back.bin") != self.payload_digest:
             raise SystemExit(f"{target.name}: the downloaded file differs")
         (self.local / "back.bin").unlink()
         self.run(target, f"rm {remote}\n")
