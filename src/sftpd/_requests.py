@@ -48,6 +48,7 @@ __all__ = ["HandleInfo", "Requests", "SessionState", "Settings"]
 log = logging.getLogger("sftpd")
 
 T = TypeVar("T")
+H = TypeVar("H")
 
 #: Entries per READDIR reply at most (OpenSSH's sftp-server sends 100).
 READDIR_BATCH = 100
@@ -436,11 +437,15 @@ class Requests:
         client_dir = paths.parent(self._client(path))
         return paths.scope(self._root, paths.normalize(paths.decode(target), client_dir))
 
-    def _file(self, handle: bytes) -> FileHandle:
+    def _get(self, handle: bytes, kind: type[H]) -> H:
+        """The open handle of that kind named ``handle``, or the client's "invalid handle"."""
         found = self._handles.get(handle)
-        if not isinstance(found, FileHandle):
+        if not isinstance(found, kind):
             raise SftpStatus(codec.FX_FAILURE, "Invalid handle")
         return found
+
+    def _file(self, handle: bytes) -> FileHandle:
+        return self._get(handle, FileHandle)
 
     def handle_info(self, handle: bytes) -> HandleInfo | None:
         """How requests on ``handle`` are ordered; ``None`` for an unknown handle."""
@@ -454,11 +459,13 @@ class Requests:
         )
 
     def _new_handle(self) -> bytes:
+        """A name for a new handle, its place in the session's limit taken (or refused)."""
         if self._state.open_handles >= self.max_open_handles:
             raise SftpStatus(
                 codec.FX_FAILURE,
                 f"Too many open files (at most {self.max_open_handles} per session)",
             )
+        self._state.open_handles += 1
         self._next_handle += 1
         return str(self._next_handle).encode()
 
@@ -479,7 +486,6 @@ class Requests:
         meta["open_timeout"] = self._settings.open_timeout
         path = self._path(raw)
         name = self._new_handle()
-        self._state.open_handles += 1
         try:
             handle = await asyncio.wait_for(
                 self._open_backend(path, mode, attrs, int(name)), self._settings.open_timeout
@@ -562,8 +568,7 @@ class Requests:
         """Close a handle; an upload is committed, and a failed commit fails the close."""
         found = self._handles.get(name)
         if isinstance(found, _DirHandle):
-            del self._handles[name]
-            self._state.open_handles -= 1
+            self._forget(name)
             await self._close_dir(found)
             return
         handle = self._file(name)
@@ -571,15 +576,18 @@ class Requests:
         try:
             stored = await self._run("close", self._close_file(handle, True, meta), meta)
         finally:
-            self._forget(name, handle)
+            self._forget(name)
         if stored:
             self._notify(handle)
 
-    def _forget(self, name: bytes, handle: FileHandle) -> None:
-        if self._handles.pop(name, None) is not None:
-            self._state.open_handles -= 1
+    def _forget(self, name: bytes) -> None:
+        """Drop a handle: its place in the session's limit, and its upload's visibility."""
+        handle = self._handles.pop(name, None)
+        if handle is None:
+            return
+        self._state.open_handles -= 1
         uploads = self._state.uploads.get(handle.path)
-        if uploads is not None and handle in uploads:
+        if isinstance(handle, FileHandle) and uploads is not None and handle in uploads:
             uploads.remove(handle)
             if not uploads:
                 del self._state.uploads[handle.path]
@@ -649,7 +657,7 @@ class Requests:
 
     async def fstatvfs(self, name: bytes) -> bytes:
         """Capacity of the storage holding an open file."""
-        found = self._handles.get(name)
+        found = self._handles.get(name)  # a file or a directory
         if found is None:
             raise SftpStatus(codec.FX_FAILURE, "Invalid handle")
         meta = {"path": found.client_path}
@@ -738,7 +746,6 @@ class Requests:
             if handles and paths.parent(path) == directory and path.startswith(prefix)
         }
         name = self._new_handle()
-        self._state.open_handles += 1
         self._handles[name] = _DirHandle(
             directory,
             self._client(directory),
@@ -750,9 +757,7 @@ class Requests:
 
     async def readdir(self, name: bytes) -> list[tuple[bytes, bytes, bytes]]:
         """The next batch of a listing; empty at the end."""
-        found = self._handles.get(name)
-        if not isinstance(found, _DirHandle):
-            raise SftpStatus(codec.FX_FAILURE, "Invalid handle")
+        found = self._get(name, _DirHandle)
         meta: dict[str, Any] = {"path": found.client_path, "entries": found.count}
         batch = await self._run("list_dir", self._readdir(found, meta), meta, report=False)
         if found.entries is None and not found.reported:
@@ -934,8 +939,7 @@ class Requests:
         for name, found in list(self._handles.items()):
             if isinstance(found, _DirHandle):
                 await self._close_dir(found)
-                self._handles.pop(name, None)
-                self._state.open_handles -= 1
+                self._forget(name)
                 continue
             meta = _close_meta(found, abandoned=True)
             try:
@@ -943,5 +947,5 @@ class Requests:
             except Exception:
                 log.warning("aborting %s at session end failed", found.path, exc_info=True)
             finally:
-                self._forget(name, found)
+                self._forget(name)
         self._state.channels.discard(self)

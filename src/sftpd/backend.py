@@ -616,14 +616,17 @@ class _AsyncWriter:
     def _call(self, method: Callable[..., Any], *args: Any) -> Any:
         return asyncio.get_running_loop().run_in_executor(self._executor, method, *args)
 
+    def _take(self) -> tuple[int, bytes]:
+        """The gathered batch, handed over: its offset and bytes."""
+        data, self._pending = bytes(self._pending), bytearray()
+        return self._pending_at, data
+
     async def _flush(self) -> None:
         if not self._pending:
             return
         async with self._flushing:
             if self._pending:
-                data, offset = bytes(self._pending), self._pending_at
-                self._pending = bytearray()
-                await self._call(self._writer.write, offset, data)
+                await self._call(self._writer.write, *self._take())
 
     async def write(self, offset: int, data: bytes) -> None:
         pending = self._pending
@@ -638,11 +641,9 @@ class _AsyncWriter:
 
     async def commit(self) -> None:
         async with self._flushing:  # the last batch and the commit in one pool call
-            data, offset = bytes(self._pending), self._pending_at
-            self._pending = bytearray()
             if hasattr(self, "permissions"):
                 self._writer.permissions = self.permissions
-            await self._call(self._write_and_commit, offset, data)
+            await self._call(self._write_and_commit, *self._take())
 
     def _write_and_commit(self, offset: int, data: bytes) -> None:
         if data:

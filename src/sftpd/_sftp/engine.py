@@ -198,16 +198,21 @@ class SftpEngine:
         parser = Parser(packet, 5)
         try:
             claims, work = row(self, request_id, parser)
-        except BadMessage as exc:
-            self.transport.write(codec.status(request_id, codec.FX_BAD_MESSAGE, str(exc)))
-            return
-        except OutOfRange as exc:
-            self.transport.write(codec.status(request_id, codec.FX_FAILURE, f"Invalid {exc}"))
-            return
-        except SftpStatus as exc:
-            self.transport.write(codec.status(request_id, self._code(exc.code), exc.reason))
+        except Exception as exc:
+            self.transport.write(self._error_reply(request_id, exc))
             return
         self._start(request_id, claims, work)
+
+    def _error_reply(self, request_id: int, exc: Exception) -> bytes:
+        """The STATUS reply for what decoding or serving a request raised."""
+        if isinstance(exc, BadMessage):
+            return codec.status(request_id, codec.FX_BAD_MESSAGE, str(exc))
+        if isinstance(exc, OutOfRange):
+            return codec.status(request_id, codec.FX_FAILURE, f"Invalid {exc}")
+        if not isinstance(exc, SftpStatus):
+            log.error("unexpected error serving an SFTP request", exc_info=exc)
+            exc = to_sftp_error(exc)
+        return codec.status(request_id, self._code(exc.code), exc.reason)
 
     def _init(self, client_version: int) -> None:
         self.version = 3
@@ -270,14 +275,8 @@ class SftpEngine:
             # Something the request awaited was cancelled, not the request itself.
             log.error("an SFTP request was cancelled from within", exc_info=True)
             reply = codec.status(request_id, codec.FX_FAILURE, "Failure")
-        except SftpStatus as exc:
-            reply = codec.status(request_id, self._code(exc.code), exc.reason)
-        except OutOfRange as exc:
-            reply = codec.status(request_id, codec.FX_FAILURE, f"Invalid {exc}")
         except Exception as exc:
-            log.exception("unexpected error serving an SFTP request")
-            mapped = to_sftp_error(exc)
-            reply = codec.status(request_id, self._code(mapped.code), mapped.reason)
+            reply = self._error_reply(request_id, exc)
         finally:
             if reply is not None and not self._closed:
                 self.transport.write(reply)
@@ -288,9 +287,7 @@ class SftpEngine:
             self.budget.requests -= 1
             if not self._running:
                 self._idle.set()
-            if self.stalled:
-                self.pump()
-            self.budget.released()
+            self.budget.released()  # pumps every stalled engine of the connection, this one too
 
     @staticmethod
     def _code(code: int) -> int:
@@ -301,13 +298,13 @@ class SftpEngine:
         """Wait while the connection's unread replies would exceed the budget."""
         budget = self.budget
         delay = 0.001
-        while budget.backlog() + length > budget.reply_backlog and budget.backlog() > 0:
+        while (backlog := budget.backlog()) and backlog + length > budget.reply_backlog:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
         budget.reserved += length
 
     async def connection_lost(self) -> None:
-        """The channel is gone: let running requests end, then abort what is open."""
+        """The channel is gone: cancel what still runs, then abort what is open."""
         self._closed = True
         self._buffer.clear()
         for task in list(self._tasks):
