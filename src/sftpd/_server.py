@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from ._coalesce import coalesce_writes
+from ._coalesce import coalesce_writes, skip_ignore_packets
 from ._config import WITHOUT_SHA1, ServerConfig, host_key_pairs, load_host_keys
 from ._proxy import ProxyListener
 from ._requests import Requests, SessionState, Settings
@@ -129,6 +129,7 @@ class _Connection(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         coalesce_writes(conn)
+        skip_ignore_packets(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self.peer = self._client or Peer(str(peer[0]), int(peer[1]))
         limit = self._ctx.too_many_pending(self.peer.host)

@@ -15,6 +15,7 @@ import stat
 import time
 from typing import IO, Any
 
+from ._coalesce import CoalescingTransport
 from ._requests import Requests, SessionState, Settings
 from ._session import Peer, Session
 from ._sftp.engine import ConnectionBudget, SftpEngine
@@ -36,11 +37,14 @@ def peer_from_environment(environ: dict[str, str] | None = None) -> Peer:
 
 
 class _PipeTransport:
-    """A :class:`~sftpd._sftp.engine.Transport` over a read pipe and a write pipe."""
+    """A :class:`~sftpd._sftp.engine.Transport` over a read pipe and a write pipe.
+
+    Replies written in one pass of the event loop leave in one ``write`` to sshd.
+    """
 
     def __init__(self, reader: asyncio.ReadTransport, writer: asyncio.WriteTransport) -> None:
         self._reader = reader
-        self._writer = writer
+        self._writer = CoalescingTransport(writer, asyncio.get_running_loop())
         self.closed = asyncio.Event()
 
     def write(self, data: bytes) -> None:
@@ -49,6 +53,10 @@ class _PipeTransport:
 
     def backlog(self) -> int:
         return self._writer.get_write_buffer_size()
+
+    def flush(self) -> None:
+        """Hand the replies of this pass to the pipe now."""
+        self._writer.flush()
 
     def pause_reading(self) -> None:
         self._reader.pause_reading()
@@ -123,6 +131,7 @@ async def serve_stdio(
         closed.cancel()
         await engine.wait_idle()
         await engine.connection_lost()
+        transport.flush()
         await _drain(write_transport)
         write_transport.close()
         bus.execute(("sftpd", "session", "close"),

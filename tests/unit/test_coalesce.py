@@ -151,3 +151,32 @@ async def test_asyncssh_keeps_its_transport_where_the_swap_expects(
             monkeypatch.setattr(CoalescingTransport, "write", spy)
             await sftp.listdir("/")
     assert writes, "asyncssh wrote around the transport it was given"
+
+
+async def test_a_server_connection_sends_no_empty_ignore_packets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a live connection the server's packets reach asyncssh's sender with no empty
+    MSG_IGNORE among them, while the client (untouched) still sends its usual ones.
+
+    This fails if asyncssh stops sending its ignore packets through ``self.send_packet``
+    with an empty string, the one shape :func:`skip_ignore_packets` filters."""
+    sent: dict[str, list[int]] = {"server": [], "client": []}
+    original = asyncssh.connection.SSHConnection.send_packet
+
+    def spy(self: asyncssh.connection.SSHConnection, pkttype: int, *args: bytes, **kw: Any) -> None:
+        side = "server" if isinstance(self, asyncssh.SSHServerConnection) else "client"
+        sent[side].append(pkttype)
+        original(self, pkttype, *args, **kw)
+
+    monkeypatch.setattr(asyncssh.connection.SSHConnection, "send_packet", spy)
+    async with running_server(backend=sftpd.MemoryBackend()) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/f", "wb") as f:
+                await f.write(b"x" * 100_000)
+            async with sftp.open("/f", "rb") as f:
+                assert await f.read() == b"x" * 100_000
+    data = asyncssh.constants.MSG_CHANNEL_DATA
+    assert sent["server"].count(data) >= 4
+    assert asyncssh.constants.MSG_IGNORE not in sent["server"]
+    assert sent["client"].count(asyncssh.constants.MSG_IGNORE) >= sent["client"].count(data)
