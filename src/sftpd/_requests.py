@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import paths
-from ._handles import FileHandle, OpenMode
+from ._handles import FileHandle, OpenMode, within
 from ._session import Session
 from ._sftp import codec
 from ._sftp.codec import WireAttrs
@@ -487,10 +487,10 @@ class Requests:
         path = self._path(raw)
         name = self._new_handle()
         try:
-            handle = await asyncio.wait_for(
-                self._open_backend(path, mode, attrs, int(name)), self._settings.open_timeout
+            handle = await within(
+                self._settings.open_timeout, self._open_backend(path, mode, attrs, int(name))
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._state.open_handles -= 1
             raise SftpStatus(codec.FX_FAILURE, "Opening the file timed out") from None
         except BaseException:

@@ -161,13 +161,13 @@ class TestAsyncCustomBackend(BackendConformance):
 
 
 class TestLocalBackend(BackendConformance):
-    """The local-folder backend, in a temporary directory."""
+    """The local-folder backend, in a temporary directory, calls inline and in threads."""
 
-    @pytest.fixture
-    def backend(self, tmp_path: Any) -> Any:
+    @pytest.fixture(params=["inline", "threads"])
+    def backend(self, tmp_path: Any, request: pytest.FixtureRequest) -> Any:
         from sftpd.backends.local import LocalBackend
 
-        return LocalBackend(tmp_path / "root", create=True, fsync=False)
+        return LocalBackend(tmp_path / "root", create=True, fsync=False, io=request.param)
 
 
 class TestS3Backend(BackendConformance):

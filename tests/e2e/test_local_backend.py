@@ -39,15 +39,17 @@ def layout(tmp_path: Path) -> tuple[Path, Path]:
     return root, outside
 
 
+@pytest.mark.parametrize("io", ["inline", "threads"])
 async def test_openssh_round_trip_on_local_disk(
-    layout: tuple[Path, Path], openssh: OpenSSH, tmp_path: Path
+    layout: tuple[Path, Path], openssh: OpenSSH, tmp_path: Path, io: str
 ) -> None:
-    """put, get, rename, rm, mkdir and rmdir land on the host file system as expected."""
+    """put, get, rename, rm, mkdir and rmdir land on the host file system as expected,
+    whether the backend's small calls run on the event loop or in threads."""
     root, _outside = layout
     work = tmp_path / "work"
     work.mkdir()
     src = make_file(work / "up.bin", 4_000_000, seed=5)
-    backend = sftpd.LocalBackend(root)
+    backend = sftpd.LocalBackend(root, io=io)
     async with running_server(backend=backend) as server:
         result = await openssh.run(
             server.port,
@@ -82,16 +84,18 @@ async def test_openssh_round_trip_on_local_disk(
         "rmdir escape/..",
     ],
 )
+@pytest.mark.parametrize("io", ["inline", "threads"])
 async def test_escapes_fail_and_touch_nothing_outside(
-    layout: tuple[Path, Path], openssh: OpenSSH, tmp_path: Path, command: str
+    layout: tuple[Path, Path], openssh: OpenSSH, tmp_path: Path, command: str, io: str
 ) -> None:
-    """Traversal and symlink escapes fail, and the outside directory is unchanged."""
+    """Traversal and symlink escapes fail and the outside directory is unchanged, with
+    calls inline or in threads."""
     root, outside = layout
     work = tmp_path / "work"
     work.mkdir()
     (work / "payload.txt").write_text("evil")
     before = snapshot(outside)
-    async with running_server(backend=sftpd.LocalBackend(root)) as server:
+    async with running_server(backend=sftpd.LocalBackend(root, io=io)) as server:
         result = await openssh.run(server.port, command + "\n", cwd=work)
     assert result.returncode != 0, result.stdout
     assert snapshot(outside) == before

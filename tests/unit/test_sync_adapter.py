@@ -1,14 +1,20 @@
-"""Unit: sync backends' readers and writers reach the thread pool once per MiB, not per request."""
+"""Unit: sync backends reach the pool once per MiB; quick ones skip it for small calls."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from sftpd.backend import BATCH, _AsyncReader, _AsyncWriter
+import sftpd
+from sftpd import backend as backend_module
+from sftpd.backend import BATCH, Offload, _AsyncReader, _AsyncWriter, bind_backend
+from sftpd.backends.local import file_system_of
 
 KiB = 1 << 10
 
@@ -59,12 +65,12 @@ class FileReader:
 
 
 @pytest.fixture
-def pool() -> ThreadPoolExecutor:
+def pool() -> Offload:
     """A small thread pool standing in for the backend's."""
-    return ThreadPoolExecutor(4)
+    return Offload(ThreadPoolExecutor(4))
 
 
-async def test_32k_writes_reach_a_sync_writer_a_mib_at_a_time(pool: ThreadPoolExecutor) -> None:
+async def test_32k_writes_reach_a_sync_writer_a_mib_at_a_time(pool: Offload) -> None:
     """4 MiB of 32 KiB writes, 64 at once, arrive whole in 4 thread-pool calls."""
     inner = FileWriter()
     writer = _AsyncWriter(inner, pool)
@@ -77,7 +83,7 @@ async def test_32k_writes_reach_a_sync_writer_a_mib_at_a_time(pool: ThreadPoolEx
     assert inner.calls <= 5
 
 
-async def test_a_rewrite_lands_after_what_it_replaces(pool: ThreadPoolExecutor) -> None:
+async def test_a_rewrite_lands_after_what_it_replaces(pool: Offload) -> None:
     """Writing a range again, after writes elsewhere, leaves the later bytes."""
     inner = FileWriter()
     writer = _AsyncWriter(inner, pool)
@@ -90,7 +96,7 @@ async def test_a_rewrite_lands_after_what_it_replaces(pool: ThreadPoolExecutor) 
     assert bytes(inner.content[5000:5100]) == b"b" * 100
 
 
-async def test_a_refused_batch_fails_the_commit(pool: ThreadPoolExecutor) -> None:
+async def test_a_refused_batch_fails_the_commit(pool: Offload) -> None:
     """A write the storage refuses while batched fails the commit; nothing is committed."""
     inner = FileWriter(fail_at=10)
     writer = _AsyncWriter(inner, pool)
@@ -100,7 +106,7 @@ async def test_a_refused_batch_fails_the_commit(pool: ThreadPoolExecutor) -> Non
     assert not inner.committed
 
 
-async def test_32k_reads_of_a_sync_reader_cost_one_call_per_mib(pool: ThreadPoolExecutor) -> None:
+async def test_32k_reads_of_a_sync_reader_cost_one_call_per_mib(pool: Offload) -> None:
     """4 MiB read in 32 KiB requests, 64 outstanding, takes about 4 reads of the storage,
     and every read returns the right bytes, the last one short at the end of the file."""
     data = os.urandom(4 * BATCH - 100)
@@ -112,3 +118,95 @@ async def test_32k_reads_of_a_sync_reader_cost_one_call_per_mib(pool: ThreadPool
     assert pieces[-1] == b""
     assert inner.calls <= 6
     await reader.close()
+
+
+class ThreadRecorder:
+    """A sync writer that notes which thread each call ran on."""
+
+    def __init__(self) -> None:
+        self.threads: dict[str, str] = {}
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.threads["write"] = threading.current_thread().name
+
+    def commit(self) -> None:
+        self.threads["commit"] = threading.current_thread().name
+
+    def abort(self) -> None:
+        self.threads["abort"] = threading.current_thread().name
+
+
+async def test_a_quick_backend_commits_small_files_inline_and_bulk_in_the_pool() -> None:
+    """With inline calls a small file's last write and commit run on the loop's thread, a
+    1 MiB batch still goes to the pool; without inline calls everything does."""
+    loop_thread = threading.current_thread().name
+    quick = Offload(ThreadPoolExecutor(2, thread_name_prefix="pool"), inline=True)
+    small = ThreadRecorder()
+    writer = _AsyncWriter(small, quick)
+    await writer.write(0, b"x" * 4096)
+    await writer.commit()
+    assert small.threads == {"write": loop_thread, "commit": loop_thread}
+    bulk = ThreadRecorder()
+    writer = _AsyncWriter(bulk, quick)
+    await writer.write(0, b"x" * (BATCH + 10))
+    await writer.commit()
+    assert bulk.threads["write"].startswith("pool")
+    assert bulk.threads["commit"] == loop_thread  # nothing was left to write with it
+    pooled = ThreadRecorder()
+    writer = _AsyncWriter(pooled, Offload(ThreadPoolExecutor(2, thread_name_prefix="pool")))
+    await writer.write(0, b"x" * 4096)
+    await writer.commit()
+    assert pooled.threads["commit"].startswith("pool")
+
+
+async def test_a_slow_inline_call_sends_calls_to_the_pool(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An inline call slower than SLOW_CALL is logged and the calls after it run in the
+    pool until POOL_AFTER_SLOW has passed; then they are inline again."""
+    monkeypatch.setattr(backend_module, "SLOW_CALL", 0.01)
+    monkeypatch.setattr(backend_module, "POOL_AFTER_SLOW", 0.2)
+    offload = Offload(ThreadPoolExecutor(2, thread_name_prefix="pool"), inline=True)
+
+    def where() -> str:
+        return threading.current_thread().name
+
+    loop_thread = where()
+    assert await offload.call(where) == loop_thread
+    await offload.call(time.sleep, 0.03)
+    assert "thread pool for the next" in caplog.text
+    assert (await offload.call(where)).startswith("pool")
+    await asyncio.sleep(0.25)
+    assert await offload.call(where) == loop_thread
+
+
+def test_local_backend_goes_inline_only_where_calls_are_quick(tmp_path: Path) -> None:
+    """auto: inline on tmpfs or on a disk file system without fsync, threads where each
+    commit waits for the disk; an unknown io value is a start-up error."""
+    kind = file_system_of(tmp_path)
+    backend = sftpd.LocalBackend(tmp_path)
+    quick_fs = kind in {"tmpfs", "ramfs"}
+    assert backend.inline_calls is quick_fs
+    assert sftpd.LocalBackend(tmp_path, fsync=False).inline_calls is (
+        quick_fs or kind in {"ext4", "xfs", "btrfs", "overlay", "ext3", "ext2", "f2fs", "zfs"}
+    )
+    assert sftpd.LocalBackend(tmp_path, io="inline").inline_calls is True
+    assert sftpd.LocalBackend(tmp_path, io="threads").inline_calls is False
+    assert bind_backend(sftpd.LocalBackend(tmp_path, io="threads")) is not None
+    with pytest.raises(sftpd.ConfigError, match="auto, inline or threads"):
+        sftpd.LocalBackend(tmp_path, io="fast")
+
+
+def test_file_system_type_is_the_longest_mount_holding_the_path(tmp_path: Path) -> None:
+    """Mount points are matched by whole components, the deepest one wins, and escaped
+    spaces in mount points are understood."""
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "30 22 0:5 / /srv/data rw - nfs4 server:/x rw\n"
+        "31 22 0:6 / /srv/data\\040room rw shared:1 - tmpfs tmpfs rw\n"
+    )
+    assert file_system_of(Path("/srv/data/a"), str(info)) == "nfs4"
+    assert file_system_of(Path("/srv/database"), str(info)) == "ext4"
+    assert file_system_of(Path("/srv/data room/x"), str(info)) == "tmpfs"
+    assert file_system_of(Path("/x"), str(tmp_path / "missing")) == ""

@@ -15,7 +15,8 @@ where the file system lacks it) and are renamed into place at close: atomic, not
 partial is ever visible, and a crashed server leaves nothing behind (an anonymous file
 vanishes with its process; hidden leftovers are removed at the next start).
 
-Methods are plain ``def``; sftpd runs them in its thread pool.
+Methods are plain ``def``; sftpd runs them in its thread pool, or, where the file system
+answers in microseconds, its small calls on the event loop (``io``, below).
 """
 
 from __future__ import annotations
@@ -90,6 +91,33 @@ def _translate(exc: OSError) -> OSError:
     return exc
 
 
+#: File systems held in memory: no call on them waits for a device.
+MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
+#: Local disk file systems: metadata calls are served from the kernel's caches, and
+#: only a commit with fsync waits for the disk.
+DISK_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "overlay"})
+
+
+def file_system_of(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The type of the file system holding ``path`` (Linux), or ``""`` when unknown."""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return ""
+    best, kind = "", ""
+    target = str(path)
+    for line in lines:
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        after = line.split(" - ", 1)[1].split()
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if after and inside and len(mount) >= len(best):
+            best, kind = mount, after[0]
+    return kind
+
+
 class LocalBackend:
     """Serve one directory of the local file system.
 
@@ -97,16 +125,40 @@ class LocalBackend:
         root: The directory to serve; it must exist (or pass ``create=True``).
         create: Create ``root`` (and parents) if missing.
         fsync: Flush uploads to disk before they become visible (slower, durable).
+        io: Where the small calls (stat, open, rename, the commit of a small upload,
+            listing batches) run. ``"threads"``: all in sftpd's thread pool. ``"inline"``:
+            on the event loop, which saves a thread hop (50-150 us) per call; bulk reads
+            and writes stay in the pool. ``"auto"`` (default): inline when ``root`` is on
+            a memory file system (tmpfs, ramfs), or on a local disk file system with
+            ``fsync`` off; threads on network and FUSE file systems, and when every commit
+            waits for the disk. Inline or not, a call that takes over 5 ms sends every
+            call to the pool for 30 s.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, create: bool = False, fsync: bool = True):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        create: bool = False,
+        fsync: bool = True,
+        io: str = "auto",
+    ):
         path = Path(root)
         if create:
             path.mkdir(parents=True, exist_ok=True)
         if not path.is_dir():
             raise ConfigError(f"local backend root {path} is not a directory; create it first")
+        if io not in ("auto", "inline", "threads"):
+            raise ConfigError(f"local backend io must be auto, inline or threads, not {io!r}")
         self.root = path.resolve()
         self.fsync = fsync
+        self.file_system = file_system_of(self.root)
+        if io == "auto":
+            quick = self.file_system in MEMORY_FILE_SYSTEMS or (
+                self.file_system in DISK_FILE_SYSTEMS and not fsync
+            )
+            io = "inline" if quick else "threads"
+        self.inline_calls = io == "inline"
         self._remove_stale_uploads()
 
     def __repr__(self) -> str:
