@@ -73,3 +73,19 @@ async def test_a_channel_gone_mid_pass_gets_nothing() -> None:
     transport.closed = True
     await asyncio.sleep(0)
     assert chan.writes == []
+
+
+async def test_a_large_pass_is_joined_in_bounded_writes() -> None:
+    """A pass of 2 MiB of replies reaches the channel in order, in writes of about JOIN
+    bytes each, so joining never copies the whole pass at once."""
+    from sftpd._sftp.ssh import JOIN
+
+    chan = RecordingChannel()
+    transport = transport_over(chan)
+    replies = [bytes([i]) * (32 * 1024 + 13) for i in range(64)]
+    for reply in replies:
+        transport.write(reply)
+    await asyncio.sleep(0)
+    assert b"".join(chan.writes) == b"".join(replies)
+    assert len(chan.writes) == 8
+    assert all(JOIN <= len(w) < JOIN + len(replies[0]) for w in chan.writes[:-1])

@@ -21,6 +21,10 @@ __all__ = ["ChannelTransport", "SftpChannel"]
 log = logging.getLogger("sftpd")
 
 
+#: Bytes of replies joined into one channel write at most.
+JOIN = 256 << 10
+
+
 class ChannelTransport:
     """A :class:`~.engine.Transport` over one asyncssh channel.
 
@@ -49,8 +53,20 @@ class ChannelTransport:
 
     def _flush(self) -> None:
         pending, self._pending, self._pending_bytes = self._pending, [], 0
-        if pending and not self.closed:
-            self._chan.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if self.closed:
+            return
+        # Joined about JOIN bytes at a time, each reply let go once copied, so a pass that
+        # answers many reads at once costs one extra JOIN of memory, not a copy of it all.
+        pending.reverse()
+        batch: list[bytes] = []
+        size = 0
+        while pending:
+            data = pending.pop()
+            batch.append(data)
+            size += len(data)
+            if size >= JOIN or not pending:
+                self._chan.write(batch[0] if len(batch) == 1 else b"".join(batch))
+                batch, size = [], 0
 
     def backlog(self) -> int:
         return 0 if self.closed else self._chan.get_write_buffer_size() + self._pending_bytes
