@@ -573,6 +573,9 @@ class Offload:
                 )  # fmt: skip
 
 
+#: Calls that move whole files: never inline (a backend may add its own in ``pool_calls``).
+_BULK_CALLS = ("read_file", "write_file", "read_range")
+
 #: Seconds an inline backend call may take before the guard sends calls to the pool.
 SLOW_CALL = 0.005
 #: Seconds the calls of a backend stay in the pool after one inline call was slow.
@@ -638,7 +641,7 @@ def _asyncify_iter(
 
 #: Bytes a sync reader fetches per thread-pool call, and a sync writer gathers before one.
 BATCH = 1 << 20
-#: The largest last batch a commit may write inline (see :class:`Offload`).
+#: The largest upload whose commit may run inline (see :class:`Offload`).
 SMALL_WRITE = 64 << 10
 
 
@@ -647,15 +650,24 @@ class _AsyncWriter:
 
     Contiguous writes are gathered and handed over :data:`BATCH` bytes at a time, so a
     client writing 32 KiB requests costs one thread-pool call per MiB, not per request.
-    A write the storage refuses fails the next write or the commit, so the client's close
-    fails and nothing is stored. Made for every upload: nothing is wrapped up front.
+    A writer with ``write_many(offset, chunks)`` gets the client's pieces as they came
+    (the local backend writes them with one ``pwritev``); others get them joined. A write
+    the storage refuses fails the next write or the commit, so the client's close fails
+    and nothing is stored. Made for every upload: nothing is wrapped up front.
+
+    The commit of a small upload (at most :data:`SMALL_WRITE` bytes in all) may run inline
+    (see :class:`Offload`), unless the writer says its commit is slow (``quick_commit``
+    false: the local backend's, when it replaces a large file whose pages it frees).
     """
 
     def __init__(self, writer: Any, offload: Offload) -> None:
         self._writer = writer
         self._offload = offload
-        self._pending = bytearray()
+        self._chunks: list[bytes] = []
+        self._pending_size = 0
         self._pending_at = 0
+        self._written = 0
+        self._write_many = getattr(writer, "write_many", None)
         self._flushing = asyncio.Lock()  # flushes in order: a rewrite never overtakes
         self.concurrent_writes = bool(getattr(writer, "concurrent_writes", False))
         if hasattr(writer, "permissions"):
@@ -667,46 +679,56 @@ class _AsyncWriter:
     def _call(self, method: Callable[..., Any], *args: Any) -> Any:
         return self._offload.pool(method, *args)
 
-    def _take(self) -> tuple[int, bytes]:
-        """The gathered batch, handed over: its offset and bytes."""
-        data, self._pending = bytes(self._pending), bytearray()
-        return self._pending_at, data
+    def _take(self) -> tuple[int, list[bytes]]:
+        """The gathered batch, handed over: its offset and pieces."""
+        chunks, self._chunks, self._pending_size = self._chunks, [], 0
+        return self._pending_at, chunks
+
+    def _store(self, offset: int, chunks: list[bytes]) -> None:
+        """Write a batch (in a pool thread)."""
+        if self._write_many is not None:
+            self._write_many(offset, chunks)
+        else:
+            self._writer.write(offset, chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     async def _flush(self) -> None:
-        if not self._pending:
+        if not self._chunks:
             return
         async with self._flushing:
-            if self._pending:
-                await self._call(self._writer.write, *self._take())
+            if self._chunks:
+                await self._call(self._store, *self._take())
 
     async def write(self, offset: int, data: bytes) -> None:
-        pending = self._pending
-        if pending and offset == self._pending_at + len(pending):
-            pending += data
+        self._written += len(data)
+        if self._chunks and offset == self._pending_at + self._pending_size:
+            self._chunks.append(data)
+            self._pending_size += len(data)
         else:
             await self._flush()
-            self._pending = bytearray(data)
+            self._chunks = [data]
+            self._pending_size = len(data)
             self._pending_at = offset
-        if len(self._pending) >= BATCH:
+        if self._pending_size >= BATCH:
             await self._flush()
 
     async def commit(self) -> None:
         async with self._flushing:  # the last batch and the commit in one pool call
             if hasattr(self, "permissions"):
                 self._writer.permissions = self.permissions
-            offset, data = self._take()
-            if len(data) <= SMALL_WRITE:  # a small file: its commit is a metadata call
-                await self._offload.call(self._write_and_commit, offset, data)
+            offset, chunks = self._take()
+            quick = getattr(self._writer, "quick_commit", True)
+            if self._written <= SMALL_WRITE and quick:  # a small file: a metadata call
+                await self._offload.call(self._write_and_commit, offset, chunks)
             else:
-                await self._call(self._write_and_commit, offset, data)
+                await self._call(self._write_and_commit, offset, chunks)
 
-    def _write_and_commit(self, offset: int, data: bytes) -> None:
-        if data:
-            self._writer.write(offset, data)
+    def _write_and_commit(self, offset: int, chunks: list[bytes]) -> None:
+        if chunks:
+            self._store(offset, chunks)
         self._writer.commit()
 
     async def abort(self) -> None:
-        self._pending = bytearray()
+        self._chunks, self._pending_size = [], 0
         await self._offload.call(self._writer.abort)
 
     async def read(self, offset: int, length: int) -> bytes:
@@ -799,16 +821,18 @@ def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
     check_backend(backend)
     executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="sftpd-backend")
     offload = Offload(executor, inline=getattr(backend, "inline_calls", False) is True)
+    pooled = Offload(executor)
+    in_pool = {*_BULK_CALLS, *getattr(backend, "pool_calls", ())}
     methods: dict[str, Any] = {}
     for name in _REQUIRED:
         func = getattr(backend, name)
-        methods[name] = (
-            _asyncify_iter(func, offload) if name == "list_dir" else asyncify(func, offload)
-        )
+        where = pooled if name in in_pool else offload
+        methods[name] = _asyncify_iter(func, where) if name == "list_dir" else asyncify(func, where)
     capabilities = {cap for cap in _OPTIONAL if supports(backend, cap)}
     for cap in capabilities:
         for name in _OPTIONAL[cap]:
-            methods[name] = asyncify(getattr(backend, name), offload)
+            where = pooled if name in in_pool else offload
+            methods[name] = asyncify(getattr(backend, name), where)
     if "streaming_writes" in capabilities:
         methods["open_writer"] = _adapting_writers(methods["open_writer"], offload)
         if "exclusive" in inspect.signature(backend.open_writer).parameters:  # type: ignore[attr-defined]

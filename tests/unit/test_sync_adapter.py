@@ -137,8 +137,9 @@ class ThreadRecorder:
 
 
 async def test_a_quick_backend_commits_small_files_inline_and_bulk_in_the_pool() -> None:
-    """With inline calls a small file's last write and commit run on the loop's thread, a
-    1 MiB batch still goes to the pool; without inline calls everything does."""
+    """With inline calls a small file's last write and commit run on the loop's thread; a
+    1 MiB batch and the commit of a large upload go to the pool; without inline calls, or
+    when the writer's commit is slow (replacing a large file), everything does."""
     loop_thread = threading.current_thread().name
     quick = Offload(ThreadPoolExecutor(2, thread_name_prefix="pool"), inline=True)
     small = ThreadRecorder()
@@ -151,7 +152,13 @@ async def test_a_quick_backend_commits_small_files_inline_and_bulk_in_the_pool()
     await writer.write(0, b"x" * (BATCH + 10))
     await writer.commit()
     assert bulk.threads["write"].startswith("pool")
-    assert bulk.threads["commit"] == loop_thread  # nothing was left to write with it
+    assert bulk.threads["commit"].startswith("pool")
+    slow = ThreadRecorder()
+    slow.quick_commit = False  # type: ignore[attr-defined]
+    writer = _AsyncWriter(slow, quick)
+    await writer.write(0, b"x" * 4096)
+    await writer.commit()
+    assert slow.threads["commit"].startswith("pool")
     pooled = ThreadRecorder()
     writer = _AsyncWriter(pooled, Offload(ThreadPoolExecutor(2, thread_name_prefix="pool")))
     await writer.write(0, b"x" * 4096)
@@ -210,3 +217,100 @@ def test_file_system_type_is_the_longest_mount_holding_the_path(tmp_path: Path) 
     assert file_system_of(Path("/srv/database"), str(info)) == "ext4"
     assert file_system_of(Path("/srv/data room/x"), str(info)) == "tmpfs"
     assert file_system_of(Path("/x"), str(tmp_path / "missing")) == ""
+
+
+class PieceWriter(FileWriter):
+    """A sync writer that takes consecutive pieces as they came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[int]] = []
+
+    def write_many(self, offset: int, chunks: list[bytes]) -> None:
+        self.batches.append([len(c) for c in chunks])
+        self.write(offset, b"".join(chunks))
+
+
+async def test_a_writer_with_write_many_gets_the_pieces_unjoined(pool: Offload) -> None:
+    """2 MiB of 32 KiB writes reach write_many as two batches of 32 pieces, bytes intact."""
+    inner = PieceWriter()
+    writer = _AsyncWriter(inner, pool)
+    data = os.urandom(2 * BATCH)
+    for offset in range(0, len(data), 32 * KiB):
+        await writer.write(offset, data[offset : offset + 32 * KiB])
+    await writer.commit()
+    assert inner.batches == [[32 * KiB] * 32, [32 * KiB] * 32]
+    assert bytes(inner.content) == data
+
+
+class ThreadNoting:
+    """Just enough of a sync backend to see which thread each call runs on."""
+
+    inline_calls = True
+    pool_calls = ("remove_file",)
+
+    def __init__(self) -> None:
+        self.threads: dict[str, str] = {}
+
+    def _note(self, name: str) -> None:
+        self.threads[name] = threading.current_thread().name
+
+    def stat(self, path: str, session: object) -> None:
+        self._note("stat")
+
+    def list_dir(self, path: str, session: object) -> list[object]:
+        return []
+
+    def make_dir(self, path: str, session: object) -> None:
+        self._note("make_dir")
+
+    def remove_dir(self, path: str, session: object) -> None:
+        self._note("remove_dir")
+
+    def remove_file(self, path: str, session: object) -> None:
+        self._note("remove_file")
+
+    def rename(self, src: str, dst: str, session: object) -> None:
+        self._note("rename")
+
+    def read_file(self, path: str, session: object) -> bytes:
+        self._note("read_file")
+        return b""
+
+    def write_file(self, path: str, data: bytes, session: object) -> None:
+        self._note("write_file")
+
+
+async def test_pool_calls_and_whole_file_calls_never_run_inline() -> None:
+    """An inline backend's small calls run on the loop's thread, while the calls it names in
+    pool_calls and the whole-file read_file/write_file run in the pool."""
+    backend = ThreadNoting()
+    bound = bind_backend(backend)
+    await bound.stat("/a", None)
+    await bound.make_dir("/d", None)
+    await bound.remove_file("/a", None)
+    await bound.read_file("/a", None)
+    await bound.write_file("/a", b"", None)
+    loop_thread = threading.current_thread().name
+    assert backend.threads["stat"] == loop_thread
+    assert backend.threads["make_dir"] == loop_thread
+    for name in ("remove_file", "read_file", "write_file"):
+        assert backend.threads[name].startswith("sftpd-backend"), name
+
+
+def test_local_commit_is_quick_unless_it_replaces_a_large_file(tmp_path: Path) -> None:
+    """A local upload of a new or small file may commit inline; one replacing a file over
+    1 MiB may not (the rename frees the old file's pages), and it still stores its bytes."""
+    backend = sftpd.LocalBackend(tmp_path, io="inline")
+    session = sftpd.Session(username="dev", peer=sftpd.Peer("127.0.0.1", 1))
+    (tmp_path / "big.bin").write_bytes(b"b" * (2 << 20))
+    (tmp_path / "small.bin").write_bytes(b"s" * 100)
+    fresh = backend.open_writer("/new.bin", session, keep_existing=False)
+    small = backend.open_writer("/small.bin", session, keep_existing=False)
+    big = backend.open_writer("/big.bin", session, keep_existing=False)
+    assert (fresh.quick_commit, small.quick_commit, big.quick_commit) == (True, True, False)
+    big.write_many(0, [b"1" * 10, b"2" * 5])
+    big.commit()
+    fresh.abort()
+    small.abort()
+    assert (tmp_path / "big.bin").read_bytes() == b"1" * 10 + b"2" * 5
