@@ -33,11 +33,21 @@ def host_key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def generated_host_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with the host keys `sftpd serve` generates: ed25519, ECDSA and RSA."""
+    """A directory with the host keys `sftpd serve` generates: ed25519 and RSA."""
     from sftpd.cli import ensure_host_keys
 
     directory = tmp_path_factory.mktemp("generated_host_keys") / "keys"
     ensure_host_keys(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def legacy_host_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The host keys `sftpd serve --legacy` generates: ed25519, RSA and ECDSA."""
+    from sftpd.cli import ensure_host_keys
+
+    directory = tmp_path_factory.mktemp("legacy_host_keys") / "keys"
+    ensure_host_keys(directory, legacy=True)
     return directory
 
 

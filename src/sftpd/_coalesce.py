@@ -126,6 +126,23 @@ def skip_ignore_packets(conn: object) -> bool:
     return True
 
 
+def refuse_before_banner(conn: object, text: bytes = b"Exceeded MaxStartups\r\n") -> bool:
+    """Close a new connection before asyncssh sends its SSH banner; True if done.
+
+    Called from ``connection_made``, which asyncssh runs just before it writes the banner:
+    ``text`` (OpenSSH's words for a refused start) goes out and the socket is aborted, so
+    the banner that follows is never sent and no key exchange starts.
+    """
+    if not supported():
+        return False
+    transport = getattr(conn, "_transport", None)
+    if not isinstance(transport, asyncio.WriteTransport):
+        return False
+    transport.write(text)
+    transport.abort()
+    return True
+
+
 def coalesce_writes(conn: object) -> bool:
     """Put a :class:`CoalescingTransport` under an asyncssh connection; True if done."""
     if not supported():

@@ -20,7 +20,14 @@ from .backend import check_backend
 from .errors import ConfigError
 from .telemetry import TelemetryBus
 
-__all__ = ["CIPHERS", "DEFAULT_CIPHERS", "ServerConfig", "load_host_keys"]
+__all__ = [
+    "CIPHERS",
+    "DEFAULT_CIPHERS",
+    "DEFAULT_KEX",
+    "DEFAULT_MACS",
+    "ServerConfig",
+    "load_host_keys",
+]
 
 HOST_KEY_GLOB = "ssh_host_*_key"
 
@@ -40,6 +47,64 @@ CIPHERS = (
 #: slower (see benchmarks/). AES runs on the CPU's AES instructions; GCM, and CTR with a
 #: SHA-2 or UMAC MAC, are both sound. Pass ``ciphers=CIPHERS`` to offer chacha20 as well.
 DEFAULT_CIPHERS = CIPHERS[:5]
+
+
+#: Key exchanges offered unless ``legacy_algorithms`` is set: the post-quantum hybrid
+#: ML-KEM/X25519 first, then X25519 alone for clients without ML-KEM (ssh-audit warns that
+#: these two give no post-quantum protection; they are kept for every client older than
+#: OpenSSH 9.9). No NIST curve (ssh-audit
+#: fails them), no finite-field Diffie-Hellman (each handshake costs the server a modular
+#: exponentiation: the DHEat denial of service). OpenSSH since 6.5, PuTTY since 0.68,
+#: paramiko since 2.2, libssh2 since 1.9, Go's x/crypto (rclone, pkg/sftp) and current
+#: JSch forks all have curve25519.
+DEFAULT_KEX = (
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+)
+
+#: MACs offered unless ``legacy_algorithms`` is set: encrypt-then-MAC with 128-bit or
+#: longer tags only (GCM ciphers need none).
+DEFAULT_MACS = (
+    "umac-128-etm@openssh.com",
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+)
+
+#: What ``legacy_macs`` adds: SHA-2 MACs over the plaintext (MAC-then-encrypt), for
+#: libssh2 before 1.11 (curl and PHP's ssh2 on Debian 12, Ubuntu 22.04), which has no etm
+#: MAC and no GCM cipher.
+LEGACY_MACS = ("hmac-sha2-256", "hmac-sha2-512")
+
+#: What ``legacy_sha1`` adds to the defaults above.
+SHA1_KEX = ("diffie-hellman-group14-sha1",)
+SHA1_MACS = ("hmac-sha1-etm@openssh.com", "hmac-sha1")
+
+
+def algorithm_options(
+    *, legacy: bool, legacy_sha1: bool, legacy_macs: bool = False
+) -> dict[str, list[str] | str]:
+    """The asyncssh options choosing key exchanges, MACs and compression.
+
+    Args:
+        legacy: asyncssh's whole default lists (NIST curves, finite-field DH, non-etm and
+            64-bit MACs, zlib) for old clients, still without SHA-1 unless ``legacy_sha1``.
+        legacy_sha1: Also the SHA-1 key exchange and MACs.
+        legacy_macs: Also the non-etm SHA-2 MACs (:data:`LEGACY_MACS`).
+    """
+    if legacy:
+        return (
+            {} if legacy_sha1 else {k: v for k, v in WITHOUT_SHA1.items() if k != "signature_algs"}
+        )
+    return {
+        "kex_algs": [*DEFAULT_KEX, *(SHA1_KEX if legacy_sha1 else ())],
+        "mac_algs": [
+            *DEFAULT_MACS,
+            *(LEGACY_MACS if legacy_macs else ()),
+            *(SHA1_MACS if legacy_sha1 else ()),
+        ],
+        "compression_algs": ["none"],
+    }
 
 
 #: What is taken out of asyncssh's defaults unless ``legacy_sha1`` is set, in asyncssh's
@@ -103,6 +168,14 @@ class ServerConfig:
             client the tests drive works without it. (Client keys signing with
             ``ssh-rsa`` are accepted either way: asyncssh does not let a server refuse
             them.)
+        legacy_macs: Also offer ``hmac-sha2-256`` and ``hmac-sha2-512`` without
+            encrypt-then-MAC (ssh-audit warns), for libssh2 before 1.11: curl and PHP's
+            ssh2 on Debian 12 and Ubuntu 22.04. Off by default.
+        legacy_algorithms: Also offer what old clients need and ssh-audit flags: NIST
+            curve (``ecdh-sha2-nistp*``) and finite-field Diffie-Hellman key exchanges,
+            non-etm and 64-bit-tag MACs, zlib compression. JSch 0.1.x (Debian's
+            libjsch-java) needs it, and an ECDSA host key (``sftpd serve --legacy``
+            generates one). Off by default.
         proxy_protocol: Every connection starts with a PROXY protocol header (v1 or v2)
             from a TCP load balancer, naming the client's address; that address is then
             the session's peer (login throttling, audit, authenticators). Connections
@@ -111,6 +184,14 @@ class ServerConfig:
             OpenSSH's MaxStartups): more are dropped at once. Each costs a key exchange
             and is held until ``login_timeout``; this keeps a flood of idle or slow
             connections from tying the server up.
+        connection_rate: New connections accepted per second from one client address, after
+            a burst of ``connection_burst`` (None: no limit). Those beyond are closed before
+            the SSH banner, as OpenSSH's MaxStartups and PerSourcePenalties do, so a flood
+            of handshakes from one address costs nothing; ssh-audit's DHEat rate test
+            passes. Raise it for many clients behind one NAT address (without the PROXY
+            protocol every client of a load balancer is the balancer).
+        connection_burst: New connections from one address allowed at once before
+            ``connection_rate`` applies.
         max_unauthenticated_per_address: The same, from one client address (None: no
             such limit), so one address cannot take every slot. Behind a load balancer,
             turn on ``proxy_protocol`` or every client shares the balancer's address.
@@ -156,10 +237,14 @@ class ServerConfig:
     ciphers: Sequence[str] = DEFAULT_CIPHERS
     reuse_port: bool = False
     legacy_sha1: bool = False
+    legacy_macs: bool = False
+    legacy_algorithms: bool = False
     proxy_protocol: bool = False
     proxy_from: Sequence[str] = ()
     max_unauthenticated: int = 100
     max_unauthenticated_per_address: int | None = 32
+    connection_rate: float | None = 10.0
+    connection_burst: int = 10
     max_open_files: int = 32
     max_file_size: int | None = None
     max_channels: int = 10
@@ -178,6 +263,17 @@ class ServerConfig:
         counts += ["max_requests_per_channel", "max_requests_per_session"]
         if self.max_unauthenticated_per_address is not None:
             counts.append("max_unauthenticated_per_address")
+        counts.append("connection_burst")
+        if self.connection_rate is not None and (
+            not isinstance(self.connection_rate, (int, float))
+            or isinstance(self.connection_rate, bool)
+            or not math.isfinite(self.connection_rate)
+            or self.connection_rate <= 0
+        ):
+            raise ConfigError(
+                "connection_rate must be a positive number of connections per second, "
+                f"or None for no limit; got {self.connection_rate!r}"
+            )
         for name in counts:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -202,7 +298,8 @@ class ServerConfig:
                 f"{', '.join(CIPHERS)}"
             )
         object.__setattr__(self, "ciphers", tuple(self.ciphers))
-        for name in ("legacy_sha1", "proxy_protocol", "reuse_port"):
+        flags = ("legacy_sha1", "legacy_macs", "legacy_algorithms", "proxy_protocol", "reuse_port")
+        for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.proxy_from, str):

@@ -9,6 +9,8 @@ max_sessions = 20
 idle_timeout = 900
 ciphers = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"]
 legacy_sha1 = false                      # true: also SHA-1 kex, MACs, ssh-rsa host sigs
+legacy_macs = false                      # true: non-etm hmac-sha2 (libssh2 < 1.11, curl)
+legacy_algorithms = false                # true: NIST/DH kex, non-etm MACs (JSch 0.1.x)
 proxy_protocol = false                   # true: behind a balancer sending PROXY headers
 proxy_from = ["10.0.0.0/8"]              # where the balancer connects from (else: anywhere)
 
@@ -58,12 +60,16 @@ SERVER_KEYS = {
     "ciphers": list,
     "workers": int,
     "legacy_sha1": bool,
+    "legacy_macs": bool,
+    "legacy_algorithms": bool,
     "proxy_protocol": bool,
     "proxy_from": list,
     "max_file_size": int,
     "max_open_files": int,
     "max_unauthenticated": int,
     "max_unauthenticated_per_address": int,
+    "connection_rate": float,
+    "connection_burst": int,
     "max_channels": int,
     "max_requests_per_channel": int,
     "max_requests_per_session": int,

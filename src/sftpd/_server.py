@@ -16,14 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from ._coalesce import coalesce_writes, skip_ignore_packets
-from ._config import WITHOUT_SHA1, ServerConfig, host_key_pairs, load_host_keys
+from ._coalesce import coalesce_writes, refuse_before_banner, skip_ignore_packets
+from ._config import (
+    WITHOUT_SHA1,
+    ServerConfig,
+    algorithm_options,
+    host_key_pairs,
+    load_host_keys,
+)
 from ._proxy import ProxyListener
 from ._requests import Requests, SessionState, Settings
 from ._session import Peer, Session
 from ._sftp.engine import ConnectionBudget, SftpEngine, Transport
 from ._sftp.ssh import SftpChannel
-from ._throttle import LoginThrottle
+from ._throttle import ConnectionRate, LoginThrottle
 from ._upload import Upload
 from .auth import Authenticator, BoundAuthenticator, Disconnect, as_authenticator, fingerprint
 from .backend import BoundBackend, bind_backend, start_backend, stop_backend
@@ -37,6 +43,9 @@ if TYPE_CHECKING:
 __all__ = ["Server", "run"]
 
 log = logging.getLogger("sftpd")
+
+#: Seconds between two log lines about refused connections from one address.
+REFUSAL_LOG_EVERY = 60.0
 
 
 @dataclass
@@ -52,9 +61,16 @@ class ServerContext:
     active_sessions: int = 0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     settings: Settings = field(init=False)
+    rate: ConnectionRate | None = field(init=False)
+    _refusals: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         config = self.config
+        self.rate = (
+            ConnectionRate(config.connection_rate, config.connection_burst)
+            if config.connection_rate is not None
+            else None
+        )
         self.settings = Settings(
             open_timeout=config.open_timeout,
             close_timeout=config.close_timeout,
@@ -77,6 +93,8 @@ class ServerContext:
     def too_many_pending(self, host: str) -> str | None:
         """The limit a new connection from ``host`` is over before it logs in, if any."""
         config = self.config
+        if self.rate is not None and not self.rate.allow(host):
+            return "connection_rate"
         pending = [c for c in self.connections if c.session is None]
         if len(pending) >= config.max_unauthenticated:
             return "max_unauthenticated"
@@ -86,8 +104,23 @@ class ServerContext:
         return None
 
     def refused(self, peer: Peer, limit: str) -> None:
-        """Log and report a connection refused for a limit (``max_sessions``...)."""
-        log.warning("refusing a connection from %s: %s reached", peer, limit)
+        """Log and report a connection refused for a limit (``max_sessions``...).
+
+        A flood from one address is logged once a minute with a count, not line by line.
+        """
+        now = time.monotonic()
+        key = (peer.host, limit)
+        logged_at, quiet = self._refusals.get(key, (-REFUSAL_LOG_EVERY, 0))
+        if now - logged_at >= REFUSAL_LOG_EVERY:
+            more = f" ({quiet} more refused in the last minute)" if quiet else ""
+            log.warning("refusing a connection from %s: %s reached%s", peer, limit, more)
+            self._refusals[key] = (now, 0)
+            if len(self._refusals) > 10_000:  # forget addresses gone quiet
+                stale = [k for k, (t, _) in self._refusals.items() if now - t > REFUSAL_LOG_EVERY]
+                for old_key in stale:
+                    del self._refusals[old_key]
+        else:
+            self._refusals[key] = (logged_at, quiet + 1)
         self.bus.execute(
             ("sftpd", "connection", "refused"),
             {"duration": 0},
@@ -128,15 +161,16 @@ class _Connection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        coalesce_writes(conn)
-        skip_ignore_packets(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self.peer = self._client or Peer(str(peer[0]), int(peer[1]))
         limit = self._ctx.too_many_pending(self.peer.host)
         if limit is not None:
             self._ctx.refused(self.peer, limit)
-            asyncio.get_running_loop().call_soon(conn.abort)
+            if not refuse_before_banner(conn):
+                asyncio.get_running_loop().call_soon(conn.abort)
             return
+        coalesce_writes(conn)
+        skip_ignore_packets(conn)
         self._ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -499,7 +533,12 @@ class Server:
             "login_timeout": config.login_timeout,
             "server_version": config.server_version,
             "encryption_algs": list(config.ciphers),
-            **({} if config.legacy_sha1 else WITHOUT_SHA1),
+            **({} if config.legacy_sha1 else {"signature_algs": WITHOUT_SHA1["signature_algs"]}),
+            **algorithm_options(
+                legacy=config.legacy_algorithms,
+                legacy_sha1=config.legacy_sha1,
+                legacy_macs=config.legacy_macs,
+            ),
             "encoding": None,
         }
         try:

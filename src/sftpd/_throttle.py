@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["LoginLimits", "LoginThrottle"]
+__all__ = ["ConnectionRate", "LoginLimits", "LoginThrottle"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,3 +100,36 @@ class LoginThrottle:
     def succeeded(self, username: str, address: str) -> None:
         """Forget the failures of this username from this address."""
         self._failures.pop(("ua", f"{username}\x00{address}"), None)
+
+
+class ConnectionRate:
+    """New connections per client address: a token bucket of ``burst`` refilled at ``rate``
+    per second. A connection beyond it is refused before the SSH banner, so a flood of
+    handshakes (the DHEat denial of service, ssh-audit's rate test) costs no key exchange.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # host -> (tokens, when)
+
+    def allow(self, host: str, now: float | None = None) -> bool:
+        """Take a token for a new connection from ``host``; False when there is none."""
+        now = time.monotonic() if now is None else now
+        tokens, then = self._buckets.get(host, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[host] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > 10_000:
+            self._forget_full(now)
+        return allowed
+
+    def _forget_full(self, now: float) -> None:
+        """Drop addresses whose bucket has refilled: they are as good as unseen."""
+        full = [
+            host
+            for host, (tokens, then) in self._buckets.items()
+            if tokens + (now - then) * self.rate >= self.burst
+        ]
+        for host in full:
+            del self._buckets[host]

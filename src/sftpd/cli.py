@@ -124,18 +124,22 @@ def make_backend(spec: str, s3_options: dict[str, Any] | None = None) -> Any:
     )
 
 
-#: The host keys generated for a directory that has none, as OpenSSH's ``ssh-keygen -A``:
-#: ed25519 for current clients, ECDSA P-256 for clients without ed25519 (JSch 0.1.x, still
-#: common in Java systems), RSA 3072 for the oldest (signing with SHA-2 where asked).
+#: The host keys generated for a directory that has none: ed25519 for current clients, RSA
+#: 3072 for the oldest (signing with SHA-2 where asked). ECDSA (NIST P-256, which ssh-audit
+#: fails) only with ``--legacy``: JSch 0.1.x, still common in Java systems, knows neither
+#: ed25519 nor SHA-2 RSA signatures.
 GENERATED_HOST_KEYS: tuple[tuple[str, str, dict[str, int]], ...] = (
     ("ed25519", "ssh-ed25519", {}),
-    ("ecdsa", "ecdsa-sha2-nistp256", {}),
     ("rsa", "ssh-rsa", {"key_size": 3072}),
+)
+LEGACY_HOST_KEYS: tuple[tuple[str, str, dict[str, int]], ...] = (
+    ("ecdsa", "ecdsa-sha2-nistp256", {}),
 )
 
 
-def ensure_host_keys(directory: Path) -> list[Path]:
-    """Create ed25519, ECDSA and RSA host keys in ``directory`` unless it has a key already.
+def ensure_host_keys(directory: Path, *, legacy: bool = False) -> list[Path]:
+    """Create ed25519 and RSA host keys (and ECDSA if ``legacy``) in ``directory``, unless
+    it has a key already.
 
     Returns:
         The new keys' paths; empty when the directory had a key (it is left as it is).
@@ -144,7 +148,7 @@ def ensure_host_keys(directory: Path) -> list[Path]:
         return []
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     created = []
-    for name, algorithm, options in GENERATED_HOST_KEYS:
+    for name, algorithm, options in GENERATED_HOST_KEYS + (LEGACY_HOST_KEYS if legacy else ()):
         path = directory / f"ssh_host_{name}_key"
         key = asyncssh.generate_private_key(algorithm, comment="sftpd host key", **options)
         key.write_private_key(str(path))
@@ -200,6 +204,12 @@ def main() -> None:
 @click.option("--max-unauthenticated-per-address", default=32, show_default=True,
               type=click.IntRange(1),
               help="The same, from one client address.")  # fmt: skip
+@click.option("--connection-rate", default=10.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="New connections per second from one address, after --connection-burst; "
+                   "more are closed before the SSH banner (DHEat protection).")  # fmt: skip
+@click.option("--connection-burst", default=10, show_default=True, type=click.IntRange(1),
+              help="New connections from one address allowed at once.")  # fmt: skip
 @click.option("--max-open-files", default=32, show_default=True, type=click.IntRange(1),
               help="Files and directories one session may have open at once.")  # fmt: skip
 @click.option("--max-channels", default=10, show_default=True, type=click.IntRange(1),
@@ -230,6 +240,13 @@ def main() -> None:
 @click.option("--legacy-sha1", is_flag=True,
               help="Also offer SHA-1 key exchange, hmac-sha1 and ssh-rsa host signatures, "
                    "for clients with nothing newer (off by default, as in OpenSSH).")  # fmt: skip
+@click.option("--legacy-macs", is_flag=True,
+              help="Also offer hmac-sha2-256/512 without encrypt-then-MAC: for libssh2 "
+                   "before 1.11 (curl and PHP ssh2 on Debian 12, Ubuntu 22.04).")  # fmt: skip
+@click.option("--legacy", "legacy_algorithms", is_flag=True,
+              help="Also offer NIST-curve and Diffie-Hellman key exchanges, non-etm MACs and "
+                   "zlib, and generate an ECDSA host key: for JSch 0.1.x and other old "
+                   "clients (ssh-audit flags them; off by default).")  # fmt: skip
 @click.option("--proxy-protocol", is_flag=True,
               help="Behind a TCP load balancer that sends PROXY protocol headers (v1 or v2): "
                    "take each client's address from them. Connections without one are "
@@ -329,7 +346,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
             return
         # Only a configuration found valid gets its side effects: keys, log file, port.
         if host_key_dir is None or generate_host_key:
-            for created in ensure_host_keys(key_dir):
+            for created in ensure_host_keys(key_dir, legacy=config.legacy_algorithms):
                 console.print(f"Generated host key [bold]{created}[/]")
         if audit_target is not None:
             AuditLog(audit_target).attach()

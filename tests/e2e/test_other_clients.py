@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -160,10 +162,32 @@ async def test_stray_bytes_after_write_data_are_ignored() -> None:
                 assert await f.read() == b"abc"
 
 
+@pytest.fixture
+async def curl_server() -> AsyncIterator[sftpd.Server]:
+    """A memory-backend server with legacy_macs: Debian 12's libssh2 1.10 has no etm MAC."""
+    async with running_server(backend=sftpd.MemoryBackend(), legacy_macs=True) as server:
+        yield server
+
+
+async def test_curl_needs_legacy_macs_with_libssh2_before_1_11(curl: list[str]) -> None:
+    """curl on libssh2 1.10 (no etm MAC, no GCM) cannot agree on a MAC with the defaults:
+    the documented reason for legacy_macs."""
+    version = (await run(curl[0], "-V")).stdout
+    match = re.search(r"libssh2/(\d+)\.(\d+)", version)
+    assert match, version
+    if (int(match.group(1)), int(match.group(2))) >= (1, 11):
+        pytest.skip("this libssh2 has etm MACs; the defaults suit it")
+    async with running_server(backend=sftpd.MemoryBackend()) as server:
+        result = await run(*curl, f"sftp://127.0.0.1:{server.port}/")
+    assert result.returncode != 0
+    assert "Unable to exchange encryption keys" in result.stderr
+
+
 async def test_curl_upload_listing_download_and_commands(
-    curl: list[str], server: sftpd.Server, tmp_path: Path
+    curl: list[str], curl_server: sftpd.Server, tmp_path: Path
 ) -> None:
     """libssh2 (curl) uploads, lists, downloads, renames and deletes; a missing file fails."""
+    server = curl_server
     url = f"sftp://127.0.0.1:{server.port}"
     src = make_file(tmp_path / "a.bin", 3 * MiB + 5, seed=1)
     result = await run(*curl, "--upload-file", str(src), f"{url}/a.bin")
@@ -198,7 +222,9 @@ async def test_curl_resume_sends_only_the_tail(curl: list[str], tmp_path: Path) 
     bus.attach(
         "w", ("sftpd", "sftp", "write"), lambda e: written.append(int(e.measurements["bytes"]))
     )
-    async with running_server(backend=sftpd.MemoryBackend(), telemetry=bus) as server:
+    async with running_server(
+        backend=sftpd.MemoryBackend(), telemetry=bus, legacy_macs=True
+    ) as server:
         url = f"sftp://127.0.0.1:{server.port}/r.bin"
         result = await run(*curl, "--upload-file", str(tmp_path / "half.bin"), url)
         assert result.returncode == 0, result.stderr
@@ -319,9 +345,10 @@ async def run_jsch(
 
 
 async def test_jsch_transfers_resumes_appends_and_manages(
-    jsch: list[str], generated_host_keys: Path, tmp_path: Path
+    jsch: list[str], legacy_host_keys: Path, tmp_path: Path
 ) -> None:
-    """JSch 0.1.x logs in to a server with the generated keys and uses every basic command.
+    """JSch 0.1.x logs in to a server with legacy algorithms and the keys `serve --legacy`
+    generates, and uses every basic command.
 
     Its resume (RESUME mode) sends only the missing tail; its APPEND mode appends.
     """
@@ -343,7 +370,7 @@ rename /j/r.bin /j/s.bin
 """
     backend = sftpd.MemoryBackend()
     async with running_server(
-        backend=backend, system_dir=generated_host_keys, telemetry=bus
+        backend=backend, system_dir=legacy_host_keys, telemetry=bus, legacy_algorithms=True
     ) as server:
         result = await run_jsch(jsch, server.port, commands, tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -360,18 +387,24 @@ rename /j/r.bin /j/s.bin
             assert await sftp.listdir("/") == [".", ".."]
 
 
-async def test_jsch_needs_more_than_an_ed25519_host_key(
-    jsch: list[str], host_key_dir: Path, tmp_path: Path
+async def test_jsch_needs_the_legacy_switch_and_an_ecdsa_key(
+    jsch: list[str], generated_host_keys: Path, legacy_host_keys: Path, tmp_path: Path
 ) -> None:
-    """JSch 0.1.x cannot connect to a server with only an ed25519 key: why serve makes three."""
-    async with running_server(backend=sftpd.MemoryBackend(), system_dir=host_key_dir) as server:
-        result = await run_jsch(jsch, server.port, "ls /\n", tmp_path)
-    assert result.returncode == 1
-    assert "Algorithm negotiation fail" in result.stderr
+    """JSch 0.1.x cannot connect to the default algorithms (it has no curve25519 and no etm
+    MAC) even with an ECDSA key, nor to legacy algorithms with only ed25519 and RSA keys (it
+    has no SHA-2 RSA signatures): `serve --legacy` adds exactly what it needs."""
+    for keys, legacy in ((generated_host_keys, False), (legacy_host_keys, False),
+                         (generated_host_keys, True)):  # fmt: skip
+        async with running_server(
+            backend=sftpd.MemoryBackend(), system_dir=keys, legacy_algorithms=legacy
+        ) as server:
+            result = await run_jsch(jsch, server.port, "ls /\n", tmp_path)
+        assert result.returncode == 1, (keys, legacy)
+        assert "Algorithm negotiation fail" in result.stderr
 
 
 async def test_jsch_logs_in_with_rsa_and_ecdsa_keys(
-    jsch: list[str], generated_host_keys: Path, tmp_path: Path
+    jsch: list[str], legacy_host_keys: Path, tmp_path: Path
 ) -> None:
     """JSch 0.1.x logs in with RSA and ECDSA keys from an authorized_keys file.
 
@@ -385,7 +418,10 @@ async def test_jsch_logs_in_with_rsa_and_ecdsa_keys(
         lines.append(key.export_public_key().decode())
     auth = sftpd.AuthorizedKeys({"alice": lines})
     async with running_server(
-        backend=sftpd.MemoryBackend(), auth=auth, system_dir=generated_host_keys
+        backend=sftpd.MemoryBackend(),
+        auth=auth,
+        system_dir=legacy_host_keys,
+        legacy_algorithms=True,
     ) as server:
         for kind in ("rsa", "ecdsa"):
             result = await run_jsch(

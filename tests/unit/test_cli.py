@@ -14,6 +14,7 @@ from typing import Any
 import asyncssh
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from sftpd import fingerprint
 from sftpd.cli import ensure_host_keys, main, parse_size
@@ -52,10 +53,17 @@ def test_bad_user_and_backend_are_rejected() -> None:
 
 
 def test_host_keys_are_generated_once_and_reused(tmp_path: Path) -> None:
-    """The first run creates ed25519, ECDSA and RSA keys (0600); later runs reuse them."""
+    """The first run creates ed25519 and RSA 3072 keys (0600), ECDSA too only when legacy;
+    later runs reuse them."""
     created = ensure_host_keys(tmp_path / "keys")
-    assert [asyncssh.read_private_key(str(p)).get_algorithm() for p in created] == [
-        "ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa",
+    keys = [asyncssh.read_private_key(str(p)) for p in created]
+    assert [key.get_algorithm() for key in keys] == ["ssh-ed25519", "ssh-rsa"]
+    rsa = keys[1].pyca_key
+    assert isinstance(rsa, RSAPrivateKey)
+    assert rsa.key_size == 3072
+    legacy = ensure_host_keys(tmp_path / "legacy", legacy=True)
+    assert [asyncssh.read_private_key(str(p)).get_algorithm() for p in legacy] == [
+        "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256",
     ]  # fmt: skip
     assert all(path.stat().st_mode & 0o777 == 0o600 for path in created)
     first = [path.read_bytes() for path in created]
