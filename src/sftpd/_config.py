@@ -243,8 +243,8 @@ class ServerConfig:
     proxy_from: Sequence[str] = ()
     max_unauthenticated: int = 100
     max_unauthenticated_per_address: int | None = 32
-    connection_rate: float | None = 10.0
-    connection_burst: int = 10
+    connection_rate: float | None = 5.0
+    connection_burst: int = 20
     max_open_files: int = 32
     max_file_size: int | None = None
     max_channels: int = 10

@@ -18,17 +18,36 @@ in and out), ``upload``, ``download``, ``delete``, ``rename`` (``path`` and ``to
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
+import weakref
 from datetime import datetime, timezone
 from typing import IO, Any
 
 from .telemetry import Event, EventName, Listener
 
-__all__ = ["AuditLog"]
+__all__ = ["AuditLog", "reopen_all"]
 
 _SIMPLE = {"delete": "delete", "del_dir": "rmdir", "make_dir": "mkdir", "rename": "rename"}
+
+
+_log = logging.getLogger("sftpd")
+#: The audit logs writing to files, for :func:`reopen_all`.
+_FILES: weakref.WeakSet[AuditLog] = weakref.WeakSet()
+
+
+def reopen_all() -> int:
+    """Reopen every audit log file of this process (``sftpd serve`` does on SIGHUP).
+
+    Returns:
+        How many files were reopened.
+    """
+    logs = list(_FILES)
+    for audit_log in logs:
+        audit_log.reopen()
+    return len(logs)
 
 
 class AuditLog(Listener):
@@ -48,21 +67,39 @@ class AuditLog(Listener):
 
     def __init__(self, target: str | os.PathLike[str] | IO[str]) -> None:
         super().__init__()
+        self._path: str | os.PathLike[str] | None = None
         if target == "-":
             self._stream: IO[str] = sys.stdout
-            self._owned = False
         elif isinstance(target, (str, os.PathLike)):
+            self._path = target
             self._stream = open(target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-            self._owned = True
+            _FILES.add(self)
         else:
             self._stream = target
-            self._owned = False
         self._lock = threading.Lock()
+
+    def reopen(self) -> None:
+        """Close and open the file again (after logrotate moved it); streams are kept.
+
+        If the file cannot be opened, the old one stays in use and the error is logged.
+        """
+        if self._path is None:
+            return
+        with self._lock:
+            try:
+                fresh = open(self._path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            except OSError as exc:
+                _log.error("reopening the audit log %s failed, keeping the old file: %s",
+                           self._path, exc)  # fmt: skip
+                return
+            old, self._stream = self._stream, fresh
+            old.close()
 
     def close(self) -> None:
         """Detach and close the file (if this log opened it)."""
         self.detach()
-        if self._owned:
+        if self._path is not None:
+            _FILES.discard(self)
             self._stream.close()
 
     def handle(self, event: Event) -> None:

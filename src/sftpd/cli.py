@@ -26,6 +26,7 @@ from ._config_file import FileConfig, UserTable, load_config_file
 from ._server import Server
 from ._workers import Worker, supervise
 from .audit import AuditLog
+from .audit import reopen_all as reopen_audit_logs
 from .auth import fingerprint
 from .backends.local import LocalBackend
 from .backends.memory import MemoryBackend
@@ -204,11 +205,11 @@ def main() -> None:
 @click.option("--max-unauthenticated-per-address", default=32, show_default=True,
               type=click.IntRange(1),
               help="The same, from one client address.")  # fmt: skip
-@click.option("--connection-rate", default=10.0, show_default=True,
+@click.option("--connection-rate", default=5.0, show_default=True,
               type=click.FloatRange(0, min_open=True),
               help="New connections per second from one address, after --connection-burst; "
                    "more are closed before the SSH banner (DHEat protection).")  # fmt: skip
-@click.option("--connection-burst", default=10, show_default=True, type=click.IntRange(1),
+@click.option("--connection-burst", default=20, show_default=True, type=click.IntRange(1),
               help="New connections from one address allowed at once.")  # fmt: skip
 @click.option("--max-open-files", default=32, show_default=True, type=click.IntRange(1),
               help="Files and directories one session may have open at once.")  # fmt: skip
@@ -277,8 +278,8 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
           object_args: tuple[str, ...], check: bool, **options: Any) -> None:  # fmt: skip
     """Serve SFTP until Ctrl-C or SIGTERM (both stop gracefully).
 
-    SIGHUP reloads the users (config file, --authorized-keys files) for new logins;
-    open sessions stay.
+    SIGHUP reopens the --audit-log file (for logrotate) and reloads the users (config
+    file, --authorized-keys files) for new logins; open sessions stay.
 
     With no options: the memory backend on 127.0.0.1:2222, user dev with password dev, and
     host keys generated into .sftpd/host_keys. Connect with: sftp -P 2222 dev@localhost
@@ -551,7 +552,10 @@ async def _serve(
     stopping = False
 
     def on_hangup() -> None:
-        """Reload the users; on any error keep the current ones."""
+        """Reopen the audit log files (logrotate), reload the users (on any error keep the
+        current ones)."""
+        if reopen_audit_logs():
+            log.info("audit log reopened")
         try:
             server.replace_auth(reload_users())
         except (ConfigError, click.ClickException, OSError, ValueError) as exc:

@@ -392,6 +392,30 @@ async def test_sighup_reloads_users(workers: int, tmp_path: Path) -> None:
         assert await stop_cli(proc) == 0
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sighup_reopens_the_audit_log_after_logrotate(workers: int, tmp_path: Path) -> None:
+    """After the audit log is moved away (as logrotate does) and SIGHUP is sent, the lines
+    of later logins go to a new file at the configured path (in every worker), and the
+    moved file keeps only what came before the reopen."""
+    (tmp_path / "data").mkdir()
+    audit = tmp_path / "audit.jsonl"
+    args = ["--backend", f"local:{tmp_path / 'data'}", "--audit-log", str(audit)]
+    if workers > 1:
+        args += ["--workers", str(workers)]
+    async with cli(*args, cwd=tmp_path) as (proc, port, _text):
+        assert await logs_in(port, "dev", "dev")
+        rotated = tmp_path / "audit.jsonl.1"
+        audit.rename(rotated)
+        proc.send_signal(signal.SIGHUP)
+        await output_until(proc, "audit log reopened", workers)
+        assert [await logs_in(port, "dev", "dev") for _ in range(4)] == [True] * 4
+        assert await stop_cli(proc) == 0
+    old = [json.loads(line)["event"] for line in rotated.read_text().splitlines()]
+    assert old.count("login") == 1
+    new = [json.loads(line)["event"] for line in audit.read_text().splitlines()]
+    assert new.count("login") == 4
+
+
 def test_check_validates_without_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--check loads keys and starts the backend, then exits 0 without listening or writing.
 
