@@ -87,6 +87,8 @@ S3_KEYS = {
     "setstat": str,
     "content_types": bool,
     "object_args": dict,
+    "stale_uploads_after": float,
+    "cleanup_every": float,
 }
 USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions", "max_file_size"}
 

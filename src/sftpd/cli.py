@@ -165,6 +165,51 @@ def main() -> None:
     """sftpd: an embeddable SFTP server with pluggable storage."""
 
 
+@main.group("s3")
+def s3_group() -> None:
+    """Maintenance of a bucket sftpd serves."""
+
+
+@s3_group.command("cleanup")
+@click.argument("target", metavar="s3://BUCKET/PREFIX")
+@click.option("--older-than", default=86400.0, show_default=True, type=click.FloatRange(0),
+              help="Abort multipart uploads under the prefix started more than this many "
+                   "seconds ago.")  # fmt: skip
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file whose [s3] section (endpoint_url...) applies.")  # fmt: skip
+def s3_cleanup(target: str, older_than: float, config_file: Path | None) -> None:
+    """Abort the multipart uploads nobody finished (what `sftpd serve` does at start-up and
+    hourly), once, and list them. Uploads younger than --older-than, a live server's
+    included, are left alone."""
+    try:
+        if not target.startswith("s3://"):
+            raise ConfigError(f"{target!r} is not s3://BUCKET/PREFIX")
+        loaded = load_config_file(config_file) if config_file is not None else None
+        backend = make_backend(target, loaded.s3 if loaded else {})
+        from .backends.s3 import S3Backend
+
+        assert isinstance(backend, S3Backend)
+
+        async def clean() -> list[str]:
+            try:
+                return await backend.abort_stale_uploads(older_than)
+            finally:
+                await backend.aclose()
+
+        try:
+            aborted = asyncio.run(clean())
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"cleaning {target} failed: {exc}") from exc
+    except ConfigError as exc:
+        _print_error(exc)
+        sys.exit(2)
+    for key in aborted:
+        console.print(f"aborted  {key}")
+    console.print(f"{len(aborted)} stale multipart upload(s) aborted")
+
+
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file with [server] options and [users.NAME] sections; "

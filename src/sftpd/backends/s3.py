@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import io
 import itertools
 import logging
@@ -221,6 +222,12 @@ class S3Backend:
             ``text/csv``, using Python's own table), also when a rename changes it
             (uploads to a temporary name then renamed, as WinSCP does). False: S3's
             default, ``binary/octet-stream``.
+        stale_uploads_after: Seconds after which a multipart upload under ``prefix`` that
+            nobody finished is aborted (default one day, as the usual lifecycle rule), by a
+            janitor that runs at start-up and every ``cleanup_every`` seconds; ``None``:
+            never. For uploads a killed server could not abort. See
+            :meth:`abort_stale_uploads`.
+        cleanup_every: Seconds between two janitor runs (default one hour).
 
     Raises:
         ConfigError: aiobotocore is missing, or an option is invalid.
@@ -244,6 +251,8 @@ class S3Backend:
         max_attempts: int = 5,
         object_args: Mapping[str, Any] | None = None,
         content_types: bool = True,
+        stale_uploads_after: float | None = 86400.0,
+        cleanup_every: float = 3600.0,
     ) -> None:
         self._session_module, self._config_module, self._exceptions = _import_aiobotocore()
         if not bucket or not isinstance(bucket, str):
@@ -266,6 +275,10 @@ class S3Backend:
             raise ConfigError("setstat must be 'ignore' or 'refuse'")
         if client is not None and client_factory is not None:
             raise ConfigError("give client or client_factory, not both")
+        if stale_uploads_after is not None and not stale_uploads_after > 0:
+            raise ConfigError("stale_uploads_after must be a positive number of seconds or None")
+        if not cleanup_every > 0:
+            raise ConfigError("cleanup_every must be a positive number of seconds")
         self.bucket = bucket
         self.prefix = prefix
         self.part_size = part_size
@@ -281,6 +294,9 @@ class S3Backend:
         self._endpoint_url = endpoint_url
         self._region_name = region_name
         self._max_attempts = max_attempts
+        self.stale_uploads_after = stale_uploads_after
+        self.cleanup_every = cleanup_every
+        self._janitor: asyncio.Task[None] | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._client_lock: asyncio.Lock | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -362,10 +378,70 @@ class S3Backend:
                     "the credentials and the bucket policy"
                 ) from exc
             raise ConfigError(f"checking bucket {self.bucket!r} at {where} failed: {exc}") from exc
+        if self.stale_uploads_after is not None and isinstance(self.prefix, str):
+            self._janitor = asyncio.get_running_loop().create_task(self._clean_periodically())
 
     async def shutdown(self) -> None:
-        """Close a client this backend created (a server calls this when it stops)."""
+        """Stop the janitor; close a client this backend created (a server calls this when
+        it stops)."""
+        janitor, self._janitor = self._janitor, None
+        if janitor is not None:
+            janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await janitor
         await self.aclose()
+
+    # ------------------------------------------------------------------ stale uploads
+
+    async def abort_stale_uploads(self, older_than: float | None = None) -> list[str]:
+        """Abort the multipart uploads under this backend's prefix started over
+        ``older_than`` seconds ago (default ``stale_uploads_after``, one day).
+
+        An upload sftpd abandons is aborted at once; this is for those nobody could abort
+        (a server killed mid-upload, the storage unreachable at that moment). It is safe
+        with several instances on one bucket: an upload younger than the age, such as a
+        live peer's, is never touched. With a :class:`SessionPrefix` there is no single
+        prefix, so nothing is scanned.
+
+        Returns:
+            The keys whose uploads were aborted.
+        """
+        age = self.stale_uploads_after if older_than is None else older_than
+        if age is None or not isinstance(self.prefix, str):
+            return []
+        client = await self.client()
+        cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=age)
+        aborted: list[str] = []
+        paginator = client.get_paginator("list_multipart_uploads")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads", []):
+                started = upload.get("Initiated")
+                if started is None or started > cutoff:
+                    continue
+                key = upload["Key"]
+                try:
+                    await client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+                except self._exceptions.ClientError as exc:
+                    if _error_code(exc) != "NoSuchUpload":  # a peer aborted it just now
+                        raise
+                    continue
+                aborted.append(key)
+        if aborted:
+            log.warning("aborted %d stale multipart upload(s) in %s/%s older than %.0f s",
+                        len(aborted), self.bucket, self.prefix, age)  # fmt: skip
+        return aborted
+
+    async def _clean_periodically(self) -> None:
+        while True:
+            try:
+                await self.abort_stale_uploads()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("aborting stale multipart uploads in %s failed", self.bucket)
+            await asyncio.sleep(self.cleanup_every)
 
     async def aclose(self) -> None:
         """Close a client this backend created (not one that was given to it)."""
