@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -11,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +140,15 @@ def client_for(
         "s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
         region_name="us-east-1", **options,
     )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def client_and_bucket(endpoint: str, prefix: str) -> AsyncIterator[tuple[Any, str]]:
+    """A client of a test server and a new, empty bucket named ``prefix-<random>``."""
+    async with client_for(endpoint) as client:
+        name = f"{prefix}-{secrets.token_hex(6)}"
+        await client.create_bucket(Bucket=name)
+        yield client, name
 
 
 def aws_env(endpoint: str) -> dict[str, str]:

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import os
 import re
-import secrets
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -244,12 +243,10 @@ async def stored_as(client: Any, bucket: str, key: str) -> dict[str, Any]:
 @pytest.fixture
 async def aws_bucket(moto_s3: Any) -> AsyncIterator[tuple[Any, str]]:
     """A client of moto (which stores object settings as AWS does) and a new bucket."""
-    from tests.s3_servers import client_for
+    from tests.s3_servers import client_and_bucket
 
-    async with client_for(moto_s3.endpoint) as client:
-        name = f"sftpd-{secrets.token_hex(6)}"
-        await client.create_bucket(Bucket=name)
-        yield client, name
+    async with client_and_bucket(moto_s3.endpoint, "sftpd") as pair:
+        yield pair
 
 
 async def test_object_args_reach_every_object_written(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +15,8 @@ import sftpd
 from sftpd.backends.s3 import S3Backend
 from sftpd.cli import main
 from tests.conftest import connect, start_cli
-from tests.s3_servers import aws_env, client_for
+from tests.e2e.test_s3 import open_uploads
+from tests.s3_servers import aws_env, client_and_bucket
 
 # moto reports every multipart upload as initiated in 2010, so the age rules are tested
 # against SeaweedFS only, which reports the real time as S3 does.
@@ -25,16 +25,8 @@ from tests.s3_servers import aws_env, client_for
 @pytest.fixture
 async def weed(seaweedfs: Any) -> AsyncIterator[tuple[Any, str]]:
     """A client of the suite's SeaweedFS and a new, empty bucket on it."""
-    async with client_for(seaweedfs.endpoint) as client:
-        name = f"janitor-{secrets.token_hex(4)}"
-        await client.create_bucket(Bucket=name)
-        yield client, name
-
-
-async def open_uploads(client: Any, bucket: str) -> list[str]:
-    """Keys with an open multipart upload in ``bucket``."""
-    listed = await client.list_multipart_uploads(Bucket=bucket)
-    return sorted(upload["Key"] for upload in listed.get("Uploads", []))
+    async with client_and_bucket(seaweedfs.endpoint, "janitor") as pair:
+        yield pair
 
 
 async def test_only_old_uploads_under_the_prefix_are_aborted(weed: tuple[Any, str]) -> None:
