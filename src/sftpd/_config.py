@@ -118,6 +118,16 @@ WITHOUT_SHA1 = {
 }
 
 
+def _positive_number(value: object) -> bool:
+    """True for a finite int or float above zero (a bool is not a number here)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 def host_key_pairs(
     keys: Sequence[asyncssh.SSHKey], *, legacy_sha1: bool
 ) -> list[asyncssh.SSHKeyPair]:
@@ -264,12 +274,7 @@ class ServerConfig:
         if self.max_unauthenticated_per_address is not None:
             counts.append("max_unauthenticated_per_address")
         counts.append("connection_burst")
-        if self.connection_rate is not None and (
-            not isinstance(self.connection_rate, (int, float))
-            or isinstance(self.connection_rate, bool)
-            or not math.isfinite(self.connection_rate)
-            or self.connection_rate <= 0
-        ):
+        if self.connection_rate is not None and not _positive_number(self.connection_rate):
             raise ConfigError(
                 "connection_rate must be a positive number of connections per second, "
                 f"or None for no limit; got {self.connection_rate!r}"
@@ -282,12 +287,7 @@ class ServerConfig:
         timeouts += ["auth_timeout"] + (["idle_timeout"] if self.idle_timeout is not None else [])
         for name in timeouts:
             value = getattr(self, name)
-            if (
-                not isinstance(value, (int, float))
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
+            if not _positive_number(value):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if isinstance(self.ciphers, str) or not self.ciphers:
             raise ConfigError("ciphers must be a non-empty list of names from sftpd.CIPHERS")
