@@ -84,19 +84,19 @@ SHA1_MACS = ("hmac-sha1-etm@openssh.com", "hmac-sha1")
 def algorithm_options(
     *, legacy: bool, legacy_sha1: bool, legacy_macs: bool = False
 ) -> dict[str, list[str] | str]:
-    """The asyncssh options choosing key exchanges, MACs and compression.
+    """The asyncssh options choosing key exchanges, MACs, compression and the host
+    signature algorithms advertised.
 
     Args:
         legacy: asyncssh's whole default lists (NIST curves, finite-field DH, non-etm and
             64-bit MACs, zlib) for old clients, still without SHA-1 unless ``legacy_sha1``.
-        legacy_sha1: Also the SHA-1 key exchange and MACs.
+        legacy_sha1: Also the SHA-1 key exchange, MACs and ``ssh-rsa`` signatures.
         legacy_macs: Also the non-etm SHA-2 MACs (:data:`LEGACY_MACS`).
     """
     if legacy:
-        return (
-            {} if legacy_sha1 else {k: v for k, v in WITHOUT_SHA1.items() if k != "signature_algs"}
-        )
+        return {} if legacy_sha1 else dict(WITHOUT_SHA1)
     return {
+        **({} if legacy_sha1 else {"signature_algs": WITHOUT_SHA1["signature_algs"]}),
         "kex_algs": [*DEFAULT_KEX, *(SHA1_KEX if legacy_sha1 else ())],
         "mac_algs": [
             *DEFAULT_MACS,

@@ -17,13 +17,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from ._coalesce import coalesce_writes, refuse_before_banner, skip_ignore_packets
-from ._config import (
-    WITHOUT_SHA1,
-    ServerConfig,
-    algorithm_options,
-    host_key_pairs,
-    load_host_keys,
-)
+from ._config import ServerConfig, algorithm_options, host_key_pairs, load_host_keys
 from ._proxy import ProxyListener
 from ._requests import Requests, SessionState, Settings
 from ._session import Peer, Session
@@ -533,7 +527,6 @@ class Server:
             "login_timeout": config.login_timeout,
             "server_version": config.server_version,
             "encryption_algs": list(config.ciphers),
-            **({} if config.legacy_sha1 else {"signature_algs": WITHOUT_SHA1["signature_algs"]}),
             **algorithm_options(
                 legacy=config.legacy_algorithms,
                 legacy_sha1=config.legacy_sha1,
