@@ -72,11 +72,15 @@ class AuditLog(Listener):
             self._stream: IO[str] = sys.stdout
         elif isinstance(target, (str, os.PathLike)):
             self._path = target
-            self._stream = open(target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            self._stream = self._open(target)
             _FILES.add(self)
         else:
             self._stream = target
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _open(path: str | os.PathLike[str]) -> IO[str]:
+        return open(path, "a", encoding="utf-8", buffering=1)
 
     def reopen(self) -> None:
         """Close and open the file again (after logrotate moved it); streams are kept.
@@ -87,7 +91,7 @@ class AuditLog(Listener):
             return
         with self._lock:
             try:
-                fresh = open(self._path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+                fresh = self._open(self._path)
             except OSError as exc:
                 _log.error("reopening the audit log %s failed, keeping the old file: %s",
                            self._path, exc)  # fmt: skip
