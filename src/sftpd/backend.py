@@ -823,16 +823,13 @@ def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
     offload = Offload(executor, inline=getattr(backend, "inline_calls", False) is True)
     pooled = Offload(executor)
     in_pool = {*_BULK_CALLS, *getattr(backend, "pool_calls", ())}
+    capabilities = {cap for cap in _OPTIONAL if supports(backend, cap)}
+    names = [*_REQUIRED, *(name for cap in capabilities for name in _OPTIONAL[cap])]
     methods: dict[str, Any] = {}
-    for name in _REQUIRED:
+    for name in names:
         func = getattr(backend, name)
         where = pooled if name in in_pool else offload
         methods[name] = _asyncify_iter(func, where) if name == "list_dir" else asyncify(func, where)
-    capabilities = {cap for cap in _OPTIONAL if supports(backend, cap)}
-    for cap in capabilities:
-        for name in _OPTIONAL[cap]:
-            where = pooled if name in in_pool else offload
-            methods[name] = asyncify(getattr(backend, name), where)
     if "streaming_writes" in capabilities:
         methods["open_writer"] = _adapting_writers(methods["open_writer"], offload)
         if "exclusive" in inspect.signature(backend.open_writer).parameters:  # type: ignore[attr-defined]
