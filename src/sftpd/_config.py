@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncssh
 
+from ._memory import DEFAULT_UPLOAD_MEMORY
 from ._session import check_max_file_size
 from ._throttle import LoginLimits
 from ._upload import Upload
@@ -211,6 +212,14 @@ class ServerConfig:
             to one part in memory (S3: ``part_size * (upload_concurrency + 1)``), so this
             bounds a session's memory. Clients open one file per transfer; parallel ones
             a few.
+        upload_memory: Bytes of upload data the server keeps in memory at most, over all
+            sessions (None: no limit); per worker process. Counted: S3 parts being filled
+            and in flight, the in-memory start of spooled uploads, batches waiting for the
+            thread pool. A spool that would go beyond spills to a temporary file early; an
+            S3 upload waits before its next part (its client is answered later), so
+            uploads slow down rather than fail, and one that needs more than the whole
+            budget still runs once it has the budget to itself. Give each S3 upload you
+            want at full speed ``part_size * (upload_concurrency + 1)``.
         max_channels: SFTP channels one connection may open at once (OpenSSH's
             MaxSessions is 10); more are refused.
         max_requests_per_channel: SFTP requests of one channel served at the same time;
@@ -257,6 +266,7 @@ class ServerConfig:
     connection_burst: int = 20
     max_open_files: int = 32
     max_file_size: int | None = None
+    upload_memory: int | None = DEFAULT_UPLOAD_MEMORY
     max_channels: int = 10
     max_requests_per_channel: int = 64
     max_requests_per_session: int = 256
@@ -274,6 +284,8 @@ class ServerConfig:
         if self.max_unauthenticated_per_address is not None:
             counts.append("max_unauthenticated_per_address")
         counts.append("connection_burst")
+        if self.upload_memory is not None:
+            counts.append("upload_memory")
         if self.connection_rate is not None and not _positive_number(self.connection_rate):
             raise ConfigError(
                 "connection_rate must be a positive number of connections per second, "

@@ -7,6 +7,7 @@ host_key_dir = "/etc/sftpd/host_keys"
 backend = "memory"
 max_sessions = 20
 idle_timeout = 900
+upload_memory = 536870912                # upload bytes in memory, all sessions (0: no limit)
 ciphers = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr"]
 legacy_sha1 = false                      # true: also SHA-1 kex, MACs, ssh-rsa host sigs
 legacy_macs = false                      # true: non-etm hmac-sha2 (libssh2 < 1.11, curl)
@@ -65,6 +66,7 @@ SERVER_KEYS = {
     "proxy_protocol": bool,
     "proxy_from": list,
     "max_file_size": int,
+    "upload_memory": int,
     "max_open_files": int,
     "max_unauthenticated": int,
     "max_unauthenticated_per_address": int,

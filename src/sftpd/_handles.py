@@ -78,8 +78,9 @@ class OpenMode:
 class _Spool:
     """A buffered upload for backends without streaming writes.
 
-    It keeps writes in memory up to :data:`SPOOL_MEMORY_LIMIT`, then in an anonymous
-    temporary file, and hands the whole content to ``write_file`` at commit. Its methods
+    It keeps writes in memory up to :data:`SPOOL_MEMORY_LIMIT` (and while the server's
+    upload memory has room: it never waits for it), then in an anonymous temporary file,
+    and hands the whole content to ``write_file`` at commit. Its methods
     never await between a seek and the write or read after it, so writes may come
     concurrently.
     """
@@ -92,11 +93,31 @@ class _Spool:
         self._session = session
         self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_LIMIT)  # noqa: SIM115
         self._size = 0
+        self._memory = session.upload_memory
+        self._held = 0  # bytes of the server's upload memory kept while in memory
+        self._spilled = False
         if initial:
+            self._hold(len(initial))
             self._file.write(initial)
             self._size = len(initial)
 
+    def _hold(self, end: int) -> None:
+        """Keep the first ``end`` bytes in memory if the server's budget allows, else spill."""
+        if self._spilled or end <= self._held:
+            return
+        if end <= SPOOL_MEMORY_LIMIT and self._memory.try_take(end - self._held):
+            self._held = end
+            return
+        self._file.rollover()  # to the temporary file: this upload holds no memory now
+        self._spilled = True
+        self._release()
+
+    def _release(self) -> None:
+        self._memory.give(self._held)
+        self._held = 0
+
     async def write(self, offset: int, data: bytes) -> None:
+        self._hold(offset + len(data))
         self._file.seek(offset)
         self._file.write(data)
         self._size = max(self._size, offset + len(data))
@@ -113,10 +134,12 @@ class _Spool:
         self._file.seek(0)
         data = self._file.read()
         self._file.close()
+        self._release()
         await self._backend.write_file(self._path, data, self._session)
 
     async def abort(self) -> None:
         self._file.close()
+        self._release()
 
 
 class FileHandle:

@@ -18,6 +18,7 @@ import asyncssh
 
 from ._coalesce import coalesce_writes, refuse_before_banner, skip_ignore_packets
 from ._config import ServerConfig, algorithm_options, host_key_pairs, load_host_keys
+from ._memory import UploadMemory
 from ._proxy import ProxyListener
 from ._requests import Requests, SessionState, Settings
 from ._session import Peer, Session
@@ -56,10 +57,12 @@ class ServerContext:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     settings: Settings = field(init=False)
     rate: ConnectionRate | None = field(init=False)
+    upload_memory: UploadMemory = field(init=False)
     _refusals: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         config = self.config
+        self.upload_memory = UploadMemory(config.upload_memory)
         self.rate = (
             ConnectionRate(config.connection_rate, config.connection_burst)
             if config.connection_rate is not None
@@ -332,6 +335,7 @@ class _Connection(asyncssh.SSHServer):
                 attributes=attributes,
                 key_fingerprint=key_fingerprint,
                 max_file_size=self._ctx.config.max_file_size,
+                upload_memory=self._ctx.upload_memory,
             )
         except ConfigError:
             log.exception("authenticator returned bad session attributes for %s", username)
@@ -564,6 +568,13 @@ class Server:
         if self._port is None:
             raise RuntimeError("server not started")
         return self._port
+
+    @property
+    def upload_memory(self) -> UploadMemory:
+        """The budget of upload bytes held in memory: ``limit``, ``in_use``, ``peak``."""
+        if self._ctx is None:
+            raise RuntimeError("server not started")
+        return self._ctx.upload_memory
 
     @property
     def host(self) -> str:

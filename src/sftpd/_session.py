@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ._memory import UNLIMITED, UploadMemory
 from ._permissions import Permissions
 from .errors import ConfigError
 from .paths import decode, normalize
@@ -57,6 +58,9 @@ class Session:
             ``attributes["max_file_size"]``, else the server's ``max_file_size``; None:
             no limit.
         started: ``time.time()`` when the session was authenticated.
+        upload_memory: The server's budget for upload bytes held in memory, which
+            writers that keep bytes after a write draw from (see
+            :class:`~sftpd.backend.UploadMemory`); no limit outside a server.
     """
 
     username: str
@@ -69,6 +73,7 @@ class Session:
     max_file_size: int | None = None
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     started: float = field(default_factory=time.time)
+    upload_memory: UploadMemory = field(default=UNLIMITED, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
@@ -88,6 +93,7 @@ class Session:
         attributes: Mapping[str, Any] | None,
         key_fingerprint: str | None = None,
         max_file_size: int | None = None,
+        upload_memory: UploadMemory = UNLIMITED,
     ) -> Session:
         """Build a session from what an authenticator returned.
 
@@ -105,4 +111,5 @@ class Session:
             root=str(root),
             permissions=Permissions.parse(attrs.get("permissions")),
             max_file_size=attrs.get("max_file_size", max_file_size),
+            upload_memory=upload_memory,
         )

@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from . import paths
+from ._memory import UNLIMITED, UploadMemory
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ __all__ = [
     "Startup",
     "StreamingWrites",
     "Symlinks",
+    "UploadMemory",
     "Writer",
     "directory_info",
     "file_info",
@@ -660,9 +662,11 @@ class _AsyncWriter:
     false: the local backend's, when it replaces a large file whose pages it frees).
     """
 
-    def __init__(self, writer: Any, offload: Offload) -> None:
+    def __init__(self, writer: Any, offload: Offload, memory: UploadMemory = UNLIMITED) -> None:
         self._writer = writer
         self._offload = offload
+        self._memory = memory
+        self._held = 0  # bytes of the gathered batch, taken from the server's upload memory
         self._chunks: list[bytes] = []
         self._pending_size = 0
         self._pending_at = 0
@@ -679,10 +683,11 @@ class _AsyncWriter:
     def _call(self, method: Callable[..., Any], *args: Any) -> Any:
         return self._offload.pool(method, *args)
 
-    def _take(self) -> tuple[int, list[bytes]]:
-        """The gathered batch, handed over: its offset and pieces."""
+    def _take(self) -> tuple[int, list[bytes], int]:
+        """The gathered batch, handed over: its offset, pieces and upload memory held."""
         chunks, self._chunks, self._pending_size = self._chunks, [], 0
-        return self._pending_at, chunks
+        held, self._held = self._held, 0
+        return self._pending_at, chunks, held
 
     def _store(self, offset: int, chunks: list[bytes]) -> None:
         """Write a batch (in a pool thread)."""
@@ -696,10 +701,21 @@ class _AsyncWriter:
             return
         async with self._flushing:
             if self._chunks:
-                await self._call(self._store, *self._take())
+                offset, chunks, held = self._take()
+                try:
+                    await self._call(self._store, offset, chunks)
+                finally:
+                    self._memory.give(held)
 
     async def write(self, offset: int, data: bytes) -> None:
         self._written += len(data)
+        if not self._memory.try_take(len(data)):
+            # The server's upload memory is spent: write this out now rather than keep it.
+            await self._flush()
+            async with self._flushing:
+                await self._call(self._store, offset, [data])
+            return
+        self._held += len(data)
         if self._chunks and offset == self._pending_at + self._pending_size:
             self._chunks.append(data)
             self._pending_size += len(data)
@@ -715,12 +731,15 @@ class _AsyncWriter:
         async with self._flushing:  # the last batch and the commit in one pool call
             if hasattr(self, "permissions"):
                 self._writer.permissions = self.permissions
-            offset, chunks = self._take()
+            offset, chunks, held = self._take()
             quick = getattr(self._writer, "quick_commit", True)
-            if self._written <= SMALL_WRITE and quick:  # a small file: a metadata call
-                await self._offload.call(self._write_and_commit, offset, chunks)
-            else:
-                await self._call(self._write_and_commit, offset, chunks)
+            try:
+                if self._written <= SMALL_WRITE and quick:  # a small file: a metadata call
+                    await self._offload.call(self._write_and_commit, offset, chunks)
+                else:
+                    await self._call(self._write_and_commit, offset, chunks)
+            finally:
+                self._memory.give(held)
 
     def _write_and_commit(self, offset: int, chunks: list[bytes]) -> None:
         if chunks:
@@ -728,7 +747,7 @@ class _AsyncWriter:
         self._writer.commit()
 
     async def abort(self) -> None:
-        self._chunks, self._pending_size = [], 0
+        self._memory.give(self._take()[2])
         await self._offload.call(self._writer.abort)
 
     async def read(self, offset: int, length: int) -> bytes:
@@ -793,7 +812,8 @@ def _adapting_writers(open_writer: Callable[..., Any], offload: Offload) -> Call
         writer = await open_writer(*args, **kwargs)
         if inspect.iscoroutinefunction(writer.write):
             return writer
-        return _AsyncWriter(writer, offload)
+        session = kwargs.get("session", args[1] if len(args) > 1 else None)
+        return _AsyncWriter(writer, offload, getattr(session, "upload_memory", UNLIMITED))
 
     return open_adapted
 

@@ -40,7 +40,7 @@ console = Console(stderr=True)
 log = logging.getLogger("sftpd")
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, option: str = "--max-file-size") -> int:
     """``"100M"`` -> 104857600: bytes, or a number with K, M, G or T (powers of 1024)."""
     units = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
     number, unit = text.strip().upper().removesuffix("B"), ""
@@ -49,7 +49,7 @@ def parse_size(text: str) -> int:
     if not number.isdigit():
         raise click.BadParameter(
             f"{text!r} is not a size such as 1048576, 512K, 100M or 2G",
-            param_hint="--max-file-size",
+            param_hint=option,
         )
     return int(number) << units[unit]
 
@@ -243,6 +243,10 @@ def s3_cleanup(target: str, older_than: float, config_file: Path | None) -> None
               help="Largest file a session may upload, in bytes or with a K, M, G or T "
                    "suffix (powers of 1024); a larger upload fails and stores nothing. "
                    "Default: no limit.")  # fmt: skip
+@click.option("--upload-memory", type=str, default="512M", show_default=True, metavar="SIZE",
+              help="Upload bytes held in memory at most, over all sessions (per worker): "
+                   "S3 parts, spooled and batched uploads. Beyond it uploads wait or "
+                   "spill to temporary files; none fails. 0: no limit.")  # fmt: skip
 @click.option("--max-unauthenticated", default=100, show_default=True,
               type=click.IntRange(1),
               help="Connections not logged in yet, at most (as OpenSSH's MaxStartups); "
@@ -358,6 +362,9 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
             options["ciphers"] = ciphers.split(",") if isinstance(ciphers, str) else ciphers
         if isinstance(options["max_file_size"], str):  # the flag's text ([server]: an int)
             options["max_file_size"] = parse_size(options["max_file_size"])
+        if isinstance(options["upload_memory"], str):
+            options["upload_memory"] = parse_size(options["upload_memory"], "--upload-memory")
+        options["upload_memory"] = options["upload_memory"] or None  # 0: no limit
         workers = options.pop("workers")
         metrics_port = options.pop("metrics_port")
         metrics_host = options.pop("metrics_host")
@@ -458,6 +465,7 @@ def stdio(config_file: Path | None, backend_spec: str | None, user: str | None,
     In sshd_config: Subsystem sftp /path/to/sftpd stdio --backend local:/srv/sftp
     (sshd authenticates; this serves the user it names with sftpd's engine and backends).
     """
+    from ._memory import DEFAULT_UPLOAD_MEMORY, UploadMemory
     from ._requests import Settings
     from ._session import Session
     from ._stdio import peer_from_environment, serve_stdio
@@ -480,7 +488,7 @@ def stdio(config_file: Path | None, backend_spec: str | None, user: str | None,
             attributes["permissions"] = "read-only"
         session = Session.from_attributes(
             username=name, peer=peer_from_environment(), auth_method="sshd",
-            attributes=attributes,
+            attributes=attributes, upload_memory=UploadMemory(DEFAULT_UPLOAD_MEMORY),
         )  # fmt: skip
         backend = bind_backend(make_backend(spec, loaded.s3 if loaded else {}))
         if audit_log is not None:

@@ -48,6 +48,8 @@ def config(**kw: Any) -> ServerConfig:
         ({"ciphers": ["arcfour"]}, "unsupported cipher.*arcfour; choose from aes128-gcm"),
         ({"ciphers": "aes128-ctr"}, "ciphers must be a non-empty list"),
         ({"ciphers": []}, "ciphers must be a non-empty list"),
+        ({"upload_memory": 0}, "upload_memory must be a positive integer"),
+        ({"upload_memory": 1.5}, "upload_memory must be a positive integer"),
     ],
 )
 def test_bad_options_fail_with_a_helpful_message(kw: dict[str, Any], message: str) -> None:

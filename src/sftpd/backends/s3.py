@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .. import paths
+from .._memory import UNLIMITED
 from .._session import Session
 from ..backend import AttrChanges, DirEntry, FileAttrs, FileType
 from ..errors import (
@@ -994,7 +995,8 @@ class S3Writer:
     """An upload: a multipart upload fed part by part, or one PutObject for small files.
 
     Sequential writes fill a part buffer; full parts upload in the background, at most
-    ``upload_concurrency`` at once (so memory stays near ``part_size * (concurrency+1)``).
+    ``upload_concurrency`` at once (so memory stays near ``part_size * (concurrency+1)``),
+    all counted in the server's upload memory (``session.upload_memory``).
     A write that jumps back before the current part (or ahead of it) switches the upload
     to a temporary file sent at close, unless parts were already sent: rewriting data
     that was already uploaded is refused with a clear error.
@@ -1029,6 +1031,11 @@ class S3Writer:
         self._spill_size = 0
         self._failed: BaseException | None = None
         self._done = False
+        # The server's budget for upload bytes in memory: the part being filled holds
+        # ``_held`` of it, each part in flight its size until it is sent.
+        self._memory = session.upload_memory if session is not None else UNLIMITED
+        self._held = 0
+        self._must_stream = False  # sending a spilled upload: wait for memory, never spill
 
     @property
     def upload_id(self) -> str | None:
@@ -1053,7 +1060,14 @@ class S3Writer:
         """Begin with the stored object: copied as parts if large, in memory if small."""
         source_key = self._key if source_key is None else source_key
         if size < MIN_PART_SIZE:
-            self._buffer = _PartBuffer(await self._backend._get_range(source_key, 0, size))
+            data = await self._backend._get_range(source_key, 0, size)
+            if self._memory.try_take(len(data)):
+                self._held = len(data)
+                self._buffer = _PartBuffer(data)
+            else:  # no memory to spare: start on disk
+                self._spill = tempfile.TemporaryFile()  # noqa: SIM115
+                self._spill.write(data)
+                self._spill_size = len(data)
             return
         upload_id = await self._start_multipart()
         client = await self._client()
@@ -1119,6 +1133,11 @@ class S3Writer:
                 return
             if offset - self._end > self._backend.part_size:
                 raise InvalidParameter("Writes may skip ahead at most one part")
+        if not await self._reserve(offset + len(data) - self._buffer_start):
+            await self._switch_to_spill()  # the server's upload memory is spent: use disk
+            await self.write(offset, data)
+            return
+        if offset > self._end:
             self._buffer.append(bytes(offset - self._end))
         if offset == self._end:
             self._buffer.append(bytes(data))
@@ -1128,7 +1147,36 @@ class S3Writer:
         while len(self._buffer) >= part:
             await self._limit.acquire()  # wait for a slot before building the part
             self._buffer_start += part
-            await self._send_part(self._buffer.take(part), acquired=True)
+            held = min(part, self._held)  # the part takes its bytes of the reservation along
+            self._held -= held
+            await self._send_part(self._buffer.take(part), acquired=True, held=held)
+
+    async def _reserve(self, end: int) -> bool:
+        """Hold upload memory for a part buffer of ``end`` bytes; False: spill instead.
+
+        Before the first part is sent an upload that finds no memory spills to disk. After
+        that it waits, holding nothing, for a whole part's worth, so it never waits again
+        within that part and waiters never hold what another waiter needs.
+        """
+        need = end - self._held
+        if need <= 0:
+            return True
+        memory = self._memory
+        if memory.try_take(need):
+            self._held = end
+            return True
+        if self._upload_id is None and not self._must_stream:
+            return False
+        memory.give(self._held)
+        self._held = 0
+        want = max(end, self._backend.part_size)
+        await memory.take(want)
+        self._held = want
+        return True
+
+    def _release(self) -> None:
+        self._memory.give(self._held)
+        self._held = 0
 
     async def _switch_to_spill(self) -> None:
         spill = tempfile.TemporaryFile()  # noqa: SIM115
@@ -1136,14 +1184,16 @@ class S3Writer:
         self._spill_size = len(self._buffer)
         self._buffer = _PartBuffer()
         self._spill = spill
+        self._release()
 
-    async def _send_part(self, data: io.BytesIO, *, acquired: bool = False) -> None:
+    async def _send_part(self, data: io.BytesIO, *, acquired: bool = False, held: int = 0) -> None:
         if not acquired:
             await self._limit.acquire()
         try:
             upload_id = await self._start_multipart()
         except BaseException:
             self._limit.release()
+            self._memory.give(held)
             raise
         number = self._next_part
         self._next_part += 1
@@ -1162,6 +1212,7 @@ class S3Writer:
                 raise
             finally:
                 self._limit.release()
+                self._memory.give(held)
 
         task = asyncio.get_running_loop().create_task(upload())
         self._tasks.add(task)
@@ -1184,9 +1235,11 @@ class S3Writer:
                         Bucket=bucket, Key=self._key, Body=self._buffer.body(),
                         **self._object_args, **self._condition,
                     )  # fmt: skip
+                self._release()
             else:
                 if len(self._buffer) or self._next_part == 1:
-                    await self._send_part(self._buffer.body())
+                    held, self._held = self._held, 0
+                    await self._send_part(self._buffer.body(), held=held)
                     self._buffer = _PartBuffer()
                 await self._drain()
                 parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
@@ -1216,6 +1269,7 @@ class S3Writer:
                 return
             self._buffer = _PartBuffer()
             self._buffer_start = 0
+            self._must_stream = True
             while chunk := spill.read(self._backend.part_size):
                 await self.write(self._end, chunk)
         finally:
@@ -1237,6 +1291,7 @@ class S3Writer:
         if self._spill is not None:
             self._spill.close()
             self._spill = None
+        self._release()
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is not None:
             try:
