@@ -875,9 +875,11 @@ class Requests:
 
     async def statvfs(self, raw: bytes) -> bytes:
         """Capacity of the storage holding a path."""
-        return await self._run("disk_usage", self._statvfs(self._path(raw)), {"path": raw})
+        return await self._run("disk_usage", self._statvfs(raw), {"path": raw})
 
-    async def _statvfs(self, path: str) -> bytes:
+    async def _statvfs(self, where: bytes | str) -> bytes:
+        # A client's path is decoded here, inside the request: a bad name is its error.
+        path = self._path(where) if isinstance(where, bytes) else where
         if self._backend.disk_usage is None:
             raise Unsupported("This storage does not report its capacity")
         info: SpaceInfo = await self._backend.disk_usage(path, self._session)

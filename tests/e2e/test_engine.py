@@ -129,6 +129,25 @@ async def test_opendir_of_a_missing_path_or_a_file_fails_at_opendir() -> None:
     assert replies[3][0] == 102  # HANDLE
 
 
+async def test_statvfs_of_a_path_that_is_not_utf8_is_the_clients_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """statvfs@openssh.com of undecodable bytes answers a clear status, logged as no error
+    (the fuzz harness found it logged as an unexpected exception)."""
+    async with running_server(backend=sftpd.LocalBackend(tmp_path)) as server:
+        async with connect(server.port) as conn:
+            chan, raw = await open_raw(conn)
+            chan.write(packet(200, struct.pack(">I", 7), string(b"statvfs@openssh.com"),
+                              string(b"\xff\xfe")))  # fmt: skip
+            kind, rest = await raw.packet()
+            chan.close()
+    assert kind == 101  # STATUS
+    assert struct.unpack(">II", rest[:8])[0] == 7
+    assert struct.unpack(">I", rest[4:8])[0] != 0
+    assert b"not valid UTF-8" in rest
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 async def test_openssh_cp_ln_symlink_df_and_listings(
     any_server: sftpd.Server, openssh: OpenSSH, tmp_path: Path
 ) -> None:
