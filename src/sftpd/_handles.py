@@ -290,8 +290,11 @@ class FileHandle:
 
         A writer with ``copy_from(path, offset, length, target_offset)`` copies on the
         storage side (the stored file, not an upload still open); otherwise the bytes go
-        through reads and writes here, never through the client.
+        through reads and writes here, never through the client. Copying within one
+        handle is refused (OpenSSH's client always opens the file twice).
         """
+        if source is self:
+            raise Unsupported("copy-data within one open handle; open the file twice")
         if self._writer is None:
             raise PermissionDenied("File not open for writing")
         if not source.mode.read:

@@ -233,3 +233,26 @@ async def test_requests_of_one_transfer_run_concurrently(openssh: OpenSSH, tmp_p
     assert upload < serial / 20, (upload, serial)
     assert download < serial / 20, (download, serial)
     assert elapsed < 2 * serial / 20 + 5
+
+
+async def test_copy_data_within_one_handle_is_refused_not_stuck() -> None:
+    """copy-data naming one handle as source and target answers OP_UNSUPPORTED at once and
+    the handle still closes (it used to wait for itself forever; found by fuzzing)."""
+    async with running_server(backend=sftpd.MemoryBackend({"/f": b"x" * 100})) as server:
+        async with connect(server.port) as conn:
+            chan, raw = await open_raw(conn)
+            chan.write(packet(3, struct.pack(">I", 1), string(b"/f"), struct.pack(">II", 3, 0)))
+            kind, rest = await raw.packet()
+            assert kind == 102  # HANDLE
+            handle = rest[8:]
+            chan.write(packet(200, struct.pack(">I", 2), string(b"copy-data"), string(handle),
+                              struct.pack(">QQ", 0, 10), string(handle),
+                              struct.pack(">Q", 50)))  # fmt: skip
+            chan.write(packet(4, struct.pack(">I", 3), string(handle)))  # CLOSE
+            replies = {}
+            for _ in range(2):
+                kind, rest = await asyncio.wait_for(raw.packet(), 5)
+                replies[struct.unpack(">I", rest[:4])[0]] = (kind, rest[4:8])
+            chan.close()
+    assert replies[2] == (101, struct.pack(">I", 8))  # OP_UNSUPPORTED
+    assert replies[3] == (101, struct.pack(">I", 0))  # the CLOSE succeeded

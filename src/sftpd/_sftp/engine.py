@@ -537,10 +537,11 @@ class SftpEngine:
         target, target_offset = p.string(), p.offset()
         end = codec.MAX_OFFSET if length == 0 else offset + length
         claims = [
-            self._handle_claim(source, offset, end, _SHARED),
             self._handle_claim(target, *_FULL, _EXCLUSIVE),
             (_DATA, *_FULL, _WRITE),
         ]
+        if source != target:  # one handle twice would wait for itself (found by fuzzing)
+            claims.insert(0, self._handle_claim(source, offset, end, _SHARED))
         work = self.requests.copy_data(source, offset, length, target, target_offset)
         return claims, self._status_ok(request_id, work)
 
