@@ -224,7 +224,8 @@ class FileHandle:
     @property
     def readable_upload(self) -> bool:
         """True for an upload whose content can be read back before it is committed."""
-        return self._writer is not None and callable(getattr(self._writer, "read", None))
+        return (not self._closed and self._writer is not None
+                and callable(getattr(self._writer, "read", None)))  # fmt: skip
 
     def set_initial_permissions(self, permissions: int) -> None:
         """Give a new file the mode the client asked for at open (applied at commit).
@@ -251,9 +252,15 @@ class FileHandle:
             raise PermissionDenied("File not open for reading")
         if offset < 0 or length < 0:
             raise InvalidParameter("Negative offset or length")
+        if self._source is not None and not self._source.readable_upload:
+            # The upload this handle read from was closed (stored or aborted): read what
+            # is stored now (found by fuzzing: its writer's file was read after its close).
+            self._source = None
+            if self.backend.open_reader is not None and self._reader is None:
+                self._reader = await self.backend.open_reader(self.path, self.session)
         if self._writer is not None:
             data: bytes = await self._writer.read(offset, length)
-        elif self._source is not None and self._source.readable_upload:
+        elif self._source is not None:
             data = await self._source._writer.read(offset, length)
         elif self._reader is not None:
             data = await self._reader.read(offset, length)

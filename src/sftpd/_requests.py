@@ -637,8 +637,9 @@ class Requests:
     async def fstat(self, name: bytes) -> bytes:
         """Attributes of an open file, including what was written so far."""
         found = self._handles.get(name)
-        if isinstance(found, _DirHandle):
-            return wire_attrs(await self._lstat(found.path))
+        if isinstance(found, _DirHandle):  # the directory may be gone: a status, not a crash
+            meta = {"path": found.client_path.encode("utf-8")}
+            return wire_attrs(await self._run("read_link_info", self._lstat(found.path), meta))
         return wire_attrs(self._file(name).attrs())
 
     async def fsetstat(self, name: bytes, attrs: WireAttrs) -> None:

@@ -214,6 +214,7 @@ _ERRNO_CODES: dict[int, tuple[int, str]] = {
     errno.EINVAL: (FX_INVALID_PARAMETER, "Invalid parameter"),
     errno.ENOSPC: (FX_NO_SPACE_ON_FILESYSTEM, "No space left"),
     errno.EDQUOT: (FX_NO_SPACE_ON_FILESYSTEM, "Quota exceeded"),
+    errno.EFBIG: (FX_QUOTA_EXCEEDED, "File too large for the storage"),
     errno.ELOOP: (FX_LINK_LOOP, "Too many levels of symbolic links"),
     errno.EXDEV: (FX_OP_UNSUPPORTED, "Cross-device operation not supported"),
 }

@@ -8,6 +8,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -256,3 +257,68 @@ async def test_copy_data_within_one_handle_is_refused_not_stuck() -> None:
             chan.close()
     assert replies[2] == (101, struct.pack(">I", 8))  # OP_UNSUPPORTED
     assert replies[3] == (101, struct.pack(">I", 0))  # the CLOSE succeeded
+
+
+async def raw_exchange(chan: Any, raw: Any, *packets: bytes) -> dict[int, tuple[int, bytes]]:
+    """Send ``packets`` and collect one reply per packet, by request id."""
+    for one in packets:
+        chan.write(one)
+    replies = {}
+    for _ in packets:
+        kind, rest = await asyncio.wait_for(raw.packet(), 5)
+        replies[struct.unpack(">I", rest[:4])[0]] = (kind, rest[4:])
+    return replies
+
+
+async def test_fstat_of_a_directory_removed_while_open_is_a_status(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FSTAT of an open directory handle whose directory was removed answers NO_SUCH_FILE,
+    logged as no error (it escaped the error mapping; found by fuzzing)."""
+    (tmp_path / "d").mkdir()
+    async with running_server(backend=sftpd.LocalBackend(tmp_path)) as server:
+        async with connect(server.port) as conn:
+            chan, raw = await open_raw(conn)
+            opened = await raw_exchange(chan, raw, packet(11, struct.pack(">I", 1), string(b"/d")))
+            handle = opened[1][1][4:]
+            replies = await raw_exchange(
+                chan, raw, packet(15, struct.pack(">I", 2), string(b"/d")),  # RMDIR
+            )  # fmt: skip
+            replies |= await raw_exchange(
+                chan, raw, packet(8, struct.pack(">I", 3), string(handle))
+            )
+            chan.close()
+    assert replies[2][0] == 101
+    assert replies[2][1][:4] == struct.pack(">I", 0)
+    assert replies[3][0] == 101
+    assert struct.unpack(">I", replies[3][1][:4])[0] == 2  # NO_SUCH_FILE
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_reader_of_an_upload_reads_the_stored_file_after_the_upload_closes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file opened for reading while this session uploads it reads the upload, and once
+    the upload is closed reads what was stored (it read the closed upload's file
+    descriptor: EBADF; found by fuzzing)."""
+    async with running_server(backend=sftpd.LocalBackend(tmp_path)) as server:
+        async with connect(server.port) as conn:
+            chan, raw = await open_raw(conn)
+            flags = struct.pack(">II", 0x1A, 0)  # WRITE | CREAT | TRUNC
+            up = await raw_exchange(
+                chan, raw, packet(3, struct.pack(">I", 1), string(b"/f"), flags)
+            )
+            writer = up[1][1][4:]
+            await raw_exchange(chan, raw, packet(6, struct.pack(">I", 2), string(writer),
+                                                 struct.pack(">Q", 0), string(b"stored")))  # fmt: skip
+            down = await raw_exchange(chan, raw, packet(3, struct.pack(">I", 3), string(b"/f"),
+                                                        struct.pack(">II", 1, 0)))  # fmt: skip
+            reader = down[3][1][4:]
+            closed = await raw_exchange(chan, raw, packet(4, struct.pack(">I", 4), string(writer)))
+            read = await raw_exchange(chan, raw, packet(5, struct.pack(">I", 5), string(reader),
+                                                        struct.pack(">QI", 0, 100)))  # fmt: skip
+            chan.close()
+    assert closed[4][1][:4] == struct.pack(">I", 0)
+    assert read[5][0] == 103  # DATA
+    assert read[5][1][4:] == b"stored"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -89,3 +89,25 @@ async def test_a_large_pass_is_joined_in_bounded_writes() -> None:
     assert b"".join(chan.writes) == b"".join(replies)
     assert len(chan.writes) == 8
     assert all(JOIN <= len(w) < JOIN + len(replies[0]) for w in chan.writes[:-1])
+
+
+class ClosedByPeer(RecordingChannel):
+    """A channel the client has closed: asyncssh refuses writes with BrokenPipeError."""
+
+    def write(self, data: bytes) -> None:
+        raise BrokenPipeError("Channel not open for sending")
+
+
+async def test_replies_to_a_channel_the_client_closed_are_dropped() -> None:
+    """A reply flushed after the client closed its channel is dropped quietly, and the
+    transport counts as closed (it raised in an event-loop callback; found by fuzzing)."""
+    transport = transport_over(ClosedByPeer())
+    transport.write(b"late reply")
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert errors == []
+    assert transport.closed
+    transport.write(b"later still")  # no callback scheduled, nothing raised
+    assert transport.backlog() == 0

@@ -44,6 +44,7 @@ def test_each_error_is_a_builtin_and_maps_to_its_code(
         (PermissionError(errno.EACCES, "x"), asyncssh.FX_PERMISSION_DENIED),
         (OSError(errno.ENOTEMPTY, "x"), asyncssh.FX_DIR_NOT_EMPTY),
         (OSError(errno.ENOSPC, "x"), asyncssh.FX_NO_SPACE_ON_FILESYSTEM),
+        (OSError(errno.EFBIG, "x"), asyncssh.FX_QUOTA_EXCEEDED),  # a SETSTAT past the fs limit
         (FileExistsError(), asyncssh.FX_FILE_ALREADY_EXISTS),
         (NotImplementedError(), asyncssh.FX_OP_UNSUPPORTED),
         (TimeoutError(), asyncssh.FX_FAILURE),
@@ -66,3 +67,9 @@ def test_unknown_exceptions_never_leak_their_text() -> None:
 def test_config_error_is_a_value_error() -> None:
     """Misconfiguration is a ValueError users can catch at start-up."""
     assert issubclass(errors.ConfigError, ValueError)
+
+
+def test_a_file_too_large_for_the_storage_is_an_expected_failure() -> None:
+    """EFBIG (a SETSTAT size past the file system's limit, found by fuzzing) is the
+    client's error, logged without a traceback."""
+    assert errors.is_expected(OSError(errno.EFBIG, "File too large"))

@@ -65,7 +65,11 @@ class ChannelTransport:
             batch.append(data)
             size += len(data)
             if size >= JOIN or not pending:
-                self._chan.write(batch[0] if len(batch) == 1 else b"".join(batch))
+                try:
+                    self._chan.write(batch[0] if len(batch) == 1 else b"".join(batch))
+                except BrokenPipeError:  # the client closed the channel: nobody to answer
+                    self.closed = True
+                    return
                 batch, size = [], 0
 
     def backlog(self) -> int:
