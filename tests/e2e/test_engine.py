@@ -309,8 +309,9 @@ async def test_a_reader_of_an_upload_reads_the_stored_file_after_the_upload_clos
                 chan, raw, packet(3, struct.pack(">I", 1), string(b"/f"), flags)
             )
             writer = up[1][1][4:]
-            await raw_exchange(chan, raw, packet(6, struct.pack(">I", 2), string(writer),
-                                                 struct.pack(">Q", 0), string(b"stored")))  # fmt: skip
+            write = packet(6, struct.pack(">I", 2), string(writer), struct.pack(">Q", 0),
+                           string(b"stored"))  # fmt: skip
+            await raw_exchange(chan, raw, write)
             down = await raw_exchange(chan, raw, packet(3, struct.pack(">I", 3), string(b"/f"),
                                                         struct.pack(">II", 1, 0)))  # fmt: skip
             reader = down[3][1][4:]
