@@ -44,6 +44,8 @@ from typing import Any
 
 import asyncssh
 
+from benchmarks._common import peak_rss_mib
+
 KEEP = "the fuzz user must not reach this\n"
 PROBE_EVERY = 64
 PROBE_TIMEOUT = 30.0
@@ -452,14 +454,6 @@ def _tree_digest(top: Path) -> str:
     return digest.hexdigest()
 
 
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 SERVER = """
 import asyncio, logging, sys
 import sftpd
@@ -528,7 +522,7 @@ async def run(
 
             def sample() -> None:
                 when = round(time.monotonic() - started, 1)
-                report.rss_mib.append((when, round(_rss_mib(proc.pid), 1)))
+                report.rss_mib.append((when, round(peak_rss_mib(proc.pid, "VmRSS"), 1)))
 
             async def sample_rss() -> None:
                 while budget():
