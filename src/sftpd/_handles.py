@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backend import AttrChanges, BoundBackend, FileAttrs, FileType
-from .errors import Failure, InvalidParameter, PermissionDenied, QuotaExceeded, Unsupported
+from .errors import (
+    Failure,
+    InvalidParameter,
+    PermissionDenied,
+    QuotaExceeded,
+    Unsupported,
+    to_sftp_error,
+)
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -174,6 +181,7 @@ class FileHandle:
         self._pending_changes: AttrChanges | None = None
         self._dirty = False
         self._failed = False
+        self._failure = ""  # why, for the close's error: "No space left", "Files may be..."
         self._closed = False
         self.bytes_read = 0
         self.bytes_written = 0
@@ -284,8 +292,8 @@ class FileHandle:
         self._check_limit(offset + len(data))
         try:
             await self._writer.write(offset, data)
-        except BaseException:
-            self._failed = True
+        except BaseException as exc:
+            self._fail(exc)
             raise
         self._grow(offset + len(data), len(data))
         return offset
@@ -320,8 +328,8 @@ class FileHandle:
                 await copy(source.path, offset, end - offset, target_offset)
             except Unsupported:
                 pass  # not this copy: through reads and writes below
-            except BaseException:
-                self._failed = True
+            except BaseException as exc:
+                self._fail(exc)
                 raise
             else:
                 self._grow(target_offset + end - offset, end - offset)
@@ -335,6 +343,12 @@ class FileHandle:
             await self.write(target_offset + position - offset, data)
             position += len(data)
 
+    def _fail(self, exc: BaseException) -> None:
+        """A write failed: the upload will store nothing, and its close says why."""
+        self._failed = True
+        if not self._failure and isinstance(exc, Exception):
+            self._failure = to_sftp_error(exc).reason
+
     def _grow(self, end: int, written: int) -> None:
         self._dirty = True
         self._size = max(self._size, end)
@@ -344,8 +358,9 @@ class FileHandle:
         """Refuse to grow the file past the session's limit; the upload then stores nothing."""
         limit = self.session.max_file_size
         if limit is not None and size > limit:
-            self._failed = True
-            raise QuotaExceeded(f"Files may be at most {limit} bytes")
+            error = QuotaExceeded(f"Files may be at most {limit} bytes")
+            self._fail(error)
+            raise error
 
     def attrs(self) -> FileAttrs:
         """Attributes for ``fstat``: the stored ones with this handle's size and changes."""
@@ -415,7 +430,8 @@ class FileHandle:
         if not commit or self._failed:
             await self._abort(writer)
             if self._failed and commit:
-                raise Failure("Upload failed; nothing was stored")
+                why = f" ({self._failure})" if self._failure else ""
+                raise Failure(f"Upload failed{why}; nothing was stored")
             return False
         if not self._dirty:
             await self._abort(writer)
