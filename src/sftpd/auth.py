@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hmac
 import os
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import asyncssh
 
+from ._authorized_keys import KEY_TOKEN, KeyLine, parse_key_line
 from .backend import asyncify
 from .errors import ConfigError
 
@@ -111,12 +111,14 @@ class AuthorizedKeys:
 
     Args:
         keys: ``{"user": source}`` where a source is a path to an ``authorized_keys`` file,
-            the text of one, or a list of keys or lines. Options before a key and comments
-            after it are tolerated; blank and ``#`` lines are skipped.
+            the text of one, or a list of keys or lines. Blank and ``#`` lines are
+            skipped. Options before a key are enforced as OpenSSH does for an SFTP-only
+            server (``from=``, ``expiry-time=``, ``command=``...; see the auth guide).
         attributes: Optional session attributes per user.
 
     Raises:
-        ConfigError: a file cannot be read, a line holds no key, or a user has no keys.
+        ConfigError: a file cannot be read, a line holds no key or an unknown option, or
+            a user has no keys; the message names the file and line.
     """
 
     def __init__(
@@ -124,26 +126,27 @@ class AuthorizedKeys:
         keys: Mapping[str, str | os.PathLike[str] | Iterable[str | asyncssh.SSHKey]],
         attributes: Mapping[str, Attributes] | None = None,
     ) -> None:
-        self.keys: dict[str, set[bytes]] = {}
+        self.keys: dict[str, list[KeyLine]] = {}
         for user, source in keys.items():
             loaded = _load_keys(source, user)
             if not loaded:
                 raise ConfigError(f"no public keys for user {user!r}")
-            self.keys[user] = {key.public_data for key in loaded}
+            self.keys[user] = loaded
         self.attributes = {name: dict(attrs) for name, attrs in (attributes or {}).items()}
 
     def authorize_public_key(
         self, username: str, key: asyncssh.SSHKey, peer: Peer
     ) -> Attributes | None:
-        """Accept a key listed for this user."""
-        if key.public_data in self.keys.get(username, ()):
-            return self.attributes.get(username, {})
+        """Accept a key listed for this user, if its options let it in from ``peer`` now."""
+        for line in self.keys.get(username, ()):
+            if not line.cert_authority and line.allows(key, peer.host):
+                return self.attributes.get(username, {})
         return None
 
 
 def _load_keys(
     source: str | os.PathLike[str] | Iterable[str | asyncssh.SSHKey], user: str
-) -> list[asyncssh.SSHKey]:
+) -> list[KeyLine]:
     if (
         isinstance(source, (str, os.PathLike))
         and "\n" not in str(source)
@@ -160,18 +163,17 @@ def _load_keys(
         lines, where = source.splitlines(), "text"
     else:
         lines, where = list(source), "list"  # type: ignore[arg-type]
-    keys: list[asyncssh.SSHKey] = []
+    keys: list[KeyLine] = []
     for number, line in enumerate(lines, 1):
         if isinstance(line, asyncssh.SSHKey):
-            keys.append(line)
-            continue
+            line = line.export_public_key().decode()
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         try:
-            keys.append(decode_authorized_key(stripped))
+            keys.append(parse_key_line(stripped, number, f"{where} (user {user!r})"))
         except ValueError as exc:
-            raise ConfigError(f"{where}, line {number} (user {user!r}): {exc}") from exc
+            raise ConfigError(str(exc)) from exc
     return keys
 
 
@@ -245,11 +247,6 @@ def as_authenticator(auth: object) -> Authenticator:
 
 # ------------------------------------------------------------------------ key helpers
 
-_KEY_TOKEN = re.compile(
-    r"(?:^|\s)((?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)"
-    r"|sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com))\s+([A-Za-z0-9+/]+={0,2})(?:\s|$)"
-)
-
 
 def decode_authorized_key(line: str) -> asyncssh.SSHKey:
     """Decode one line of an OpenSSH ``authorized_keys`` file into a public key.
@@ -262,7 +259,7 @@ def decode_authorized_key(line: str) -> asyncssh.SSHKey:
     text = line.strip()
     if not text or text.startswith("#"):
         raise ValueError("empty or comment line holds no key")
-    match = _KEY_TOKEN.search(text)
+    match = KEY_TOKEN.search(text)
     if match is None:
         raise ValueError("no ssh-ed25519, ecdsa-sha2-* or ssh-rsa key found in line")
     try:
