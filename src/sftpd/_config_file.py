@@ -21,7 +21,7 @@ upload_concurrency = 4
 object_args = { ServerSideEncryption = "aws:kms", SSEKMSKeyId = "alias/uploads" }
 
 [users.alice]
-password_env = "ALICE_PASSWORD"         # or password = "..." (not recommended)
+password_env = "ALICE_PASSWORD"         # or password = "$argon2id$..." (sftpd hash-password)
 authorized_keys = "/etc/sftpd/alice.pub" # a file, or a list of key lines
 root = "/tenants/acme"
 permissions = "upload-only"              # a preset, or a list such as ["read", "list"]
@@ -30,6 +30,7 @@ max_file_size = 1073741824               # bytes; overrides [server] max_file_si
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found]
+
+log = logging.getLogger("sftpd")
 
 __all__ = ["FileConfig", "UserTable", "load_config_file"]
 
@@ -168,6 +171,9 @@ def load_config_file(path: Path) -> FileConfig:
             table.passwords[name] = value
         elif "password" in spec:
             table.passwords[name] = str(spec["password"])
+            if not table.passwords[name].startswith("$"):
+                log.warning("%s: [users.%s] password is plaintext; store a hash instead "
+                            "(sftpd hash-password prints one)", path, name)  # fmt: skip
         if "authorized_keys" in spec:
             keys = spec["authorized_keys"]
             if isinstance(keys, str) and not keys.lstrip().startswith(("ssh-", "ecdsa-", "sk-")):

@@ -10,8 +10,9 @@ logged; it never reaches the client.
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import os
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import asyncssh
 
 from ._authorized_keys import KEY_TOKEN, KeyLine, parse_key_line
+from ._passwords import StoredPassword, hash_password
 from .backend import asyncify
 from .errors import ConfigError
 
@@ -74,11 +76,17 @@ Authenticator = PasswordAuthenticator | PublicKeyAuthenticator
 
 
 class StaticPasswords:
-    """A fixed set of users and passwords, compared in constant time.
+    """A fixed set of users and passwords: hashes (argon2id, bcrypt, SHA-crypt) or plaintext.
 
     Args:
-        users: ``{"name": "password"}``.
+        users: ``{"name": stored}``, each a hash such as ``sftpd hash-password`` prints
+            (``$argon2id$...``, ``$2b$...``, ``$6$...``; needs the ``passwords`` extra) or
+            a plaintext password (fine for tests; prefer hashes anywhere else).
         attributes: Optional session attributes per user (``{"name": {"root": "/a"}}``).
+
+    Plaintext passwords are compared in constant time; hashes are verified in a worker
+    thread. An unknown user costs the same as a known one (a dummy verification), so
+    timing does not reveal which names exist.
     """
 
     def __init__(
@@ -93,15 +101,33 @@ class StaticPasswords:
                 raise ConfigError(f"user names must be non-empty strings, got {name!r}")
             if not isinstance(password, str) or not password:
                 raise ConfigError(f"user {name!r} needs a non-empty password string")
-        self.users = {name: password.encode() for name, password in users.items()}
+        self.users = {name: StoredPassword.parse(value, name) for name, value in users.items()}
         self.attributes = {name: dict(attrs) for name, attrs in (attributes or {}).items()}
+        hashed = [stored.scheme for stored in self.users.values() if stored.hashed]
+        scheme = "sha512-crypt" if hashed and hashed[0].endswith("crypt") else (
+            hashed[0] if hashed else "plaintext"
+        )  # fmt: skip
+        self._dummy = StoredPassword(
+            scheme, secrets.token_hex(16) if scheme == "plaintext" else
+            hash_password(secrets.token_hex(16), scheme),
+        )  # fmt: skip
 
-    def authenticate_password(self, username: str, password: str, peer: Peer) -> Attributes | None:
+    @property
+    def plaintext_users(self) -> list[str]:
+        """Users whose password is stored in plaintext."""
+        return sorted(name for name, stored in self.users.items() if not stored.hashed)
+
+    async def authenticate_password(
+        self, username: str, password: str, peer: Peer
+    ) -> Attributes | None:
         """Accept a known user with the right password."""
-        expected = self.users.get(username)
-        # Compare even for unknown users, so timing does not reveal which names exist.
-        ok = hmac.compare_digest(password.encode(), expected or b"\x00" * 32)
-        if expected is None or not ok:
+        stored = self.users.get(username)
+        check = stored if stored is not None else self._dummy
+        if check.hashed:
+            ok = await asyncio.to_thread(check.verify, password)
+        else:
+            ok = check.verify(password)
+        if stored is None or not ok:
             return None
         return self.attributes.get(username, {})
 

@@ -503,6 +503,30 @@ def stdio(config_file: Path | None, backend_spec: str | None, user: str | None,
         sys.exit(2)
 
 
+@main.command("hash-password")
+@click.option("--scheme", type=click.Choice(["argon2id", "bcrypt", "sha512-crypt"]),
+              default="argon2id", show_default=True,
+              help="argon2id (recommended), bcrypt, or SHA-512-crypt for old systems.")  # fmt: skip
+@click.option("--stdin", "from_stdin", is_flag=True,
+              help="Read the password from the first line of standard input.")  # fmt: skip
+def hash_password_command(scheme: str, from_stdin: bool) -> None:
+    """Print a password hash for a config file's [users.NAME] password = "...".
+
+    Needs the passwords extra: pip install 'pysftpd[passwords]'.
+    """
+    from ._passwords import hash_password
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        click.echo(hash_password(password, scheme))
+    except (ConfigError, ValueError) as exc:
+        _print_error(ConfigError(str(exc)))
+        sys.exit(2)
+
+
 def _prometheus() -> Any:
     """The Prometheus integration, or a ConfigError naming the extra it needs."""
     try:

@@ -446,3 +446,40 @@ def test_check_validates_without_serving(tmp_path: Path, monkeypatch: pytest.Mon
     missing = CliRunner().invoke(main, ["serve", "--check", "--backend", "local:nowhere"])
     assert missing.exit_code == 2
     assert "nowhere" in missing.output
+
+
+async def test_hashed_passwords_from_hash_password_log_in_and_plaintext_is_warned(
+    tmp_path: Path,
+) -> None:
+    """`sftpd hash-password --stdin` prints argon2id, bcrypt and SHA-512-crypt hashes; a
+    config file holding them lets each user in with the password and no other, and a
+    plaintext password in the file still works but is warned about at start-up."""
+    hashes = {}
+    for scheme in ("argon2id", "bcrypt", "sha512-crypt"):
+        result = CliRunner().invoke(
+            main, ["hash-password", "--scheme", scheme, "--stdin"], input="pw-" + scheme + "\n"
+        )
+        assert result.exit_code == 0, result.output
+        hashes[scheme] = result.output.strip()
+    assert hashes["argon2id"].startswith("$argon2id$")
+    assert hashes["bcrypt"].startswith("$2b$12$")
+    assert hashes["sha512-crypt"].startswith("$6$")
+    users = "".join(
+        f'[users.{scheme.replace("-", "_")}]\npassword = "{value}"\n\n'
+        for scheme, value in hashes.items()
+    )
+    (tmp_path / "sftpd.toml").write_text(users + '[users.plain]\npassword = "open"\n')
+    proc, port, text = await start_cli("--config", "sftpd.toml", cwd=tmp_path)
+    try:
+        assert "[users.plain] password is plaintext" in text.replace("\n", " ")
+        for scheme in hashes:
+            user = scheme.replace("-", "_")
+            async with connect(port, user, "pw-" + scheme) as conn, conn.start_sftp_client() as s:
+                assert await s.realpath(".") == "/"
+            with pytest.raises(asyncssh.PermissionDenied):
+                async with connect(port, user, "pw-wrong"):
+                    pass
+        async with connect(port, "plain", "open"):
+            pass
+    finally:
+        assert await stop_cli(proc) == 0
