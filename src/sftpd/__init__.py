@@ -11,6 +11,7 @@ async with sftpd.Server(
     ...
 """
 
+from ._certificates import CertificateInfo
 from ._config import CIPHERS, DEFAULT_CIPHERS, ServerConfig
 from ._permissions import Permissions
 from ._server import Server, run
@@ -66,6 +67,7 @@ __all__ = [
     "Authenticator",
     "AuthorizedKeys",
     "Backend",
+    "CertificateInfo",
     "CombinedAuthenticator",
     "ConfigError",
     "DirEntry",

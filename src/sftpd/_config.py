@@ -220,6 +220,16 @@ class ServerConfig:
             uploads slow down rather than fail, and one that needs more than the whole
             budget still runs once it has the budget to itself. Give each S3 upload you
             want at full speed ``part_size * (upload_concurrency + 1)``.
+        trusted_user_ca_keys: Files of CA public keys (one per line, as OpenSSH's
+            ``TrustedUserCAKeys``) or key objects: user certificates they sign may log in,
+            for users the authenticator accepts (``authorize_certificate``). A
+            certificate must name the user as a principal, or one of
+            ``authorized_principals[user]``.
+        authorized_principals: ``{"user": ["principal", ...]}``: the principals whose
+            certificates may log in as that user (as ``AuthorizedPrincipalsFile``);
+            users not listed accept their own name only.
+        revoked_keys: A file of public keys (as OpenSSH's ``RevokedKeys``) no login may
+            use: plain keys, certified keys and CA keys alike. KRLs are not read.
         max_channels: SFTP channels one connection may open at once (OpenSSH's
             MaxSessions is 10); more are refused.
         max_requests_per_channel: SFTP requests of one channel served at the same time;
@@ -267,6 +277,9 @@ class ServerConfig:
     max_open_files: int = 32
     max_file_size: int | None = None
     upload_memory: int | None = DEFAULT_UPLOAD_MEMORY
+    trusted_user_ca_keys: Sequence[str | os.PathLike[str] | asyncssh.SSHKey] = ()
+    authorized_principals: Mapping[str, Sequence[str]] | None = None
+    revoked_keys: str | os.PathLike[str] | None = None
     max_channels: int = 10
     max_requests_per_channel: int = 64
     max_requests_per_session: int = 256
@@ -327,6 +340,16 @@ class ServerConfig:
                 ) from exc
         object.__setattr__(self, "proxy_from", tuple(self.proxy_from))
         check_max_file_size(self.max_file_size)
+        if isinstance(self.trusted_user_ca_keys, (str, os.PathLike)):
+            object.__setattr__(self, "trusted_user_ca_keys", (self.trusted_user_ca_keys,))
+        principals = self.authorized_principals
+        if principals is not None and (
+            not isinstance(principals, Mapping)
+            or any(isinstance(v, str) or not all(isinstance(p, str) for p in v)
+                   for v in principals.values())
+        ):  # fmt: skip
+            raise ConfigError('authorized_principals must map users to lists of principals, '
+                              'e.g. {"alice": ["alice", "ops"]}')  # fmt: skip
         if not isinstance(self.login_limits, LoginLimits):
             raise ConfigError("login_limits must be a sftpd.LoginLimits")
         if self.on_upload is not None and not callable(self.on_upload):

@@ -14,6 +14,9 @@ legacy_macs = false                      # true: non-etm hmac-sha2 (libssh2 < 1.
 legacy_algorithms = false                # true: NIST/DH kex, non-etm MACs (JSch 0.1.x)
 proxy_protocol = false                   # true: behind a balancer sending PROXY headers
 proxy_from = ["10.0.0.0/8"]              # where the balancer connects from (else: anywhere)
+trusted_user_ca_keys = ["user_ca.pub"]   # CAs whose user certificates log in (TrustedUserCAKeys)
+revoked_keys = "revoked.pub"             # keys no login may use (RevokedKeys; not a KRL)
+authorized_principals = { alice = ["alice", "ops"] }  # certificate principals per user
 
 [s3]                                     # with backend = "s3://BUCKET/PREFIX"
 part_size = 16777216
@@ -75,6 +78,9 @@ SERVER_KEYS = {
     "max_unauthenticated_per_address": int,
     "connection_rate": float,
     "connection_burst": int,
+    "trusted_user_ca_keys": list,
+    "revoked_keys": str,
+    "authorized_principals": dict,
     "max_channels": int,
     "max_requests_per_channel": int,
     "max_requests_per_session": int,
@@ -151,6 +157,11 @@ def load_config_file(path: Path) -> FileConfig:
             f"{path}: unknown section(s) {sorted(unknown)}; use [server], [s3], [users]"
         )
     server = _typed_section(path, "server", data.get("server", {}), SERVER_KEYS)
+    for key in ("trusted_user_ca_keys", "revoked_keys"):  # relative to this file
+        if key in server:
+            value = server[key]
+            server[key] = ([str(path.parent / v) for v in value] if isinstance(value, list)
+                           else str(path.parent / value))  # fmt: skip
     s3 = _typed_section(path, "s3", data.get("s3", {}), S3_KEYS)
     table = UserTable()
     for name, spec in data.get("users", {}).items():

@@ -6,16 +6,25 @@ import asyncio
 import contextlib
 import errno
 import inspect
+import ipaddress
 import logging
 import socket
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
+from asyncssh.public_key import CERT_TYPE_USER, SSHOpenSSHCertificate
 
+from ._certificates import (
+    CertificateInfo,
+    allowed_principals,
+    certificate_info,
+    load_public_keys,
+    parse_certificate,
+)
 from ._coalesce import coalesce_writes, refuse_before_banner, skip_ignore_packets
 from ._config import ServerConfig, algorithm_options, host_key_pairs, load_host_keys
 from ._memory import UploadMemory
@@ -58,11 +67,17 @@ class ServerContext:
     settings: Settings = field(init=False)
     rate: ConnectionRate | None = field(init=False)
     upload_memory: UploadMemory = field(init=False)
+    trusted_cas: set[bytes] = field(init=False)
+    revoked: set[bytes] = field(init=False)
     _refusals: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         config = self.config
         self.upload_memory = UploadMemory(config.upload_memory)
+        cas = load_public_keys(config.trusted_user_ca_keys, "trusted user CA keys")
+        self.trusted_cas = {key.public_data for key in cas}
+        revoked = [config.revoked_keys] if config.revoked_keys is not None else []
+        self.revoked = {key.public_data for key in load_public_keys(revoked, "revoked keys")}
         self.rate = (
             ConnectionRate(config.connection_rate, config.connection_burst)
             if config.connection_rate is not None
@@ -153,6 +168,10 @@ class _Connection(asyncssh.SSHServer):
         self._pending: Session | None = None
         self._counted = False
         self._failed_attempts = 0
+        # A certificate being checked: (user, certificate, principal); and those accepted.
+        self._offer: tuple[str, SSHOpenSSHCertificate, str] | None = None
+        self._accepted_certificates: set[bytes] = set()
+        self._validate_key_data: Any = None
 
     # -- lifecycle
 
@@ -168,6 +187,13 @@ class _Connection(asyncssh.SSHServer):
             return
         coalesce_writes(conn)
         skip_ignore_packets(conn)
+        if self._ctx.auth.certificate is not None:
+            # asyncssh checks a certificate's signature, validity and principal against
+            # the user name it is given, and asks validate_ca_key about the signer with
+            # the CA key alone. Stepping in before it gives the authenticator the whole
+            # certificate and lets a principal other than the user name log in.
+            self._validate_key_data = conn.validate_public_key
+            conn.validate_public_key = self._validate_key_or_certificate  # type: ignore[method-assign]
         self._ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -246,12 +272,79 @@ class _Connection(asyncssh.SSHServer):
         return self._attempt_failed()
 
     def public_key_auth_supported(self) -> bool:
-        return self._ctx.auth.public_key is not None
+        auth = self._ctx.auth
+        return auth.public_key is not None or auth.certificate is not None
+
+    async def _validate_key_or_certificate(
+        self, username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        cert = parse_certificate(key_data)
+        if cert is None:
+            return bool(await self._validate_key_data(username, key_data, msg, signature))
+        allowed = allowed_principals(username, self._ctx.config.authorized_principals)
+        principal = next((p for p in cert.principals if p in allowed), None)
+        if principal is None:
+            log.info("certificate login failed for %s from %s: no principal of %s is allowed",
+                     username, self.peer, list(cert.principals))  # fmt: skip
+            self._auth_event("failure", "publickey", username, 0, "certificate principal")
+            return self._attempt_failed()
+        self._offer = (username, cert, principal)
+        try:
+            # asyncssh checks the certificate names ``principal``; the login stays ``username``.
+            return bool(await self._validate_key_data(principal, key_data, msg, signature))
+        finally:
+            self._offer = None
+
+    async def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        offer = self._offer
+        check = self._ctx.auth.certificate
+        if offer is None or check is None:
+            return False
+        user, cert, principal = offer
+        if cert.public_data in self._accepted_certificates:
+            return True  # the signed request after the query: already decided
+        reason = self._certificate_refusal(cert, key, principal)
+        if reason is not None:
+            log.info("certificate login failed for %s from %s: %s", user, self.peer, reason)
+            self._auth_event("failure", "publickey", user, 0, reason)
+            return self._attempt_failed()
+        info = certificate_info(cert, trusted_ca=key.public_data in self._ctx.trusted_cas,
+                                principal=principal)  # fmt: skip
+        if await self._accept(user, "publickey", fingerprint(cert.key), check, info,
+                              certificate=info):  # fmt: skip
+            self._accepted_certificates.add(cert.public_data)
+            return True
+        return self._attempt_failed()
+
+    def _certificate_refusal(
+        self, cert: SSHOpenSSHCertificate, ca_key: asyncssh.SSHKey, principal: str
+    ) -> str | None:
+        """Why sshd would refuse this certificate before asking anyone, or None."""
+        revoked = self._ctx.revoked
+        if ca_key.public_data in revoked or cert.key.public_data in revoked:
+            return "revoked key"
+        try:
+            cert.validate(CERT_TYPE_USER, principal)
+        except ValueError as exc:
+            return f"certificate: {exc}"
+        networks = cast("list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None",
+                        cert.options.get("source-address"))  # fmt: skip
+        if networks:
+            try:
+                address = ipaddress.ip_address(self.peer.host)
+            except ValueError:
+                return "certificate source-address: client address unknown"
+            if not any(address in network for network in networks):
+                return "certificate source-address does not include the client"
+        return None
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         check = self._ctx.auth.public_key
         if check is None:
             return False
+        if key.public_data in self._ctx.revoked:
+            log.info("public key login failed for %s from %s: revoked key", username, self.peer)
+            return self._attempt_failed()
         if await self._accept(username, "publickey", fingerprint(key), check, key):
             return True
         return self._attempt_failed()
@@ -284,9 +377,13 @@ class _Connection(asyncssh.SSHServer):
         key_fingerprint: str | None,
         check: Any,
         credential: Any,
+        *,
+        certificate: CertificateInfo | None = None,
     ) -> bool:
         started = time.monotonic_ns()
-        accepted, reason = await self._verdict(username, method, key_fingerprint, check, credential)
+        accepted, reason = await self._verdict(
+            username, method, key_fingerprint, check, credential, certificate
+        )
         if accepted:
             self._auth_event("success", method, username, started)
         else:
@@ -301,6 +398,7 @@ class _Connection(asyncssh.SSHServer):
         key_fingerprint: str | None,
         check: Any,
         credential: Any,
+        certificate: CertificateInfo | None = None,
     ) -> tuple[bool, str]:
         try:
             attributes = await asyncio.wait_for(
@@ -336,6 +434,7 @@ class _Connection(asyncssh.SSHServer):
                 key_fingerprint=key_fingerprint,
                 max_file_size=self._ctx.config.max_file_size,
                 upload_memory=self._ctx.upload_memory,
+                certificate=certificate,
             )
         except ConfigError:
             log.exception("authenticator returned bad session attributes for %s", username)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ._certificates import CertificateInfo
 from ._memory import UNLIMITED, UploadMemory
 from ._permissions import Permissions
 from .errors import ConfigError
@@ -58,6 +59,8 @@ class Session:
             ``attributes["max_file_size"]``, else the server's ``max_file_size``; None:
             no limit.
         started: ``time.time()`` when the session was authenticated.
+        certificate: For a certificate login, what the certificate said (key id, serial,
+            principals, validity, CA); else None.
         upload_memory: The server's budget for upload bytes held in memory, which
             writers that keep bytes after a write draw from (see
             :class:`~sftpd.backend.UploadMemory`); no limit outside a server.
@@ -73,6 +76,7 @@ class Session:
     max_file_size: int | None = None
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     started: float = field(default_factory=time.time)
+    certificate: CertificateInfo | None = None
     upload_memory: UploadMemory = field(default=UNLIMITED, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +98,7 @@ class Session:
         key_fingerprint: str | None = None,
         max_file_size: int | None = None,
         upload_memory: UploadMemory = UNLIMITED,
+        certificate: CertificateInfo | None = None,
     ) -> Session:
         """Build a session from what an authenticator returned.
 
@@ -112,4 +117,5 @@ class Session:
             permissions=Permissions.parse(attrs.get("permissions")),
             max_file_size=attrs.get("max_file_size", max_file_size),
             upload_memory=upload_memory,
+            certificate=certificate,
         )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import asyncssh
 
 from ._authorized_keys import KEY_TOKEN, KeyLine, parse_key_line
+from ._certificates import CertificateInfo
 from ._passwords import StoredPassword, hash_password
 from .backend import asyncify
 from .errors import ConfigError
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Authenticator",
     "AuthorizedKeys",
+    "CertificateAuthenticator",
     "CombinedAuthenticator",
     "Disconnect",
     "PasswordAuthenticator",
@@ -71,8 +73,18 @@ class PublicKeyAuthenticator(Protocol):
         """Return session attributes to accept, ``None`` to reject."""
 
 
-Authenticator = PasswordAuthenticator | PublicKeyAuthenticator
-"""Anything with at least one of the two methods."""
+@runtime_checkable
+class CertificateAuthenticator(Protocol):
+    """Checks OpenSSH user certificates, once the server has verified them."""
+
+    def authorize_certificate(
+        self, username: str, certificate: CertificateInfo, peer: Peer
+    ) -> Attributes | Awaitable[Attributes | None] | None:
+        """Return session attributes to accept, ``None`` to reject."""
+
+
+Authenticator = PasswordAuthenticator | PublicKeyAuthenticator | CertificateAuthenticator
+"""Anything with at least one of the three methods."""
 
 
 class StaticPasswords:
@@ -131,6 +143,14 @@ class StaticPasswords:
             return None
         return self.attributes.get(username, {})
 
+    def authorize_certificate(
+        self, username: str, certificate: CertificateInfo, peer: Peer
+    ) -> Attributes | None:
+        """Accept a known user's certificate signed by one of the server's trusted CAs."""
+        if username in self.users and certificate.trusted_ca:
+            return self.attributes.get(username, {})
+        return None
+
 
 class AuthorizedKeys:
     """Public keys per user, as in OpenSSH ``authorized_keys`` files.
@@ -167,6 +187,23 @@ class AuthorizedKeys:
         for line in self.keys.get(username, ()):
             if not line.cert_authority and line.allows(key, peer.host):
                 return self.attributes.get(username, {})
+        return None
+
+    def authorize_certificate(
+        self, username: str, certificate: CertificateInfo, peer: Peer
+    ) -> Attributes | None:
+        """Accept a listed user's certificate signed by a server-trusted CA, or by a CA on
+        a ``cert-authority`` line of the user's (its ``from=``, ``principals=`` and
+        ``expiry-time=`` hold)."""
+        lines = self.keys.get(username)
+        if lines is None or certificate.ca_key is None:
+            return None
+        if certificate.trusted_ca or any(
+            line.cert_authority and line.allows(certificate.ca_key, peer.host,
+                                                certificate.principals)
+            for line in lines
+        ):  # fmt: skip
+            return self.attributes.get(username, {})
         return None
 
 
@@ -218,6 +255,8 @@ class CombinedAuthenticator:
             self.authenticate_password = self._password
         if any(b.public_key is not None for b in self.bound):
             self.authorize_public_key = self._public_key
+        if any(b.certificate is not None for b in self.bound):
+            self.authorize_certificate = self._certificate
 
     async def _password(self, username: str, password: str, peer: Peer) -> Attributes | None:
         return await self._first([b.password for b in self.bound], username, password, peer)
@@ -226,6 +265,11 @@ class CombinedAuthenticator:
         self, username: str, key: asyncssh.SSHKey, peer: Peer
     ) -> Attributes | None:
         return await self._first([b.public_key for b in self.bound], username, key, peer)
+
+    async def _certificate(
+        self, username: str, certificate: CertificateInfo, peer: Peer
+    ) -> Attributes | None:
+        return await self._first([b.certificate for b in self.bound], username, certificate, peer)
 
     @staticmethod
     async def _first(
@@ -246,10 +290,13 @@ class BoundAuthenticator:
         self.auth = auth
         self.password: Callable[..., Awaitable[Attributes | None]] | None = None
         self.public_key: Callable[..., Awaitable[Attributes | None]] | None = None
+        self.certificate: Callable[..., Awaitable[Attributes | None]] | None = None
         if callable(getattr(auth, "authenticate_password", None)):
             self.password = asyncify(auth.authenticate_password)  # type: ignore[attr-defined]
         if callable(getattr(auth, "authorize_public_key", None)):
             self.public_key = asyncify(auth.authorize_public_key)  # type: ignore[attr-defined]
+        if callable(getattr(auth, "authorize_certificate", None)):
+            self.certificate = asyncify(auth.authorize_certificate)  # type: ignore[attr-defined]
 
 
 def as_authenticator(auth: object) -> Authenticator:
@@ -260,14 +307,15 @@ def as_authenticator(auth: object) -> Authenticator:
     """
     if isinstance(auth, Mapping):
         return StaticPasswords(auth)
-    if isinstance(auth, (PasswordAuthenticator, PublicKeyAuthenticator)):
+    if isinstance(auth, (PasswordAuthenticator, PublicKeyAuthenticator, CertificateAuthenticator)):
         return auth
     if isinstance(auth, CombinedAuthenticator):
         return auth
     raise ConfigError(
         "auth must be a {'user': 'password'} mapping or an object with "
-        "authenticate_password(username, password, peer) and/or "
-        f"authorize_public_key(username, key, peer); got {type(auth).__name__}"
+        "authenticate_password(username, password, peer), authorize_public_key(username, "
+        f"key, peer) or authorize_certificate(username, certificate, peer); got "
+        f"{type(auth).__name__}"
     )
 
 

@@ -297,6 +297,12 @@ def s3_cleanup(target: str, older_than: float, config_file: Path | None) -> None
               help="Also offer NIST-curve and Diffie-Hellman key exchanges, non-etm MACs and "
                    "zlib, and generate an ECDSA host key: for JSch 0.1.x and other old "
                    "clients (ssh-audit flags them; off by default).")  # fmt: skip
+@click.option("--trusted-user-ca-keys", multiple=True, metavar="FILE",
+              help="CA public keys (one per line, as OpenSSH's TrustedUserCAKeys) whose "
+                   "user certificates may log in as a user they name. Repeatable.")  # fmt: skip
+@click.option("--revoked-keys", default=None, metavar="FILE",
+              help="Public keys no login may use, plain, certified or CA (as OpenSSH's "
+                   "RevokedKeys; not a KRL).")  # fmt: skip
 @click.option("--proxy-protocol", is_flag=True,
               help="Behind a TCP load balancer that sends PROXY protocol headers (v1 or v2): "
                    "take each client's address from them. Connections without one are "
@@ -346,7 +352,8 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
             s3_options = loaded.s3
             for key, value in loaded.server.items():
                 name = "backend_spec" if key == "backend" else key
-                if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
+                source = ctx.get_parameter_source(name)  # None: a key with no flag
+                if source is None or source is click.core.ParameterSource.DEFAULT:
                     options[name] = Path(value) if name == "host_key_dir" else value
         table = _user_table(loaded, users, key_files)
 
