@@ -29,6 +29,7 @@ authorized_keys = "/etc/sftpd/alice.pub" # a file, or a list of key lines
 root = "/tenants/acme"
 permissions = "upload-only"              # a preset, or a list such as ["read", "list"]
 max_file_size = 1073741824               # bytes; overrides [server] max_file_size
+totp_secret_env = "ALICE_TOTP"           # base32 TOTP secret: password, then a code
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ S3_KEYS = {
     "stale_uploads_after": float,
     "cleanup_every": float,
 }
-USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions", "max_file_size"}
+USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions", "max_file_size",
+             "totp_secret", "totp_secret_env"}  # fmt: skip
 
 
 @dataclass
@@ -111,6 +113,7 @@ class UserTable:
     passwords: dict[str, str] = field(default_factory=dict)
     keys: dict[str, list[str] | str] = field(default_factory=dict)
     attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    totp: dict[str, str] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -121,7 +124,7 @@ class UserTable:
         """One authenticator offering whatever the users have (passwords, keys, or both)."""
         parts: list[object] = []
         if self.passwords:
-            parts.append(StaticPasswords(self.passwords, self.attributes))
+            parts.append(StaticPasswords(self.passwords, self.attributes, self.totp))
         if self.keys:
             parts.append(AuthorizedKeys(self.keys, self.attributes))
         if not parts:
@@ -185,6 +188,18 @@ def load_config_file(path: Path) -> FileConfig:
             if not table.passwords[name].startswith("$"):
                 log.warning("%s: [users.%s] password is plaintext; store a hash instead "
                             "(sftpd hash-password prints one)", path, name)  # fmt: skip
+        for key in ("totp_secret", "totp_secret_env"):
+            if key in spec and name not in table.passwords:
+                raise ConfigError(f"{path}: [users.{name}] {key} needs a password too")
+        if "totp_secret_env" in spec:
+            secret = os.environ.get(spec["totp_secret_env"])
+            if not secret:
+                raise ConfigError(
+                    f"{path}: [users.{name}] totp_secret_env {spec['totp_secret_env']} is not set"
+                )
+            table.totp[name] = secret
+        elif "totp_secret" in spec:
+            table.totp[name] = str(spec["totp_secret"])
         if "authorized_keys" in spec:
             keys = spec["authorized_keys"]
             if isinstance(keys, str) and not keys.lstrip().startswith(("ssh-", "ecdsa-", "sk-")):

@@ -25,7 +25,7 @@ from .errors import ConfigError
 __all__ = ["SCHEMES", "StoredPassword", "hash_password"]
 
 SCHEMES = ("argon2id", "bcrypt", "sha512-crypt")
-EXTRA = "pip install 'pysftpd[passwords]' (argon2-cffi, bcrypt, libpass)"
+EXTRA = "pip install 'pysftpd[passwords]' (argon2-cffi, bcrypt, libpass, pyotp)"
 MAX_COST = "argon2 m=262144 KiB and t=10, bcrypt 14 rounds, SHA-crypt 1000000 rounds"
 _ARGON2 = re.compile(r"^\$argon2id\$v=\d+\$m=(\d+),t=(\d+),p=(\d+)\$")
 _BCRYPT = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")

@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -27,6 +27,7 @@ from ._certificates import (
 )
 from ._coalesce import coalesce_writes, refuse_before_banner, skip_ignore_packets
 from ._config import ServerConfig, algorithm_options, host_key_pairs, load_host_keys
+from ._interactive import Conversation
 from ._memory import UploadMemory
 from ._proxy import ProxyListener
 from ._requests import Requests, SessionState, Settings
@@ -172,6 +173,7 @@ class _Connection(asyncssh.SSHServer):
         self._offer: tuple[str, SSHOpenSSHCertificate, str] | None = None
         self._accepted_certificates: set[bytes] = set()
         self._validate_key_data: Any = None
+        self._interactive: tuple[Conversation, asyncio.Task[bool]] | None = None
 
     # -- lifecycle
 
@@ -198,6 +200,9 @@ class _Connection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._ctx.connections.discard(self)
+        if self._interactive is not None:
+            self._interactive[1].cancel()
+            self._interactive = None
         if self._counted:
             self._ctx.active_sessions -= 1
             self._counted = False
@@ -269,6 +274,65 @@ class _Connection(asyncssh.SSHServer):
             return True
         delay = throttle.failed(username, self.peer.host)
         await asyncio.sleep(delay)
+        return self._attempt_failed()
+
+    def kbdint_auth_supported(self) -> bool:
+        auth = self._ctx.auth
+        return auth.interactive is not None or auth.password is not None
+
+    async def get_kbdint_challenge(
+        self, username: str, lang: str, submethods: str
+    ) -> bool | tuple[str, str, str, list[tuple[str, bool]]]:
+        throttle = self._ctx.throttle
+        if throttle.locked(username, self.peer.host):
+            log.warning("refusing keyboard-interactive login for %s from %s: too many "
+                        "failures", username, self.peer)  # fmt: skip
+            self._auth_event("failure", "keyboard-interactive", username, 0, "locked out")
+            await asyncio.sleep(throttle.limits.max_delay)
+            return self._attempt_failed()
+        if self._interactive is not None:
+            self._interactive[1].cancel()
+        conversation = Conversation()
+        interactive, password = self._ctx.auth.interactive, self._ctx.auth.password
+
+        async def check(user: str, _credential: object, peer: Peer) -> object:
+            if interactive is not None:
+                return await interactive(user, peer, conversation.ask)
+            assert password is not None  # offered only with one of the two
+            answers = await conversation.ask([("Password: ", False)])
+            # The person's typing is bounded by login_timeout, the check by auth_timeout.
+            given = answers[0] if answers else ""
+            return await asyncio.wait_for(
+                password(user, given, peer), self._ctx.config.auth_timeout
+            )
+
+        accepting = asyncio.get_running_loop().create_task(self._accept(
+            username, "keyboard-interactive", None, check, None,
+            timeout=self._ctx.config.login_timeout,
+        ))  # fmt: skip
+        self._interactive = (conversation, accepting)
+        return await self._interactive_step(username, None)
+
+    async def validate_kbdint_response(
+        self, username: str, responses: Sequence[str]
+    ) -> bool | tuple[str, str, str, list[tuple[str, bool]]]:
+        return await self._interactive_step(username, responses)
+
+    async def _interactive_step(
+        self, username: str, answers: Sequence[str] | None
+    ) -> bool | tuple[str, str, str, list[tuple[str, bool]]]:
+        if self._interactive is None:
+            return False
+        conversation, accepting = self._interactive
+        result = await conversation.next(answers, accepting)
+        if not isinstance(result, bool):
+            return result  # the next prompts
+        self._interactive = None
+        throttle = self._ctx.throttle
+        if result:
+            throttle.succeeded(username, self.peer.host)
+            return True
+        await asyncio.sleep(throttle.failed(username, self.peer.host))
         return self._attempt_failed()
 
     def public_key_auth_supported(self) -> bool:
@@ -379,11 +443,13 @@ class _Connection(asyncssh.SSHServer):
         credential: Any,
         *,
         certificate: CertificateInfo | None = None,
+        timeout: float | None = None,
     ) -> bool:
         started = time.monotonic_ns()
         accepted, reason = await self._verdict(
-            username, method, key_fingerprint, check, credential, certificate
-        )
+            username, method, key_fingerprint, check, credential, certificate,
+            self._ctx.config.auth_timeout if timeout is None else timeout,
+        )  # fmt: skip
         if accepted:
             self._auth_event("success", method, username, started)
         else:
@@ -398,12 +464,11 @@ class _Connection(asyncssh.SSHServer):
         key_fingerprint: str | None,
         check: Any,
         credential: Any,
-        certificate: CertificateInfo | None = None,
+        certificate: CertificateInfo | None,
+        timeout: float,
     ) -> tuple[bool, str]:
         try:
-            attributes = await asyncio.wait_for(
-                check(username, credential, self.peer), self._ctx.config.auth_timeout
-            )
+            attributes = await asyncio.wait_for(check(username, credential, self.peer), timeout)
         except Disconnect as exc:
             self._refuse(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, exc.reason)
             return False, "disconnected"

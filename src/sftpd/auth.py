@@ -11,8 +11,14 @@ logged; it never reaches the client.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
+import inspect
+import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -21,9 +27,13 @@ import asyncssh
 
 from ._authorized_keys import KEY_TOKEN, KeyLine, parse_key_line
 from ._certificates import CertificateInfo
+from ._interactive import Ask
+from ._passwords import EXTRA as PASSWORDS_EXTRA
 from ._passwords import StoredPassword, hash_password
 from .backend import asyncify
 from .errors import ConfigError
+
+log = logging.getLogger("sftpd")
 
 if TYPE_CHECKING:
     from ._session import Peer
@@ -34,6 +44,7 @@ __all__ = [
     "CertificateAuthenticator",
     "CombinedAuthenticator",
     "Disconnect",
+    "InteractiveAuthenticator",
     "PasswordAuthenticator",
     "PublicKeyAuthenticator",
     "StaticPasswords",
@@ -83,8 +94,21 @@ class CertificateAuthenticator(Protocol):
         """Return session attributes to accept, ``None`` to reject."""
 
 
-Authenticator = PasswordAuthenticator | PublicKeyAuthenticator | CertificateAuthenticator
-"""Anything with at least one of the three methods."""
+@runtime_checkable
+class InteractiveAuthenticator(Protocol):
+    """Leads keyboard-interactive logins: prompts of its own, several steps, second factors."""
+
+    async def authenticate_interactive(
+        self, username: str, peer: Peer, ask: Ask
+    ) -> Attributes | None:
+        """Ask with ``await ask([(prompt, echo), ...])``; return attributes or ``None``."""
+
+
+Authenticator = (
+    PasswordAuthenticator | PublicKeyAuthenticator | CertificateAuthenticator
+    | InteractiveAuthenticator
+)  # fmt: skip
+"""Anything with at least one of the four methods."""
 
 
 class StaticPasswords:
@@ -95,6 +119,10 @@ class StaticPasswords:
             (``$argon2id$...``, ``$2b$...``, ``$6$...``; needs the ``passwords`` extra) or
             a plaintext password (fine for tests; prefer hashes anywhere else).
         attributes: Optional session attributes per user (``{"name": {"root": "/a"}}``).
+        totp: Optional TOTP secrets (RFC 6238, base32, as authenticator apps take them)
+            per user: those users log in with keyboard-interactive, giving the password
+            and then the 6-digit code (from the step before, this one or the next; each
+            code once). A password alone does not let them in.
 
     Plaintext passwords are compared in constant time; hashes are verified in a worker
     thread. An unknown user costs the same as a known one (a dummy verification), so
@@ -105,9 +133,14 @@ class StaticPasswords:
         self,
         users: Mapping[str, str],
         attributes: Mapping[str, Attributes] | None = None,
+        totp: Mapping[str, str] | None = None,
     ) -> None:
         if not users:
             raise ConfigError("auth has no users; give at least one, e.g. {'dev': 'dev'}")
+        self.totp = {name: SecondFactor(name, secret) for name, secret in (totp or {}).items()}
+        unknown = sorted(set(self.totp) - set(users))
+        if unknown:
+            raise ConfigError(f"TOTP secrets for users without a password: {unknown}")
         for name, password in users.items():
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"user names must be non-empty strings, got {name!r}")
@@ -132,7 +165,27 @@ class StaticPasswords:
     async def authenticate_password(
         self, username: str, password: str, peer: Peer
     ) -> Attributes | None:
-        """Accept a known user with the right password."""
+        """Accept a known user with the right password (and no second factor)."""
+        if username in self.totp:
+            log.info("password login refused for %s: a verification code is needed "
+                     "(keyboard-interactive)", username)  # fmt: skip
+            return None
+        return await self._password(username, password)
+
+    async def authenticate_interactive(
+        self, username: str, peer: Peer, ask: Ask
+    ) -> Attributes | None:
+        """The password, then the TOTP code for users who have one."""
+        answers = await ask([("Password: ", False)])
+        attributes = await self._password(username, answers[0] if answers else "")
+        factor = self.totp.get(username)
+        if attributes is None or factor is None:
+            return attributes
+        answers = await ask([("Verification code: ", True)],
+                            instructions="Enter the code from your authenticator app.")  # fmt: skip
+        return attributes if factor.accept(answers[0] if answers else "") else None
+
+    async def _password(self, username: str, password: str) -> Attributes | None:
         stored = self.users.get(username)
         check = stored if stored is not None else self._dummy
         if check.hashed:
@@ -150,6 +203,36 @@ class StaticPasswords:
         if username in self.users and certificate.trusted_ca:
             return self.attributes.get(username, {})
         return None
+
+
+class SecondFactor:
+    """A user's TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s steps; pyotp), each code
+    accepted once."""
+
+    def __init__(self, user: str, secret: str) -> None:
+        try:
+            import pyotp
+        except ImportError as exc:
+            raise ConfigError(f"TOTP needs the passwords extra: {PASSWORDS_EXTRA}") from exc
+        try:
+            base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
+        except (ValueError, binascii.Error) as exc:
+            raise ConfigError(f"user {user!r}: the TOTP secret is not base32") from exc
+        self._totp = pyotp.TOTP(secret)
+        self._last_step = -1
+
+    def accept(self, code: str, now: float | None = None) -> bool:
+        """Whether ``code`` is this step's, the one before or the next, and not used yet."""
+        moment = time.time() if now is None else now
+        step = self._totp.timecode(moment)
+        for offset in (-1, 0, 1):
+            expected = self._totp.at(moment, counter_offset=offset)
+            if hmac.compare_digest(code.strip().encode(), expected.encode()):
+                if step + offset <= self._last_step:
+                    return False  # replayed
+                self._last_step = step + offset
+                return True
+        return False
 
 
 class AuthorizedKeys:
@@ -257,6 +340,9 @@ class CombinedAuthenticator:
             self.authorize_public_key = self._public_key
         if any(b.certificate is not None for b in self.bound):
             self.authorize_certificate = self._certificate
+        interactive = [b.interactive for b in self.bound if b.interactive is not None]
+        if interactive:  # a conversation cannot be retried: the first one leads it
+            self.authenticate_interactive = interactive[0]
 
     async def _password(self, username: str, password: str, peer: Peer) -> Attributes | None:
         return await self._first([b.password for b in self.bound], username, password, peer)
@@ -291,12 +377,19 @@ class BoundAuthenticator:
         self.password: Callable[..., Awaitable[Attributes | None]] | None = None
         self.public_key: Callable[..., Awaitable[Attributes | None]] | None = None
         self.certificate: Callable[..., Awaitable[Attributes | None]] | None = None
+        self.interactive: Callable[..., Awaitable[Attributes | None]] | None = None
         if callable(getattr(auth, "authenticate_password", None)):
             self.password = asyncify(auth.authenticate_password)  # type: ignore[attr-defined]
         if callable(getattr(auth, "authorize_public_key", None)):
             self.public_key = asyncify(auth.authorize_public_key)  # type: ignore[attr-defined]
         if callable(getattr(auth, "authorize_certificate", None)):
             self.certificate = asyncify(auth.authorize_certificate)  # type: ignore[attr-defined]
+        interactive = getattr(auth, "authenticate_interactive", None)
+        if callable(interactive):
+            if not inspect.iscoroutinefunction(interactive):
+                raise ConfigError("authenticate_interactive(username, peer, ask) must be "
+                                  "async def: it awaits ask(prompts)")  # fmt: skip
+            self.interactive = interactive
 
 
 def as_authenticator(auth: object) -> Authenticator:
@@ -307,14 +400,17 @@ def as_authenticator(auth: object) -> Authenticator:
     """
     if isinstance(auth, Mapping):
         return StaticPasswords(auth)
-    if isinstance(auth, (PasswordAuthenticator, PublicKeyAuthenticator, CertificateAuthenticator)):
+    kinds = (PasswordAuthenticator, PublicKeyAuthenticator, CertificateAuthenticator,
+             InteractiveAuthenticator)  # fmt: skip
+    if isinstance(auth, kinds):
         return auth
     if isinstance(auth, CombinedAuthenticator):
         return auth
     raise ConfigError(
         "auth must be a {'user': 'password'} mapping or an object with "
         "authenticate_password(username, password, peer), authorize_public_key(username, "
-        f"key, peer) or authorize_certificate(username, certificate, peer); got "
+        f"key, peer), authorize_certificate(username, certificate, peer) or "
+        f"authenticate_interactive(username, peer, ask); got "
         f"{type(auth).__name__}"
     )
 
