@@ -230,6 +230,11 @@ class ServerConfig:
             users not listed accept their own name only.
         revoked_keys: A file of public keys (as OpenSSH's ``RevokedKeys``) no login may
             use: plain keys, certified keys and CA keys alike. KRLs are not read.
+        authentication_methods: Chains of methods a login must pass, in order, as
+            OpenSSH's ``AuthenticationMethods``: ``["publickey,password",
+            "publickey,keyboard-interactive"]`` asks for a key and then a password or
+            keyboard-interactive (a TOTP code, say). Each step but the last answers with
+            partial success. Empty: any one method the authenticator accepts.
         max_channels: SFTP channels one connection may open at once (OpenSSH's
             MaxSessions is 10); more are refused.
         max_requests_per_channel: SFTP requests of one channel served at the same time;
@@ -280,10 +285,12 @@ class ServerConfig:
     trusted_user_ca_keys: Sequence[str | os.PathLike[str] | asyncssh.SSHKey] = ()
     authorized_principals: Mapping[str, Sequence[str]] | None = None
     revoked_keys: str | os.PathLike[str] | None = None
+    authentication_methods: Sequence[str] = ()
     max_channels: int = 10
     max_requests_per_channel: int = 64
     max_requests_per_session: int = 256
     authenticator: Authenticator = field(init=False, repr=False)
+    method_chains: tuple[tuple[str, ...], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or isinstance(self.port, bool):
@@ -350,6 +357,7 @@ class ServerConfig:
         ):  # fmt: skip
             raise ConfigError('authorized_principals must map users to lists of principals, '
                               'e.g. {"alice": ["alice", "ops"]}')  # fmt: skip
+        object.__setattr__(self, "method_chains", _method_chains(self.authentication_methods))
         if not isinstance(self.login_limits, LoginLimits):
             raise ConfigError("login_limits must be a sftpd.LoginLimits")
         if self.on_upload is not None and not callable(self.on_upload):
@@ -368,6 +376,26 @@ class ServerConfig:
                 "no host keys: pass system_dir='DIR' with ssh_host_*_key files "
                 "(ssh-keygen -t ed25519 -N '' -f DIR/ssh_host_ed25519_key)"
             )
+
+
+AUTH_METHODS = ("publickey", "password", "keyboard-interactive")
+
+
+def _method_chains(chains: Sequence[str] | Sequence[Sequence[str]]) -> tuple[tuple[str, ...], ...]:
+    """``["publickey,password"]`` as ``(("publickey", "password"),)``, checked."""
+    if isinstance(chains, str):
+        chains = [chains]
+    parsed: list[tuple[str, ...]] = []
+    for chain in chains:
+        steps = tuple(chain.split(",") if isinstance(chain, str) else chain)
+        unknown = [step for step in steps if step not in AUTH_METHODS]
+        if not steps or unknown:
+            raise ConfigError(
+                f"authentication_methods: {chain!r} must be methods joined by commas, from "
+                f"{', '.join(AUTH_METHODS)}; e.g. 'publickey,password'"
+            )
+        parsed.append(steps)
+    return tuple(parsed)
 
 
 def load_host_keys(config: ServerConfig) -> list[asyncssh.SSHKey]:

@@ -17,6 +17,7 @@ proxy_from = ["10.0.0.0/8"]              # where the balancer connects from (els
 trusted_user_ca_keys = ["user_ca.pub"]   # CAs whose user certificates log in (TrustedUserCAKeys)
 revoked_keys = "revoked.pub"             # keys no login may use (RevokedKeys; not a KRL)
 authorized_principals = { alice = ["alice", "ops"] }  # certificate principals per user
+authentication_methods = ["publickey,password"]  # a key, then a password (AuthenticationMethods)
 
 [s3]                                     # with backend = "s3://BUCKET/PREFIX"
 part_size = 16777216
@@ -80,6 +81,7 @@ SERVER_KEYS = {
     "connection_rate": float,
     "connection_burst": int,
     "trusted_user_ca_keys": list,
+    "authentication_methods": list,
     "revoked_keys": str,
     "authorized_principals": dict,
     "max_channels": int,

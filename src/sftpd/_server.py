@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import inspect
 import ipaddress
@@ -174,6 +175,10 @@ class _Connection(asyncssh.SSHServer):
         self._accepted_certificates: set[bytes] = set()
         self._validate_key_data: Any = None
         self._interactive: tuple[Conversation, asyncio.Task[bool]] | None = None
+        # AuthenticationMethods: the steps passed so far (user, methods), and whether the
+        # failure about to be sent is a partial success.
+        self._chain: tuple[str, tuple[str, ...], Session | None] = ("", (), None)
+        self._partial_success = False
 
     # -- lifecycle
 
@@ -189,13 +194,25 @@ class _Connection(asyncssh.SSHServer):
             return
         coalesce_writes(conn)
         skip_ignore_packets(conn)
-        if self._ctx.auth.certificate is not None:
+        chains = self._ctx.config.method_chains
+        if self._ctx.auth.certificate is not None or chains:
             # asyncssh checks a certificate's signature, validity and principal against
             # the user name it is given, and asks validate_ca_key about the signer with
             # the CA key alone. Stepping in before it gives the authenticator the whole
-            # certificate and lets a principal other than the user name log in.
+            # certificate and lets a principal other than the user name log in; and it
+            # is where a signed public-key request (not the query before it) is known.
             self._validate_key_data = conn.validate_public_key
             conn.validate_public_key = self._validate_key_or_certificate  # type: ignore[method-assign]
+        if chains:
+            # asyncssh always answers a failed step without partial success; a step of a
+            # chain (AuthenticationMethods) must say it was one.
+            send_failure = conn.send_userauth_failure
+
+            def send_userauth_failure(partial_success: bool) -> None:
+                partial, self._partial_success = self._partial_success, False
+                send_failure(partial_success or partial)
+
+            conn.send_userauth_failure = send_userauth_failure  # type: ignore[method-assign]
         self._ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -255,7 +272,46 @@ class _Connection(asyncssh.SSHServer):
         return True
 
     def password_auth_supported(self) -> bool:
-        return self._ctx.auth.password is not None
+        return self._ctx.auth.password is not None and self._may_try("password")
+
+    def _may_try(self, method: str) -> bool:
+        """With AuthenticationMethods: whether ``method`` continues a chain now."""
+        chains = self._ctx.config.method_chains
+        if not chains:
+            return True
+        done = self._chain[1]
+        return any(chain[: len(done)] == done and chain[len(done)] == method
+                   for chain in chains if len(chain) > len(done))  # fmt: skip
+
+    def _chain_step(self, username: str, method: str) -> bool:
+        """A method succeeded: True if that completes a chain (or none are required);
+        False for a partial success, the next step still to come."""
+        chains = self._ctx.config.method_chains
+        if not chains:
+            return True
+        user, done, first = self._chain
+        if user != username:  # a new user name starts over, as in OpenSSH
+            done, first = (), None
+        done = (*done, method)
+        if any(chain == done for chain in chains):
+            pending = self._pending
+            if pending is not None and first is not None:
+                self._pending = dataclasses.replace(
+                    pending, auth_method="+".join(done),
+                    key_fingerprint=pending.key_fingerprint or first.key_fingerprint,
+                    certificate=pending.certificate or first.certificate,
+                )  # fmt: skip
+            elif pending is not None:
+                self._pending = dataclasses.replace(pending, auth_method="+".join(done))
+            self._chain = ("", (), None)
+            return True
+        following = sorted({c[len(done)] for c in chains if c[: len(done)] == done and
+                            len(c) > len(done)})  # fmt: skip
+        log.info("%s passed %s from %s; %s still needed", username, method, self.peer,
+                 " or ".join(following))  # fmt: skip
+        self._chain = (username, done, first or self._pending)
+        self._partial_success = True
+        return False
 
     async def validate_password(self, username: str, password: str) -> bool:
         check = self._ctx.auth.password
@@ -271,14 +327,15 @@ class _Connection(asyncssh.SSHServer):
         accepted = await self._accept(username, "password", None, check, password)
         if accepted:
             throttle.succeeded(username, self.peer.host)
-            return True
+            return self._chain_step(username, "password")
         delay = throttle.failed(username, self.peer.host)
         await asyncio.sleep(delay)
         return self._attempt_failed()
 
     def kbdint_auth_supported(self) -> bool:
         auth = self._ctx.auth
-        return auth.interactive is not None or auth.password is not None
+        offered = auth.interactive is not None or auth.password is not None
+        return offered and self._may_try("keyboard-interactive")
 
     async def get_kbdint_challenge(
         self, username: str, lang: str, submethods: str
@@ -331,15 +388,25 @@ class _Connection(asyncssh.SSHServer):
         throttle = self._ctx.throttle
         if result:
             throttle.succeeded(username, self.peer.host)
-            return True
+            return self._chain_step(username, "keyboard-interactive")
         await asyncio.sleep(throttle.failed(username, self.peer.host))
         return self._attempt_failed()
 
     def public_key_auth_supported(self) -> bool:
         auth = self._ctx.auth
-        return auth.public_key is not None or auth.certificate is not None
+        offered = auth.public_key is not None or auth.certificate is not None
+        return offered and self._may_try("publickey")
 
     async def _validate_key_or_certificate(
+        self, username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        if not await self._validate_key_or_certificate_only(username, key_data, msg, signature):
+            return False
+        # A signed request proved the key; the query before it (no signature) proves
+        # nothing and only asks whether the key would do.
+        return not msg or self._chain_step(username, "publickey")
+
+    async def _validate_key_or_certificate_only(
         self, username: str, key_data: bytes, msg: bytes, signature: bytes
     ) -> bool:
         cert = parse_certificate(key_data)

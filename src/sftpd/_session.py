@@ -47,7 +47,9 @@ class Session:
         id: Random identifier, unique per connection, for logs and events.
         username: The name the client authenticated as.
         peer: The client's address.
-        auth_method: ``"password"``, ``"publickey"`` or ``"keyboard-interactive"``.
+        auth_method: ``"password"``, ``"publickey"`` or ``"keyboard-interactive"``; for a
+            chain of methods (``authentication_methods``) the chain, as
+            ``"publickey+password"``.
         key_fingerprint: ``SHA256:...`` of the key used, for public-key logins.
         attributes: What the authenticator returned (tenant ids, prefixes...), read-only.
         root: The directory the session is confined to; every client path is placed

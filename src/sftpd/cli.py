@@ -297,6 +297,10 @@ def s3_cleanup(target: str, older_than: float, config_file: Path | None) -> None
               help="Also offer NIST-curve and Diffie-Hellman key exchanges, non-etm MACs and "
                    "zlib, and generate an ECDSA host key: for JSch 0.1.x and other old "
                    "clients (ssh-audit flags them; off by default).")  # fmt: skip
+@click.option("--authentication-methods", multiple=True, metavar="CHAIN",
+              help="Methods a login must pass in order, as OpenSSH's "
+                   "AuthenticationMethods, e.g. publickey,password. Repeat for "
+                   "alternatives. Default: any one.")  # fmt: skip
 @click.option("--trusted-user-ca-keys", multiple=True, metavar="FILE",
               help="CA public keys (one per line, as OpenSSH's TrustedUserCAKeys) whose "
                    "user certificates may log in as a user they name. Repeatable.")  # fmt: skip
