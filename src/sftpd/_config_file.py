@@ -31,6 +31,7 @@ root = "/tenants/acme"
 permissions = "upload-only"              # a preset, or a list such as ["read", "list"]
 max_file_size = 1073741824               # bytes; overrides [server] max_file_size
 totp_secret_env = "ALICE_TOTP"           # base32 TOTP secret: password, then a code
+source_networks = ["10.0.0.0/8"]         # logins only from these addresses or networks
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ._session import check_max_file_size
-from .auth import AuthorizedKeys, CombinedAuthenticator, StaticPasswords
+from .auth import AuthorizedKeys, CombinedAuthenticator, StaticPasswords, check_source_networks
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -105,7 +106,7 @@ S3_KEYS = {
     "cleanup_every": float,
 }
 USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions", "max_file_size",
-             "totp_secret", "totp_secret_env"}  # fmt: skip
+             "totp_secret", "totp_secret_env", "source_networks"}  # fmt: skip
 
 
 @dataclass
@@ -214,6 +215,11 @@ def load_config_file(path: Path) -> FileConfig:
             attrs["root"] = spec["root"]
         if "permissions" in spec:
             attrs["permissions"] = spec["permissions"]
+        if "source_networks" in spec:
+            try:
+                attrs["source_networks"] = check_source_networks(spec["source_networks"], name)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: [users.{name}] {exc}") from None
         if "max_file_size" in spec:
             try:
                 check_max_file_size(spec["max_file_size"])

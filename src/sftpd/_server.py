@@ -37,7 +37,14 @@ from ._sftp.engine import ConnectionBudget, SftpEngine, Transport
 from ._sftp.ssh import SftpChannel
 from ._throttle import ConnectionRate, LoginThrottle
 from ._upload import Upload
-from .auth import Authenticator, BoundAuthenticator, Disconnect, as_authenticator, fingerprint
+from .auth import (
+    Authenticator,
+    BoundAuthenticator,
+    Disconnect,
+    as_authenticator,
+    fingerprint,
+    source_allowed,
+)
 from .backend import BoundBackend, bind_backend, start_backend, stop_backend
 from .errors import ConfigError
 from .telemetry import TelemetryBus
@@ -550,6 +557,10 @@ class _Connection(asyncssh.SSHServer):
             return False, "rejected"
         if attributes is True:
             attributes = {}
+        if isinstance(attributes, Mapping) and not source_allowed(attributes, self.peer.host):
+            log.info("%s login refused for %s from %s: outside the user's source_networks",
+                     method, username, self.peer)  # fmt: skip
+            return False, "source network"
         if not isinstance(attributes, Mapping):
             log.error(
                 "authenticator returned %s for %s; expected a mapping or None",

@@ -15,6 +15,7 @@ import base64
 import binascii
 import hmac
 import inspect
+import ipaddress
 import logging
 import os
 import secrets
@@ -170,14 +171,14 @@ class StaticPasswords:
             log.info("password login refused for %s: a verification code is needed "
                      "(keyboard-interactive)", username)  # fmt: skip
             return None
-        return await self._password(username, password)
+        return await self._password(username, password, peer)
 
     async def authenticate_interactive(
         self, username: str, peer: Peer, ask: Ask
     ) -> Attributes | None:
         """The password, then the TOTP code for users who have one."""
         answers = await ask([("Password: ", False)])
-        attributes = await self._password(username, answers[0] if answers else "")
+        attributes = await self._password(username, answers[0] if answers else "", peer)
         factor = self.totp.get(username)
         if attributes is None or factor is None:
             return attributes
@@ -185,7 +186,11 @@ class StaticPasswords:
                             instructions="Enter the code from your authenticator app.")  # fmt: skip
         return attributes if factor.accept(answers[0] if answers else "") else None
 
-    async def _password(self, username: str, password: str) -> Attributes | None:
+    async def _password(self, username: str, password: str, peer: Peer) -> Attributes | None:
+        if not source_allowed(self.attributes.get(username), peer.host):
+            log.info("login refused for %s from %s: outside the user's source_networks",
+                     username, peer)  # fmt: skip
+            return None  # before any hash work
         stored = self.users.get(username)
         check = stored if stored is not None else self._dummy
         if check.hashed:
@@ -200,9 +205,41 @@ class StaticPasswords:
         self, username: str, certificate: CertificateInfo, peer: Peer
     ) -> Attributes | None:
         """Accept a known user's certificate signed by one of the server's trusted CAs."""
+        if not source_allowed(self.attributes.get(username), peer.host):
+            return None
         if username in self.users and certificate.trusted_ca:
             return self.attributes.get(username, {})
         return None
+
+
+def source_allowed(attributes: Mapping[str, Any] | None, host: str) -> bool:
+    """Whether ``host`` is inside the user's ``source_networks`` (if the user has any)."""
+    networks = (attributes or {}).get("source_networks")
+    if not networks:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def check_source_networks(value: object, user: str) -> list[str]:
+    """A user's ``source_networks``: addresses or CIDRs, checked.
+
+    Raises:
+        ConfigError: it is not a list of them.
+    """
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"user {user!r}: source_networks must be a list such as "
+                          '["10.0.0.0/8", "192.0.2.7"]')  # fmt: skip
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"user {user!r}: source_networks: {network!r} is not an "
+                              "address or network") from exc  # fmt: skip
+    return [str(n) for n in value]
 
 
 class SecondFactor:
@@ -267,6 +304,8 @@ class AuthorizedKeys:
         self, username: str, key: asyncssh.SSHKey, peer: Peer
     ) -> Attributes | None:
         """Accept a key listed for this user, if its options let it in from ``peer`` now."""
+        if not source_allowed(self.attributes.get(username), peer.host):
+            return None
         for line in self.keys.get(username, ()):
             if not line.cert_authority and line.allows(key, peer.host):
                 return self.attributes.get(username, {})
@@ -280,6 +319,8 @@ class AuthorizedKeys:
         ``expiry-time=`` hold)."""
         lines = self.keys.get(username)
         if lines is None or certificate.ca_key is None:
+            return None
+        if not source_allowed(self.attributes.get(username), peer.host):
             return None
         if certificate.trusted_ca or any(
             line.cert_authority and line.allows(certificate.ca_key, peer.host,

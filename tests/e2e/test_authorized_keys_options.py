@@ -15,15 +15,15 @@ def client_key() -> asyncssh.SSHKey:
     return asyncssh.generate_private_key("ssh-ed25519")
 
 
-async def logs_in(options: str, key: asyncssh.SSHKey) -> bool:
-    """Whether a public-key login from 127.0.0.1 succeeds with ``options`` before the key."""
+async def logs_in(options: str, key: asyncssh.SSHKey, source: str = "127.0.0.1") -> bool:
+    """Whether a public-key login from ``source`` succeeds with ``options`` before the key."""
     line = f"{options} {key.export_public_key().decode().strip()} alice@laptop".strip()
     auth = sftpd.AuthorizedKeys({"alice": [line]})
     async with running_server(backend=sftpd.MemoryBackend(), auth=auth) as server:
         try:
             async with asyncssh.connect(
                 "127.0.0.1", server.port, username="alice", client_keys=[key],
-                known_hosts=None, preferred_auth="publickey",
+                known_hosts=None, preferred_auth="publickey", local_addr=(source, 0),
             ) as conn, conn.start_sftp_client() as sftp:  # fmt: skip
                 await sftp.realpath(".")
         except asyncssh.PermissionDenied:
@@ -56,6 +56,13 @@ async def test_key_options_decide_the_login(
     cert-authority decide whether the key logs in; restrict and no-* options change
     nothing for an SFTP-only server."""
     assert await logs_in(options, client_key) is allowed
+
+
+async def test_from_lets_in_only_the_named_source(client_key: asyncssh.SSHKey) -> None:
+    """A key limited to 127.0.0.2 is refused from 127.0.0.1 and accepted from 127.0.0.2."""
+    assert not await logs_in('from="127.0.0.2"', client_key, source="127.0.0.1")
+    assert await logs_in('from="127.0.0.2"', client_key, source="127.0.0.2")
+    assert await logs_in('from="!127.0.0.1,127.0.0.0/8"', client_key, source="127.0.0.2")
 
 
 @pytest.mark.parametrize(

@@ -182,14 +182,14 @@ async def test_unreadable_ca_files_fail_at_start(tmp_path: Path) -> None:
                 pytest.fail("the server started")
 
 
-def sign_with_ssh_keygen(folder: Path) -> None:
-    """ssh-keygen makes a CA and a user key, and certifies it for principal "ops"."""
+def sign_with_ssh_keygen(folder: Path, *options: str, ca: str = "ca") -> None:
+    """ssh-keygen makes two CAs ("ca", "other") and a user key "id", and certifies it
+    with ``ca`` and ``options`` (-n principals, -V validity, -O source-address...)."""
     keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", ""]
-    subprocess.run([*keygen, "-f", str(folder / "ca")], check=True)
-    subprocess.run([*keygen, "-f", str(folder / "id")], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-s", str(folder / "ca"), "-I", "alice@laptop",
-                    "-n", "ops", "-V", "-5m:+1h", str(folder / "id.pub")],
-                   check=True)  # fmt: skip
+    for name in ("ca", "other", "id"):
+        subprocess.run([*keygen, "-f", str(folder / name)], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-s", str(folder / ca), "-I", "alice@laptop",
+                    *options, str(folder / "id.pub")], check=True)  # fmt: skip
 
 
 async def test_openssh_client_logs_in_with_a_certificate_signed_by_ssh_keygen(
@@ -198,7 +198,7 @@ async def test_openssh_client_logs_in_with_a_certificate_signed_by_ssh_keygen(
     """`sftpd serve` with a config file trusting a CA made by ssh-keygen: OpenSSH's sftp
     logs in as alice with a certificate for principal "ops" (mapped to alice), and the
     same certificate is refused once its key is listed in revoked_keys."""
-    sign_with_ssh_keygen(tmp_path)
+    sign_with_ssh_keygen(tmp_path, "-n", "ops", "-V", "-5m:+1h")
     (tmp_path / "empty").write_text("")
     config = (
         '[server]\ntrusted_user_ca_keys = ["ca.pub"]\nrevoked_keys = "{revoked}"\n'
@@ -218,3 +218,44 @@ async def test_openssh_client_logs_in_with_a_certificate_signed_by_ssh_keygen(
             assert (result.returncode == 0) is works, result.stderr
             if works:
                 assert "Remote working directory: /" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("signing", "reason"),
+    [
+        (["-n", "alice", "-V", "-5m:+1h"], None),
+        (["-n", "alice", "-V", "20200101:20200102"], "Certificate expired"),
+        (["-n", "alice", "-V", "+1d:+2d"], "Certificate not yet valid"),
+        (["-n", "bob", "-V", "-5m:+1h"], "no principal of ['bob'] is allowed"),
+        (
+            ["-n", "alice", "-O", "source-address=10.0.0.0/8"],
+            "source-address does not include the client",
+        ),
+        (["-n", "alice", "--other-ca"], "publickey login failed for alice"),
+        (["-n", "alice", "--revoked"], "revoked key"),
+    ],
+)
+async def test_ssh_keygen_certificates_through_openssh_with_a_reason_for_each_refusal(
+    signing: list[str], reason: str | None, tmp_path: Path, openssh: OpenSSH,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Certificates signed by ssh-keygen (-n principals, -V validity, -O source-address):
+    the valid one logs in through OpenSSH's sftp; expired, not yet valid, wrong principal,
+    wrong source, untrusted CA and revoked ones are refused, each logged with its reason."""
+    ca = "other" if "--other-ca" in signing else "ca"
+    options = [o for o in signing if o not in ("--other-ca", "--revoked")]
+    sign_with_ssh_keygen(tmp_path, *options, ca=ca)
+    revoked = tmp_path / "revoked"
+    revoked.write_text((tmp_path / "id.pub").read_text() if "--revoked" in signing else "")
+    extra = ["-o", "PubkeyAuthentication=yes", "-o", "PreferredAuthentications=publickey",
+             "-o", "IdentitiesOnly=yes", "-i", str(tmp_path / "id"),
+             "-o", f"CertificateFile={tmp_path / 'id-cert.pub'}"]  # fmt: skip
+    caplog.set_level("INFO", logger="sftpd")
+    async with running_server(
+        backend=sftpd.MemoryBackend(), auth={"alice": "pw"}, revoked_keys=revoked,
+        trusted_user_ca_keys=[tmp_path / "ca.pub"],
+    ) as server:  # fmt: skip
+        result = await openssh.run(server.port, "pwd\n", user="alice", extra=extra)
+    assert (result.returncode == 0) is (reason is None), result.stderr
+    if reason is not None:
+        assert reason in caplog.text
