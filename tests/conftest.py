@@ -221,6 +221,16 @@ def openssh(askpass: Path) -> OpenSSH:
 
 
 @pytest.fixture(scope="session")
+def rclone(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The rclone driver (tests/e2e/test_other_clients.Rclone), with an empty config."""
+    from tests.e2e.test_other_clients import Rclone
+
+    config = tmp_path_factory.mktemp("rclone") / "rclone.conf"
+    config.write_text("")
+    return Rclone(config)
+
+
+@pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """SeaweedFS (weed mini) for the whole test run."""
     from tests.s3_servers import start_seaweedfs

@@ -230,6 +230,11 @@ class ServerConfig:
             users not listed accept their own name only.
         revoked_keys: A file of public keys (as OpenSSH's ``RevokedKeys``) no login may
             use: plain keys, certified keys and CA keys alike. KRLs are not read.
+        hash_commands: Answer the exec commands rclone's sftp backend runs for hashes
+            (``md5sum PATH``, ``sha1sum PATH`` and its shell probe), parsed strictly and
+            computed by sftpd itself: no process is ever started, and every other exec
+            or shell request is still refused. Off by default; with it, ``rclone
+            md5sum``, ``sha1sum`` and ``check`` compare by hash.
         authentication_methods: Chains of methods a login must pass, in order, as
             OpenSSH's ``AuthenticationMethods``: ``["publickey,password",
             "publickey,keyboard-interactive"]`` asks for a key and then a password or
@@ -285,6 +290,7 @@ class ServerConfig:
     trusted_user_ca_keys: Sequence[str | os.PathLike[str] | asyncssh.SSHKey] = ()
     authorized_principals: Mapping[str, Sequence[str]] | None = None
     revoked_keys: str | os.PathLike[str] | None = None
+    hash_commands: bool = False
     authentication_methods: Sequence[str] = ()
     max_channels: int = 10
     max_requests_per_channel: int = 64
@@ -330,7 +336,8 @@ class ServerConfig:
                 f"{', '.join(CIPHERS)}"
             )
         object.__setattr__(self, "ciphers", tuple(self.ciphers))
-        flags = ("legacy_sha1", "legacy_macs", "legacy_algorithms", "proxy_protocol", "reuse_port")
+        flags = ("legacy_sha1", "legacy_macs", "legacy_algorithms", "proxy_protocol", "reuse_port",
+                 "hash_commands")  # fmt: skip
         for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -83,6 +83,7 @@ SERVER_KEYS = {
     "connection_burst": int,
     "trusted_user_ca_keys": list,
     "authentication_methods": list,
+    "hash_commands": bool,
     "revoked_keys": str,
     "authorized_principals": dict,
     "max_channels": int,

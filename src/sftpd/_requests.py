@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import paths
+from ._digests import ALGORITHMS, HashCommand, choose_algorithm, hash_range
 from ._handles import FileHandle, OpenMode, within
 from ._session import Session
 from ._sftp import codec
@@ -225,6 +226,9 @@ def extensions_for(backend: BoundBackend) -> list[tuple[bytes, bytes]]:
         (b"home-directory", b"1"),
         (b"users-groups-by-id@openssh.com", b"1"),
         (b"copy-data", b"1"),
+        (b"check-file-name", b"1"),
+        (b"check-file-handle", b"1"),
+        (b"check-file", b"1"),  # the filexfer-v6 draft's name, which paramiko sends
     ]
     if "disk_usage" in caps:
         names += [(b"statvfs@openssh.com", b"2"), (b"fstatvfs@openssh.com", b"2")]
@@ -671,6 +675,63 @@ class Requests:
         src, dst = self._file(source), self._file(target)
         meta = {"handle": dst.id, "src_path": src.client_path, "dst_path": dst.client_path}
         await self._run("copy_data", dst.copy_from(src, offset, length, target_offset), meta)
+
+    async def check_file(
+        self, *, handle: bytes | None, raw: bytes | None, algorithms: bytes, offset: int,
+        length: int, block_size: int,
+    ) -> bytes:  # fmt: skip
+        """check-file-handle / check-file-name: digests of a range of a file, as the
+        extended reply's body (``check-file``, the algorithm used, the digests)."""
+        algorithm = choose_algorithm(algorithms)
+        meta: dict[str, Any] = {"algorithm": algorithm, "offset": offset, "length": length}
+        if handle is not None:
+            found = self._file(handle)
+            meta["path"] = found.client_path
+            work = self._hash_handle(found, algorithm, offset, length, block_size)
+        else:
+            assert raw is not None
+            meta["path"] = raw
+            work = self._hash_path(raw, algorithm, offset, length, block_size)
+        digests = await self._run("check_file", work, meta)
+        return codec.string(b"check-file") + codec.string(algorithm.encode()) + digests
+
+    async def _hash_handle(
+        self, handle: FileHandle, algorithm: str, offset: int, length: int, block_size: int
+    ) -> bytes:
+        if not handle.mode.read:
+            raise PermissionDenied("File not open for reading")
+        return await hash_range(handle.read, algorithm, offset, length, block_size)
+
+    async def _hash_path(
+        self, raw: bytes, algorithm: str, offset: int = 0, length: int = 0, block_size: int = 0
+    ) -> bytes:
+        path = self._path(raw)
+        reading = OpenMode(read=True, write=False, append=False, create=False, truncate=False,
+                           exclusive=False)  # fmt: skip
+        handle = await within(self._settings.open_timeout,
+                              self._open_backend(path, reading, WireAttrs(), -1))  # fmt: skip
+        try:
+            return await hash_range(handle.read, algorithm, offset, length, block_size)
+        finally:
+            await handle.close(commit=False)
+
+    async def hash_command(self, command: HashCommand) -> tuple[bytes, bytes, int]:
+        """Answer one of rclone's exec commands: stdout, stderr and exit status, as the
+        real command would print them."""
+        if command.kind == "probe":
+            return b"%ComSpec%\n", b"", 0  # what a POSIX sh prints: no Windows here
+        tool = "md5sum" if command.algorithm == "md5" else "sha1sum"
+        if command.kind == "empty":
+            digest = ALGORITHMS[command.algorithm]().hexdigest()
+            return f"{digest}  -\n".encode(), b"", 0
+        name = command.path.decode("utf-8", "replace")
+        try:
+            meta = {"path": command.path, "algorithm": command.algorithm, "command": tool}
+            work = self._hash_path(command.path, command.algorithm)
+            digest = await self._run("check_file", work, meta)
+        except SftpStatus as status:
+            return b"", f"{tool}: {name}: {status.reason}\n".encode(), 1
+        return f"{digest.hex()}  {name}\n".encode(), b"", 0
 
     async def fsync(self, name: bytes) -> None:
         """Not offered: an upload is stored when it is closed, and not before."""

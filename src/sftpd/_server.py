@@ -28,6 +28,7 @@ from ._certificates import (
 )
 from ._coalesce import coalesce_writes, refuse_before_banner, skip_ignore_packets
 from ._config import ServerConfig, algorithm_options, host_key_pairs, load_host_keys
+from ._digests import parse_hash_command
 from ._interactive import Conversation
 from ._memory import UploadMemory
 from ._proxy import ProxyListener
@@ -652,8 +653,12 @@ class _Connection(asyncssh.SSHServer):
             log.warning("refusing an SFTP channel of %s: max_channels (%d) reached",
                         self.peer, limit)  # fmt: skip
             return False
+        commands = None
+        if self._ctx.config.hash_commands:
+            commands = (lambda command: parse_hash_command(command) is not None,
+                        self._answer_command)  # fmt: skip
         channel = SftpChannel(self._make_engine, self._channel_ended, self._ctx.spawn,
-                              self._ctx.config.close_timeout)  # fmt: skip
+                              self._ctx.config.close_timeout, commands)  # fmt: skip
         self.channels.add(channel)
         return channel
 
@@ -663,6 +668,16 @@ class _Connection(asyncssh.SSHServer):
         requests = Requests(ctx.backend, state, ctx.bus, ctx.settings)
         return SftpEngine(requests, transport, self._budget,
                           concurrency=ctx.config.max_requests_per_channel)  # fmt: skip
+
+    async def _answer_command(self, command: str) -> tuple[bytes, bytes, int]:
+        """rclone's hash commands, answered by the request layer (hash_commands=True)."""
+        parsed = parse_hash_command(command)
+        state = self.state
+        if parsed is None or state is None:
+            return b"", b"sftpd: only SFTP is served\n", 1
+        log.info("session %s: answering %r", state.session.id, command[:200])
+        requests = Requests(self._ctx.backend, state, self._ctx.bus, self._ctx.settings)
+        return await requests.hash_command(parsed)
 
     def _channel_ended(self, channel: SftpChannel) -> None:
         self.channels.discard(channel)

@@ -297,6 +297,9 @@ def s3_cleanup(target: str, older_than: float, config_file: Path | None) -> None
               help="Also offer NIST-curve and Diffie-Hellman key exchanges, non-etm MACs and "
                    "zlib, and generate an ECDSA host key: for JSch 0.1.x and other old "
                    "clients (ssh-audit flags them; off by default).")  # fmt: skip
+@click.option("--hash-commands", is_flag=True,
+              help="Answer rclone's md5sum/sha1sum exec commands (computed by sftpd, no "
+                   "shell or process), so rclone check compares hashes.")  # fmt: skip
 @click.option("--authentication-methods", multiple=True, metavar="CHAIN",
               help="Methods a login must pass in order, as OpenSSH's "
                    "AuthenticationMethods, e.g. publickey,password. Repeat for "

@@ -40,9 +40,10 @@ async def test_audit_log_lines() -> None:
         backend=sftpd.MemoryBackend(), telemetry=bus, login_limits=limits
     ) as server:
         with pytest.raises(asyncssh.PermissionDenied):
-            async with connect(server.port, "dev", "bad"):
+            async with connect(server.port, "dev", "bad", preferred_auth="password"):
                 pass
-        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+        password_only = {"preferred_auth": "password"}  # this test is about events, not methods
+        async with connect(server.port, **password_only) as conn, conn.start_sftp_client() as sftp:
             await sftp.mkdir("/in")
             async with sftp.open("/in/r.csv", "wb") as f:
                 await f.write(b"x" * 5000)
@@ -110,7 +111,7 @@ async def test_prometheus_metrics_scraped_during_a_transfer(tmp_path: Path) -> N
     port = int(re.search(r"sftp -P (\d+)", text).group(1))  # type: ignore[union-attr]
     metrics_url = re.search(r"Metrics: (http://\S+)", text).group(1)  # type: ignore[union-attr]
 
-    async with connect(port) as conn, conn.start_sftp_client() as sftp:
+    async with connect(port, preferred_auth="password") as conn, conn.start_sftp_client() as sftp:
         f = await sftp.open("/big.bin", "wb")
         await f.write(os.urandom(1 << 20))
         during = await asyncio.to_thread(scrape, metrics_url)

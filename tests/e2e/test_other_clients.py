@@ -81,23 +81,16 @@ class Rclone:
         obscured = subprocess.run([path, "obscure", "dev"], capture_output=True, text=True)
         self.password = obscured.stdout.strip()
 
-    def remote(self, port: int, path: str = "") -> str:
-        """An on-the-fly sftp remote for user dev at ``path``."""
-        return f":sftp,host=127.0.0.1,port={port},user=dev,pass={self.password}:{path}"
+    def remote(self, port: int, path: str = "", **options: str) -> str:
+        """An on-the-fly sftp remote for user dev at ``path``, with more sftp ``options``."""
+        extra = "".join(f",{key}={value}" for key, value in options.items())
+        return f":sftp,host=127.0.0.1,port={port},user=dev,pass={self.password}{extra}:{path}"
 
     async def __call__(self, *args: str) -> SftpResult:
         """Run one rclone command, with no retries so that a failure shows at once."""
         return await run(
             self.path, "--retries", "1", "--low-level-retries", "1", *args, env=self.env
         )
-
-
-@pytest.fixture(scope="session")
-def rclone(tmp_path_factory: pytest.TempPathFactory) -> Rclone:
-    """The rclone driver, with an empty config file of its own."""
-    config = tmp_path_factory.mktemp("rclone") / "rclone.conf"
-    config.write_text("")
-    return Rclone(config)
 
 
 class Psftp:

@@ -168,9 +168,12 @@ async def test_auth_and_session_events_never_carry_the_password(
         backend=sftpd.MemoryBackend(), telemetry=bus, login_limits=limits
     ) as server:
         with pytest.raises(asyncssh.PermissionDenied):
-            async with connect(server.port, "dev", "hunter2-wrong"):
+            async with connect(server.port, "dev", "hunter2-wrong", preferred_auth="password"):
                 pass
-        async with connect(server.port) as conn, conn.start_sftp_client():
+        async with (
+            connect(server.port, preferred_auth="password") as conn,
+            conn.start_sftp_client(),
+        ):
             pass
     failure = rec.named("sftpd", "auth", "failure")[0]
     assert failure.metadata["method"] == "password"

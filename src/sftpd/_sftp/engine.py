@@ -545,6 +545,25 @@ class SftpEngine:
         work = self.requests.copy_data(source, offset, length, target, target_offset)
         return claims, self._status_ok(request_id, work)
 
+    def _check_file_handle(self, request_id: int, p: Parser) -> tuple[list[Claim], Work]:
+        handle, algorithms = p.string(), p.string()
+        offset, length, block_size = p.offset(), p.offset(), p.u32()
+        claims = [self._handle_claim(handle, *_FULL, _SHARED)]
+        work = self.requests.check_file(handle=handle, raw=None, algorithms=algorithms,
+                                        offset=offset, length=length,
+                                        block_size=block_size)  # fmt: skip
+        return claims, self._reply(request_id, work)
+
+    def _check_file_name(self, request_id: int, p: Parser) -> tuple[list[Claim], Work]:
+        path, claims = self._path_look(p)
+        algorithms = p.string()
+        offset, length, block_size = p.offset(), p.offset(), p.u32()
+        claims.append((_DATA, *_FULL, _SHARED))
+        work = self.requests.check_file(handle=None, raw=path, algorithms=algorithms,
+                                        offset=offset, length=length,
+                                        block_size=block_size)  # fmt: skip
+        return claims, self._reply(request_id, work)
+
     def _fsync(self, request_id: int, p: Parser) -> tuple[list[Claim], Work]:
         handle = p.string()
         claims = [self._handle_claim(handle, *_FULL, _EXCLUSIVE)]
@@ -593,5 +612,8 @@ _EXTENDED: dict[bytes, _Row] = {
     b"users-groups-by-id@openssh.com": SftpEngine._users_groups,
     b"copy-data": SftpEngine._copy_data,
     b"fsync@openssh.com": SftpEngine._fsync,
+    b"check-file-handle": SftpEngine._check_file_handle,
+    b"check-file": SftpEngine._check_file_handle,  # the name paramiko's SFTPFile.check sends
+    b"check-file-name": SftpEngine._check_file_name,
 }
 EXTENSION_NAMES = frozenset(_EXTENDED)

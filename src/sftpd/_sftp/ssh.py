@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
@@ -99,6 +99,9 @@ class SftpChannel(asyncssh.SSHServerSession[bytes]):
             what was left open.
         spawn: Runs background work (holding a reference to it).
         grace: Seconds running requests may go on after the channel is gone.
+        commands: With ``hash_commands``: whether an exec command is one sftpd answers
+            itself, and the coroutine answering it (stdout, stderr, exit status). No
+            process is ever started; every other command is refused.
     """
 
     def __init__(
@@ -107,7 +110,12 @@ class SftpChannel(asyncssh.SSHServerSession[bytes]):
         finished: Callable[[SftpChannel], None],
         spawn: Callable[[Any, str], None],
         grace: float,
-    ) -> None:
+        commands: tuple[Callable[[str], bool],
+                        Callable[[str], Awaitable[tuple[bytes, bytes, int]]]] | None = None,
+    ) -> None:  # fmt: skip
+        self._commands = commands
+        self._command: str | None = None
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._make_engine = make_engine
         self._finished = finished
         self._spawn = spawn
@@ -116,6 +124,7 @@ class SftpChannel(asyncssh.SSHServerSession[bytes]):
         self.engine: SftpEngine | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
         self._transport = ChannelTransport(chan)
 
     def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
@@ -125,14 +134,35 @@ class SftpChannel(asyncssh.SSHServerSession[bytes]):
         return False
 
     def exec_requested(self, command: str) -> bool:
-        return False
+        if self._commands is None or not self._commands[0](command):
+            return False
+        self._command = command
+        return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
         return subsystem == "sftp"
 
     def session_started(self) -> None:
         assert self._transport is not None
+        if self._command is not None:
+            self._spawn(self._answer(self._command), "answering an exec command")
+            return
         self.engine = self._make_engine(self._transport)
+
+    async def _answer(self, command: str) -> None:
+        assert self._commands is not None
+        assert self._chan is not None
+        chan = self._chan
+        try:
+            stdout, stderr, status = await self._commands[1](command)
+        except Exception:
+            log.exception("answering %r failed", command)
+            stdout, stderr, status = b"", b"sftpd: internal error\n", 1
+        if stdout:
+            chan.write(stdout)
+        if stderr:
+            chan.write_stderr(stderr)
+        chan.exit(status)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self.engine is not None and datatype is None:
@@ -140,6 +170,8 @@ class SftpChannel(asyncssh.SSHServerSession[bytes]):
 
     def eof_received(self) -> bool:
         """The client sent all it will: answer what is running, then close."""
+        if self._command is not None:
+            return True  # an exec command's answer ends the channel itself (exit)
         engine, transport = self.engine, self._transport
 
         async def finish() -> None:

@@ -1,0 +1,149 @@
+"""File digests: the check-file extension and rclone's hash commands, without a shell.
+
+``check-file-name`` / ``check-file-handle`` (draft-ietf-secsh-filexfer-extensions, and
+paramiko's ``check-file``) hash a range of a file, whole or in blocks, with the first
+algorithm of the client's list the server knows. rclone's sftp backend asks for MD5 and
+SHA-1 by running ``md5sum``/``sha1sum`` over SSH exec; with ``hash_commands`` on, sftpd
+answers exactly those commands (and rclone's shell probe) itself, never starting a
+process. Either way the file is read in chunks of :data:`CHUNK`, so memory stays bounded
+whatever its size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidParameter, Unsupported
+
+__all__ = ["ALGORITHMS", "HashCommand", "hash_range", "parse_hash_command"]
+
+ALGORITHMS: dict[str, Callable[[], Any]] = {
+    "md5": hashlib.md5,
+    "sha1": hashlib.sha1,
+    "sha224": hashlib.sha224,
+    "sha256": hashlib.sha256,
+    "sha384": hashlib.sha384,
+    "sha512": hashlib.sha512,
+}
+CHUNK = 1 << 20
+"""Bytes read at a time while hashing."""
+MAX_DIGEST_BYTES = 200 << 10
+"""The most digest bytes one check-file reply carries (it must fit in a packet)."""
+
+
+def choose_algorithm(names: bytes) -> str:
+    """The first of the client's comma-separated algorithms the server knows.
+
+    Raises:
+        Unsupported: none of them.
+    """
+    for name in names.decode("ascii", "replace").split(","):
+        if name.strip().lower() in ALGORITHMS:
+            return name.strip().lower()
+    raise Unsupported(f"No known hash algorithm; supported: {', '.join(ALGORITHMS)}")
+
+
+async def hash_range(
+    read: Callable[[int, int], Awaitable[bytes]],
+    algorithm: str,
+    offset: int,
+    length: int,
+    block_size: int,
+) -> bytes:
+    """Digests of ``length`` bytes from ``offset`` (0: to the end), one per ``block_size``
+    bytes (0: one for the whole range), concatenated, reading ``CHUNK`` bytes at a time.
+
+    Raises:
+        InvalidParameter: a block size below 256 (the draft's minimum), or more blocks
+            than one reply can carry.
+    """
+    if block_size and block_size < 256:
+        raise InvalidParameter("Block size must be 0 or at least 256")
+    new = ALGORITHMS[algorithm]
+    size = new().digest_size
+    end = offset + length if length else None
+    if block_size and end is not None and (length // block_size + 1) * size > MAX_DIGEST_BYTES:
+        raise InvalidParameter("Too many blocks for one reply; ask for a larger block size")
+    digests: list[bytes] = []
+    current = new()
+    in_block = 0
+    position = offset
+    while end is None or position < end:
+        want = CHUNK if end is None else min(CHUNK, end - position)
+        if block_size:
+            want = min(want, block_size - in_block)
+        data = await read(position, want)
+        if not data:
+            break
+        current.update(data)
+        position += len(data)
+        in_block += len(data)
+        if block_size and in_block == block_size:
+            digests.append(current.digest())
+            if len(digests) * size > MAX_DIGEST_BYTES:
+                raise InvalidParameter("Too many blocks for one reply; ask for a larger block size")
+            current, in_block = new(), 0
+    if not block_size or in_block or not digests:
+        digests.append(current.digest())
+    return b"".join(digests)
+
+
+@dataclass(frozen=True, slots=True)
+class HashCommand:
+    """One exec command rclone sends, understood.
+
+    Attributes:
+        kind: ``"probe"`` (the shell-type probe), ``"empty"`` (``md5sum`` of nothing,
+            rclone's check that the command works) or ``"file"``.
+        algorithm: ``"md5"`` or ``"sha1"`` (for ``empty`` and ``file``).
+        path: The file, as the client named it (for ``file``).
+    """
+
+    kind: str
+    algorithm: str = ""
+    path: bytes = b""
+
+
+SHELL_PROBE = "echo ${ShellId}%ComSpec%"
+_COMMAND = re.compile(r"(md5sum|sha1sum)(?: (.+))?", re.DOTALL)
+_SAFE = re.compile(r"[A-Za-z0-9_.,:/@\x80-\U0010ffff-]")
+
+
+def parse_hash_command(command: str) -> HashCommand | None:
+    """rclone's probe, ``md5sum``/``sha1sum``, or one of them with one path escaped as
+    rclone escapes it for a Unix shell (a backslash before each special character, a
+    newline as ``'\\n'``); None for anything else, which is then refused."""
+    if command == SHELL_PROBE:
+        return HashCommand("probe")
+    match = _COMMAND.fullmatch(command)
+    if match is None:
+        return None
+    algorithm = "md5" if match.group(1) == "md5sum" else "sha1"
+    if match.group(2) is None:
+        return HashCommand("empty", algorithm)
+    path = _unescape(match.group(2))
+    return None if path is None else HashCommand("file", algorithm, path.encode("utf-8"))
+
+
+def _unescape(text: str) -> str | None:
+    """One argument as rclone escapes it; None if it is not exactly one such argument."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if text.startswith("'\n'", i):
+            out.append("\n")
+            i += 3
+        elif char == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+        elif _SAFE.fullmatch(char):
+            out.append(char)
+            i += 1
+        else:
+            return None  # an unescaped space, quote, $, ; ...: not a command of rclone's
+    return "".join(out) if out else None
