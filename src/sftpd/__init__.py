@@ -14,6 +14,7 @@ async with sftpd.Server(
 from ._certificates import CertificateInfo
 from ._config import CIPHERS, DEFAULT_CIPHERS, ServerConfig
 from ._permissions import Permissions
+from ._policy import Operation
 from ._server import Server, run
 from ._session import Peer, Session
 from ._throttle import LoginLimits
@@ -86,6 +87,7 @@ __all__ = [
     "NoSpace",
     "NoSuchFile",
     "NotADirectory",
+    "Operation",
     "Peer",
     "PermissionDenied",
     "Permissions",

@@ -13,6 +13,7 @@ from typing import Any
 import asyncssh
 
 from ._memory import DEFAULT_UPLOAD_MEMORY
+from ._policy import Operation, Policy
 from ._session import check_max_file_size
 from ._throttle import LoginLimits
 from ._upload import Upload
@@ -230,6 +231,16 @@ class ServerConfig:
             users not listed accept their own name only.
         revoked_keys: A file of public keys (as OpenSSH's ``RevokedKeys``) no login may
             use: plain keys, certified keys and CA keys alike. KRLs are not read.
+        policy: Consulted before each operation (open for reading or writing, list,
+            remove, rename, mkdir, rmdir, setstat, symlink, link) with a
+            :class:`sftpd.Operation`, sync or async; it refuses by returning False or a
+            reason (the client sees it), allows by returning None or True.
+        inspector: Called at each open for writing with a :class:`sftpd.Operation`
+            (sync or async); it returns None (this upload is not inspected) or an object
+            with ``feed(data)``, which sees every byte in order as it streams in, and
+            ``verdict()`` at close: None or True publish the upload, False or a reason
+            refuse it (nothing is stored, the client's close fails with the reason).
+            Inspected uploads are written whole: appends and resumes are refused.
         hash_commands: Answer the exec commands rclone's sftp backend runs for hashes
             (``md5sum PATH``, ``sha1sum PATH`` and its shell probe), parsed strictly and
             computed by sftpd itself: no process is ever started, and every other exec
@@ -290,6 +301,8 @@ class ServerConfig:
     trusted_user_ca_keys: Sequence[str | os.PathLike[str] | asyncssh.SSHKey] = ()
     authorized_principals: Mapping[str, Sequence[str]] | None = None
     revoked_keys: str | os.PathLike[str] | None = None
+    policy: Policy | None = None
+    inspector: Callable[[Operation], Any] | None = None
     hash_commands: bool = False
     authentication_methods: Sequence[str] = ()
     max_channels: int = 10
@@ -367,6 +380,10 @@ class ServerConfig:
         object.__setattr__(self, "method_chains", _method_chains(self.authentication_methods))
         if not isinstance(self.login_limits, LoginLimits):
             raise ConfigError("login_limits must be a sftpd.LoginLimits")
+        if self.inspector is not None and not callable(self.inspector):
+            raise ConfigError("inspector must be a function taking a sftpd.Operation")
+        if self.policy is not None and not callable(self.policy):
+            raise ConfigError("policy must be a function taking a sftpd.Operation")
         if self.on_upload is not None and not callable(self.on_upload):
             raise ConfigError("on_upload must be a function taking a sftpd.Upload")
         if self.backend is None:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._ingest import Ingest, Inspector
 from .backend import AttrChanges, BoundBackend, FileAttrs, FileType
 from .errors import (
     Failure,
@@ -164,7 +165,9 @@ class FileHandle:
         close_timeout: float,
         handle_id: int,
         source: FileHandle | None = None,
+        inspector: Inspector | None = None,
     ) -> None:
+        self._ingest = Ingest(inspector) if inspector is not None else None
         self.backend = backend
         self.session = session
         self.path = path
@@ -290,6 +293,9 @@ class FileHandle:
         if self.mode.append:
             offset = self._size
         self._check_limit(offset + len(data))
+        if self._ingest is not None:
+            self._ingest.write(offset, data)
+            await self._ingest.room()
         try:
             await self._writer.write(offset, data)
         except BaseException as exc:
@@ -323,6 +329,8 @@ class FileHandle:
             target_offset = self._size
         self._check_limit(target_offset + end - offset)
         copy = getattr(self._writer, "copy_from", None)
+        if self._ingest is not None:  # bytes the inspector would never see: copy through
+            copy = None
         if copy is not None and source._writer is None and source._source is None:
             try:
                 await copy(source.path, offset, end - offset, target_offset)
@@ -388,6 +396,8 @@ class FileHandle:
             if self._writer is None:
                 raise PermissionDenied("File not open for writing")
             self._check_limit(changes.size)
+            if self._ingest is not None and changes.size != self._size:
+                self._ingest.broken = "it was resized"
             truncate = getattr(self._writer, "truncate", None)
             if truncate is None:
                 raise InvalidParameter("This storage cannot resize an upload")
@@ -427,6 +437,9 @@ class FileHandle:
         writer = self._writer
         if writer is None:
             return False
+        ingest = self._ingest
+        if ingest is not None and (not commit or self._failed or not self._dirty):
+            ingest.cancel()
         if not commit or self._failed:
             await self._abort(writer)
             if self._failed and commit:
@@ -437,6 +450,11 @@ class FileHandle:
             await self._abort(writer)
             await self._apply_pending()
             return False
+        if ingest is not None:
+            refusal = await ingest.verdict()
+            if refusal is not None:
+                await self._abort(writer)
+                raise PermissionDenied(f"Upload refused: {refusal}")
         try:
             await within(self.close_timeout, writer.commit())
         except TimeoutError:

@@ -15,16 +15,19 @@ root. Backends never follow links themselves.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import stat as stat_module
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import paths
 from ._digests import ALGORITHMS, HashCommand, choose_algorithm, hash_range
 from ._handles import FileHandle, OpenMode, within
+from ._ingest import Inspector
+from ._policy import Operation, Policy, consult
 from ._session import Session
 from ._sftp import codec
 from ._sftp.codec import WireAttrs
@@ -67,6 +70,8 @@ class Settings:
     close_timeout: float = 30.0
     max_open_handles: int = 32
     on_upload: Callable[[Upload], None] | None = None
+    policy: Policy | None = None
+    inspector: Callable[[Operation], Any] | None = None
 
 
 @dataclass(slots=True)
@@ -369,6 +374,14 @@ class Requests:
         if not getattr(self._session.permissions, operation):
             raise PermissionDenied(refusal)
 
+    async def _veto(self, name: str, path: str, target: str | None = None) -> None:
+        """Ask the server's policy, if it has one, before touching the backend."""
+        policy = self._settings.policy
+        if policy is not None:
+            client_target = None if target is None else self._client(target)
+            await consult(policy, Operation(self._session, name, self._client(path),
+                                            client_target))  # fmt: skip
+
     def _refuse_root(self, path: str, action: str) -> None:
         if path == self._root:
             raise PermissionDenied(f"Cannot {action} the top directory")
@@ -513,6 +526,10 @@ class Requests:
             self._allow("read", "Downloads are not allowed")
         if mode.write:
             self._allow("write", "Uploads are not allowed")
+        if mode.read:
+            await self._veto("read", path)
+        if mode.write:
+            await self._veto("write", path)
         resolved, existing = await self._resolve(path, walk_missing=not mode.create)
         try:
             return await self._open_handle(resolved, existing, mode, attrs, handle_id)
@@ -550,6 +567,7 @@ class Requests:
             # The file is being written by this session: a new handle starts from what
             # that upload holds, not from the stored file it will replace.
             existing = upload.attrs()
+        inspector = await self._inspector(path, mode, existing)
         handle = FileHandle(
             backend=self._backend,
             session=self._session,
@@ -560,6 +578,7 @@ class Requests:
             close_timeout=self._settings.close_timeout,
             handle_id=handle_id,
             source=upload if upload is not None and not mode.write else None,
+            inspector=inspector,
         )
         await handle.start()
         if mode.write and existing is None and attrs.permissions is not None:
@@ -567,6 +586,23 @@ class Requests:
             # as OpenSSH's sftp-server creates it.
             handle.set_initial_permissions(attrs.permissions & 0o7777 & ~UMASK)
         return handle
+
+    async def _inspector(
+        self, path: str, mode: OpenMode, existing: FileAttrs | None
+    ) -> Inspector | None:
+        """The server's inspector for an upload of ``path``, if it wants to see this one."""
+        make = self._settings.inspector
+        if make is None or not mode.write:
+            return None
+        inspector = make(Operation(self._session, "write", self._client(path)))
+        if inspect.isawaitable(inspector):
+            inspector = await inspector
+        if inspector is None:
+            return None
+        if existing is not None and not mode.truncate and existing.size:
+            raise PermissionDenied("Uploads here are inspected whole: appending to or "
+                                   "resuming a stored file is not allowed")  # fmt: skip
+        return cast(Inspector, inspector)
 
     async def close(self, name: bytes) -> None:
         """Close a handle; an upload is committed, and a failed commit fails the close."""
@@ -658,6 +694,7 @@ class Requests:
 
     async def _fsetstat(self, handle: FileHandle, attrs: WireAttrs) -> None:
         self._allow("write", "Changing files is not allowed")
+        await self._veto("setstat", handle.path)
         await handle.set_attrs(to_changes(attrs))
 
     async def fstatvfs(self, name: bytes) -> bytes:
@@ -763,6 +800,7 @@ class Requests:
     async def _setstat(self, raw: bytes, attrs: WireAttrs, link: bool) -> None:
         self._allow("write", "Changing files is not allowed")
         path = self._path(raw)
+        await self._veto("setstat", path)
         if link:
             current: FileAttrs | None = await self._lstat(path)
         else:
@@ -794,6 +832,7 @@ class Requests:
 
     async def _opendir(self, raw: bytes) -> bytes:
         self._allow("list", "Listing directories is not allowed")
+        await self._veto("list", self._path(raw))
         directory, attrs = await self._resolve(self._path(raw))
         if attrs is None:
             raise NoSuchFile()
@@ -865,6 +904,7 @@ class Requests:
         self._allow("delete", "Deleting is not allowed")
         path = self._path(raw)
         self._refuse_root(path, "remove")
+        await self._veto("remove", path)
         await self._backend.remove_file(path, self._session)
 
     async def mkdir(self, raw: bytes, attrs: WireAttrs) -> None:
@@ -876,6 +916,7 @@ class Requests:
         path = self._path(raw)
         if path == self._root:
             raise FileAlreadyExists()
+        await self._veto("mkdir", path)
         await self._backend.make_dir(path, self._session)
         if attrs.permissions is not None and self._backend.set_attrs is not None:
             changes = AttrChanges(permissions=attrs.permissions & 0o7777 & ~UMASK)
@@ -889,6 +930,7 @@ class Requests:
         self._allow("delete", "Deleting is not allowed")
         path = self._path(raw)
         self._refuse_root(path, "remove")
+        await self._veto("rmdir", path)
         await self._backend.remove_dir(path, self._session)
 
     async def rename(self, old: bytes, new: bytes, *, overwrite: bool) -> None:
@@ -901,6 +943,7 @@ class Requests:
         src, dst = self._path(raw_src), self._path(raw_dst)
         self._refuse_root(src, "rename")
         self._refuse_root(dst, "replace")
+        await self._veto("rename", src, dst)
         await self._backend.rename(src, dst, self._session, overwrite=overwrite)
 
     async def realpath(self, raw: bytes) -> str:
@@ -978,6 +1021,7 @@ class Requests:
         target = paths.decode(raw_target)
         if not target:
             raise InvalidParameter("Empty link target")
+        await self._veto("symlink", link)
         await self._backend.make_symlink(target, link, self._session)
 
     async def hardlink(self, raw_old: bytes, raw_new: bytes) -> None:
@@ -994,6 +1038,7 @@ class Requests:
         attrs = await self._lstat(old)
         if attrs.is_dir:
             raise PermissionDenied("Directories cannot be hard-linked")
+        await self._veto("link", old, new)
         await self._backend.make_link(old, new, self._session)
 
     # ------------------------------------------------------------------ the end

@@ -98,6 +98,8 @@ class ServerContext:
             close_timeout=config.close_timeout,
             max_open_handles=config.max_open_files,
             on_upload=self.notify_upload,
+            policy=config.policy,
+            inspector=config.inspector,
         )
 
     def spawn(self, work: Coroutine[Any, Any, Any], what: str) -> None:
