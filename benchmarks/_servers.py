@@ -4,6 +4,7 @@
     python -m benchmarks._servers sftpd-local KEY_DIR ROOT
     python -m benchmarks._servers sftpd-latency KEY_DIR MILLISECONDS
     python -m benchmarks._servers sftpd-handler KEY_DIR
+    python -m benchmarks._servers sftpd-digests KEY_DIR none|md5,sha256 [ROOT]
     python -m benchmarks._servers sftpd-s3 KEY_DIR ENDPOINT BUCKET
     python -m benchmarks._servers asyncssh KEY_DIR ROOT
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -49,11 +51,12 @@ async def serve_sftpd(key_dir: str, handler: bool = False) -> None:
         await asyncio.Event().wait()
 
 
-async def serve_backend(key_dir: str, backend: object) -> None:
+async def serve_backend(key_dir: str, backend: object, **options: Any) -> None:
     """sftpd on any backend (room for a benchmark's parallel clients)."""
     async with sftpd.Server(
-        backend=backend, auth={"dev": "dev"}, system_dir=key_dir, port=0, max_sessions=64
-    ) as server:
+        backend=backend, auth={"dev": "dev"}, system_dir=key_dir, port=0, max_sessions=64,
+        **options,
+    ) as server:  # fmt: skip
         print(server.port, flush=True)
         await asyncio.Event().wait()
 
@@ -141,6 +144,10 @@ if __name__ == "__main__":
         asyncio.run(serve_backend(sys.argv[2], sftpd.LocalBackend(sys.argv[3])))
     elif kind == "sftpd-latency":
         asyncio.run(serve_backend(sys.argv[2], LatencyBackend(float(sys.argv[3]) / 1000)))
+    elif kind == "sftpd-digests":  # KEY_DIR ALGORITHMS ("none" or md5,sha256) [ROOT]
+        names = [] if sys.argv[3] == "none" else sys.argv[3].split(",")
+        store = sftpd.LocalBackend(sys.argv[4]) if len(sys.argv) > 4 else sftpd.MemoryBackend()
+        asyncio.run(serve_backend(sys.argv[2], store, upload_digests=names))
     elif kind == "sftpd-handler":
         asyncio.run(serve_sftpd(sys.argv[2], handler=True))
     elif kind == "sftpd-s3":

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncssh
 
+from ._digests import check_algorithms
 from ._memory import DEFAULT_UPLOAD_MEMORY
 from ._policy import Operation, Policy
 from ._session import check_max_file_size
@@ -241,6 +242,10 @@ class ServerConfig:
             ``verdict()`` at close: None or True publish the upload, False or a reason
             refuse it (nothing is stored, the client's close fails with the reason).
             Inspected uploads are written whole: appends and resumes are refused.
+        upload_digests: Digests computed as each upload streams in (no second read) and
+            kept with the file where the backend can (S3 metadata, local extended
+            attributes, memory): ``check-file`` and rclone's hash commands answer from
+            them. From md5, sha1, sha224, sha256, sha384, sha512; empty: none.
         hash_commands: Answer the exec commands rclone's sftp backend runs for hashes
             (``md5sum PATH``, ``sha1sum PATH`` and its shell probe), parsed strictly and
             computed by sftpd itself: no process is ever started, and every other exec
@@ -303,6 +308,7 @@ class ServerConfig:
     revoked_keys: str | os.PathLike[str] | None = None
     policy: Policy | None = None
     inspector: Callable[[Operation], Any] | None = None
+    upload_digests: Sequence[str] = ("md5", "sha256")
     hash_commands: bool = False
     authentication_methods: Sequence[str] = ()
     max_channels: int = 10
@@ -380,6 +386,10 @@ class ServerConfig:
         object.__setattr__(self, "method_chains", _method_chains(self.authentication_methods))
         if not isinstance(self.login_limits, LoginLimits):
             raise ConfigError("login_limits must be a sftpd.LoginLimits")
+        try:
+            object.__setattr__(self, "upload_digests", check_algorithms(self.upload_digests))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.inspector is not None and not callable(self.inspector):
             raise ConfigError("inspector must be a function taking a sftpd.Operation")
         if self.policy is not None and not callable(self.policy):

@@ -84,6 +84,7 @@ SERVER_KEYS = {
     "trusted_user_ca_keys": list,
     "authentication_methods": list,
     "hash_commands": bool,
+    "upload_digests": list,
     "revoked_keys": str,
     "authorized_principals": dict,
     "max_channels": int,

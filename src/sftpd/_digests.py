@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidParameter, Unsupported
 
-__all__ = ["ALGORITHMS", "HashCommand", "hash_range", "parse_hash_command"]
+__all__ = ["ALGORITHMS", "DigestTap", "HashCommand", "hash_range", "parse_hash_command"]
 
 ALGORITHMS: dict[str, Callable[[], Any]] = {
     "md5": hashlib.md5,
@@ -90,6 +90,61 @@ async def hash_range(
     if not block_size or in_block or not digests:
         digests.append(current.digest())
     return b"".join(digests)
+
+
+REORDER_LIMIT = 8 << 20
+"""Bytes of early writes an upload's digests wait with for the gap before them."""
+
+
+class DigestTap:
+    """Digests of an upload computed as its bytes arrive: no second read.
+
+    Writes in file order update the hashes at once; a few early ones wait for the gap
+    before them. An upload that keeps stored bytes (append, resume), rewrites, skips far
+    ahead or is resized gets no digests here: they are computed when first asked for.
+    """
+
+    def __init__(self, algorithms: Sequence[str], *, whole: bool) -> None:
+        self._hashes = {name: ALGORITHMS[name]() for name in algorithms}
+        self._next = 0
+        self._early: dict[int, bytes] = {}
+        self._early_bytes = 0
+        self.broken = not whole
+
+    def write(self, offset: int, data: bytes) -> None:
+        if self.broken:
+            return
+        if offset == self._next:
+            self._update(data)
+            while self._next in self._early:
+                piece = self._early.pop(self._next)
+                self._early_bytes -= len(piece)
+                self._update(piece)
+        elif offset > self._next and self._early_bytes + len(data) <= REORDER_LIMIT:
+            self._early[offset] = bytes(data)
+            self._early_bytes += len(data)
+        else:
+            self.broken = True
+            self._early.clear()
+
+    def _update(self, data: bytes) -> None:
+        for digest in self._hashes.values():
+            digest.update(data)
+        self._next += len(data)
+
+    def result(self, size: int) -> dict[str, str] | None:
+        """Hex digests of a stored file of ``size`` bytes, or None if not all were seen."""
+        if self.broken or self._early or self._next != size:
+            return None
+        return {name: digest.hexdigest() for name, digest in self._hashes.items()}
+
+
+def check_algorithms(names: Sequence[str]) -> tuple[str, ...]:
+    """The configured ``upload_digests``, checked."""
+    unknown = [n for n in names if n not in ALGORITHMS]
+    if isinstance(names, str) or unknown:
+        raise ValueError(f"upload_digests: choose from {', '.join(ALGORITHMS)}; got {names!r}")
+    return tuple(names)
 
 
 @dataclass(frozen=True, slots=True)

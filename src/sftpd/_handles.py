@@ -17,10 +17,11 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._digests import DigestTap
 from ._ingest import Ingest, Inspector
 from .backend import AttrChanges, BoundBackend, FileAttrs, FileType
 from .errors import (
@@ -166,8 +167,12 @@ class FileHandle:
         handle_id: int,
         source: FileHandle | None = None,
         inspector: Inspector | None = None,
+        digests: Sequence[str] = (),
     ) -> None:
         self._ingest = Ingest(inspector) if inspector is not None else None
+        keeps = attrs is not None and not mode.truncate and attrs.size > 0
+        self._tap = DigestTap(digests, whole=not keeps) if mode.write and digests else None
+        self._copied_from: str | None = None  # copied inside the storage: its digests apply
         self.backend = backend
         self.session = session
         self.path = path
@@ -293,6 +298,8 @@ class FileHandle:
         if self.mode.append:
             offset = self._size
         self._check_limit(offset + len(data))
+        if self._tap is not None:
+            self._tap.write(offset, data)
         if self._ingest is not None:
             self._ingest.write(offset, data)
             await self._ingest.room()
@@ -342,6 +349,9 @@ class FileHandle:
             else:
                 self._grow(target_offset + end - offset, end - offset)
                 source.bytes_read += end - offset
+                if self._tap is not None:
+                    self._tap.broken = True
+                    self._copied_from = source.path if offset == 0 == target_offset else None
                 return
         position = offset
         while position < end:
@@ -398,6 +408,8 @@ class FileHandle:
             self._check_limit(changes.size)
             if self._ingest is not None and changes.size != self._size:
                 self._ingest.broken = "it was resized"
+            if self._tap is not None:
+                self._tap.broken = True
             truncate = getattr(self._writer, "truncate", None)
             if truncate is None:
                 raise InvalidParameter("This storage cannot resize an upload")
@@ -455,6 +467,10 @@ class FileHandle:
             if refusal is not None:
                 await self._abort(writer)
                 raise PermissionDenied(f"Upload refused: {refusal}")
+        digests = self._tap.result(self._size) if self._tap is not None else None
+        writer_keeps = hasattr(writer, "digests")  # it stores them with the file (S3)
+        if writer_keeps and digests:
+            writer.digests = digests
         try:
             await within(self.close_timeout, writer.commit())
         except TimeoutError:
@@ -464,7 +480,24 @@ class FileHandle:
             await self._abort(writer)
             raise
         await self._apply_pending()
+        if self._tap is not None and not writer_keeps:
+            await self._keep_digests(digests)
         return True
+
+    async def _keep_digests(self, digests: dict[str, str] | None) -> None:
+        """Store the upload's digests (or those of the file it copied; else forget stale
+        ones). The file is stored already: a failure here is logged, never the client's."""
+        store = self.backend.store_digests
+        if store is None:
+            return
+        try:
+            if digests is None and self._copied_from is not None and (
+                self.backend.read_digests is not None
+            ):  # fmt: skip
+                digests = await self.backend.read_digests(self._copied_from, self.session)
+            await store(self.path, digests or {}, self.session)
+        except Exception:
+            log.warning("keeping the digests of %s failed", self.path, exc_info=True)
 
     async def _apply_pending(self) -> None:
         changes = self._pending_changes

@@ -72,6 +72,7 @@ class Settings:
     on_upload: Callable[[Upload], None] | None = None
     policy: Policy | None = None
     inspector: Callable[[Operation], Any] | None = None
+    upload_digests: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -579,6 +580,7 @@ class Requests:
             handle_id=handle_id,
             source=upload if upload is not None and not mode.write else None,
             inspector=inspector,
+            digests=self._settings.upload_digests,
         )
         await handle.start()
         if mode.write and existing is None and attrs.permissions is not None:
@@ -719,25 +721,45 @@ class Requests:
     ) -> bytes:  # fmt: skip
         """check-file-handle / check-file-name: digests of a range of a file, as the
         extended reply's body (``check-file``, the algorithm used, the digests)."""
-        algorithm = choose_algorithm(algorithms)
-        meta: dict[str, Any] = {"algorithm": algorithm, "offset": offset, "length": length}
-        if handle is not None:
-            found = self._file(handle)
-            meta["path"] = found.client_path
-            work = self._hash_handle(found, algorithm, offset, length, block_size)
-        else:
-            assert raw is not None
-            meta["path"] = raw
-            work = self._hash_path(raw, algorithm, offset, length, block_size)
-        digests = await self._run("check_file", work, meta)
-        return codec.string(b"check-file") + codec.string(algorithm.encode()) + digests
+        meta: dict[str, Any] = {"offset": offset, "length": length, "path": raw}
+
+        async def check() -> bytes:  # inside the request: every failure is a status
+            algorithm = meta["algorithm"] = choose_algorithm(algorithms)
+            if handle is not None:
+                found = self._file(handle)
+                meta["path"] = found.client_path
+                digests = await self._hash_handle(found, algorithm, offset, length, block_size)
+            else:
+                assert raw is not None
+                digests = await self._hash_path(raw, algorithm, offset, length, block_size)
+            return codec.string(b"check-file") + codec.string(algorithm.encode()) + digests
+
+        result: bytes = await self._run("check_file", check(), meta)
+        return result
 
     async def _hash_handle(
         self, handle: FileHandle, algorithm: str, offset: int, length: int, block_size: int
     ) -> bytes:
         if not handle.mode.read:
             raise PermissionDenied("File not open for reading")
+        if not handle.mode.write and self._state.upload_of(handle.path) is None:
+            stored = await self._stored_digest(handle.path, handle.size, algorithm, offset,
+                                               length, block_size)  # fmt: skip
+            if stored is not None:
+                return stored
         return await hash_range(handle.read, algorithm, offset, length, block_size)
+
+    async def _stored_digest(
+        self, path: str, size: int, algorithm: str, offset: int, length: int, block_size: int
+    ) -> bytes | None:
+        """The digest kept with the file, when the request is for the whole of it."""
+        read = self._backend.read_digests
+        whole = offset == 0 and block_size == 0 and length in (0, size)
+        if read is None or not whole:
+            return None
+        digests = await read(path, self._session)
+        value = digests.get(algorithm) if digests else None
+        return bytes.fromhex(value) if value else None
 
     async def _hash_path(
         self, raw: bytes, algorithm: str, offset: int = 0, length: int = 0, block_size: int = 0
@@ -748,7 +770,7 @@ class Requests:
         handle = await within(self._settings.open_timeout,
                               self._open_backend(path, reading, WireAttrs(), -1))  # fmt: skip
         try:
-            return await hash_range(handle.read, algorithm, offset, length, block_size)
+            return await self._hash_handle(handle, algorithm, offset, length, block_size)
         finally:
             await handle.close(commit=False)
 

@@ -100,6 +100,7 @@ class ServerContext:
             on_upload=self.notify_upload,
             policy=config.policy,
             inspector=config.inspector,
+            upload_digests=tuple(config.upload_digests),
         )
 
     def spawn(self, work: Coroutine[Any, Any, Any], what: str) -> None:

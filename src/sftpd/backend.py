@@ -58,7 +58,7 @@ import inspect
 import logging
 import stat as stat_module
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AttrChanges",
     "Backend",
+    "Digests",
     "DirEntry",
     "DiskUsage",
     "FileAttrs",
@@ -418,6 +419,22 @@ class DiskUsage(Protocol):
 
 
 @runtime_checkable
+class Digests(Protocol):
+    """Optional: keep a file's digests with it (computed as it was uploaded).
+
+    Digests are hex strings by algorithm name (``{"md5": "...", "sha256": "..."}``).
+    ``check-file`` and rclone's hash commands answer from them with no read of the file.
+    """
+
+    async def store_digests(self, path: str, digests: Mapping[str, str], session: Session) -> None:
+        """Keep ``digests`` for the file at ``path`` (empty: forget any kept), until its
+        content changes."""
+
+    async def read_digests(self, path: str, session: Session) -> Mapping[str, str] | None:
+        """The digests kept for ``path`` if they still describe its content, else None."""
+
+
+@runtime_checkable
 class SessionHooks(Protocol):
     """Optional: hear about sessions starting and ending."""
 
@@ -471,6 +488,7 @@ _OPTIONAL: dict[str, tuple[str, ...]] = {
     "streaming_writes": ("open_writer",),
     "set_attrs": ("set_attrs",),
     "disk_usage": ("disk_usage",),
+    "digests": ("read_digests", "store_digests"),
     "symlinks": ("read_link", "make_symlink"),
     "hard_links": ("make_link",),
     "session_hooks": ("session_opened", "session_closed"),
@@ -522,6 +540,8 @@ class BoundBackend:
     open_writer: Callable[..., Any] | None = None
     set_attrs: Callable[..., Any] | None = None
     disk_usage: Callable[..., Any] | None = None
+    read_digests: Callable[..., Any] | None = None
+    store_digests: Callable[..., Any] | None = None
     read_link: Callable[..., Any] | None = None
     make_symlink: Callable[..., Any] | None = None
     make_link: Callable[..., Any] | None = None
@@ -715,15 +735,22 @@ class _AsyncWriter:
             async with self._flushing:
                 await self._call(self._store, offset, [data])
             return
-        self._held += len(data)
-        if self._chunks and offset == self._pending_at + self._pending_size:
-            self._chunks.append(data)
-            self._pending_size += len(data)
-        else:
+        while True:
+            if self._chunks and offset == self._pending_at + self._pending_size:
+                self._chunks.append(data)
+                self._pending_size += len(data)
+                break
+            if not self._chunks:
+                self._chunks = [data]
+                self._pending_size = len(data)
+                self._pending_at = offset
+                break
+            # Another batch is pending: write it out first. Other writes of this upload
+            # may run while this one waits, so look again after: a batch one of them
+            # started must be joined or written, never replaced (found by a test of
+            # out-of-order concurrent writes, which lost one).
             await self._flush()
-            self._chunks = [data]
-            self._pending_size = len(data)
-            self._pending_at = offset
+        self._held += len(data)
         if self._pending_size >= BATCH:
             await self._flush()
 

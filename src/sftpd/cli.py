@@ -297,6 +297,9 @@ def s3_cleanup(target: str, older_than: float, config_file: Path | None) -> None
               help="Also offer NIST-curve and Diffie-Hellman key exchanges, non-etm MACs and "
                    "zlib, and generate an ECDSA host key: for JSch 0.1.x and other old "
                    "clients (ssh-audit flags them; off by default).")  # fmt: skip
+@click.option("--upload-digests", default="md5,sha256", show_default=True, metavar="LIST",
+              help="Digests computed as uploads stream in and kept with the files, for "
+                   "check-file and --hash-commands (none: off).")  # fmt: skip
 @click.option("--hash-commands", is_flag=True,
               help="Answer rclone's md5sum/sha1sum exec commands (computed by sftpd, no "
                    "shell or process), so rclone check compares hashes.")  # fmt: skip
@@ -376,6 +379,9 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
             options["ciphers"] = ciphers.split(",") if isinstance(ciphers, str) else ciphers
         if isinstance(options["max_file_size"], str):  # the flag's text ([server]: an int)
             options["max_file_size"] = parse_size(options["max_file_size"])
+        if isinstance(options["upload_digests"], str):  # the flag's text ([server]: a list)
+            text = options["upload_digests"].strip()
+            options["upload_digests"] = [] if text in ("", "none") else text.split(",")
         if isinstance(options["upload_memory"], str):
             options["upload_memory"] = parse_size(options["upload_memory"], "--upload-memory")
         options["upload_memory"] = options["upload_memory"] or None  # 0: no limit

@@ -96,6 +96,21 @@ async def test_a_rewrite_lands_after_what_it_replaces(pool: Offload) -> None:
     assert bytes(inner.content[5000:5100]) == b"b" * 100
 
 
+async def test_concurrent_writes_after_a_jump_ahead_all_land(pool: Offload) -> None:
+    """A write far ahead, then a region written by many concurrent requests: every byte
+    lands (a request that waited for the far batch replaced the batch another had just
+    started, and its bytes were lost)."""
+    inner = FileWriter()
+    writer = _AsyncWriter(inner, pool)
+    tail, head = os.urandom(200 * KiB), os.urandom(300 * KiB)
+    await writer.write(20 * BATCH, tail)
+    chunks = range(0, len(head), 16 * KiB)
+    await asyncio.gather(*(writer.write(o, head[o : o + 16 * KiB]) for o in chunks))
+    await writer.commit()
+    assert bytes(inner.content[: len(head)]) == head
+    assert bytes(inner.content[20 * BATCH :]) == tail
+
+
 async def test_a_refused_batch_fails_the_commit(pool: Offload) -> None:
     """A write the storage refuses while batched fails the commit; nothing is committed."""
     inner = FileWriter(fail_at=10)

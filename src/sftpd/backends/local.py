@@ -24,11 +24,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -353,13 +354,44 @@ class LocalBackend:
         try:
             if changes.size is not None:
                 os.ftruncate(fd, changes.size)
+                _forget_digests(fd)
             if changes.permissions is not None:
                 os.fchmod(fd, changes.permissions & 0o7777)
             if changes.mtime is not None or changes.atime is not None:
+                kept = _read_digests(fd) if changes.size is None else None
                 st = os.fstat(fd)
                 atime = changes.atime if changes.atime is not None else st.st_atime
                 mtime = changes.mtime if changes.mtime is not None else st.st_mtime
                 os.utime(fd, (atime, mtime))
+                if kept:  # same bytes, new time (sftp put -p, WinSCP): keep the digests
+                    _write_digests(fd, kept)
+        finally:
+            os.close(fd)
+
+    def store_digests(self, path: str, digests: Mapping[str, str], session: Session) -> None:
+        """Keep digests in an extended attribute (``user.sftpd.digests``) with the size and
+        mtime they describe; where the file system has no extended attributes, nothing is
+        kept and digests are computed when asked for."""
+        with self._parent(path) as (dirfd, name):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        try:
+            if digests:
+                _write_digests(fd, digests)
+            else:
+                _forget_digests(fd)
+        finally:
+            os.close(fd)
+
+    def read_digests(self, path: str, session: Session) -> Mapping[str, str] | None:
+        """The kept digests, if the file's size and mtime are still those they describe
+        (a file changed behind sftpd's back has none)."""
+        with self._parent(path) as (dirfd, name):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+            except OSError:
+                return None
+        try:
+            return _read_digests(fd)
         finally:
             os.close(fd)
 
@@ -445,6 +477,43 @@ class LocalReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+DIGESTS_XATTR = "user.sftpd.digests"
+_NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENOSPC, errno.E2BIG,
+              errno.EACCES}  # fmt: skip
+
+
+def _write_digests(fd: int, digests: Mapping[str, str]) -> None:
+    st = os.fstat(fd)
+    value = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digests": dict(digests)}
+    try:
+        os.setxattr(fd, DIGESTS_XATTR, json.dumps(value).encode())
+    except OSError as exc:
+        if exc.errno not in _NO_XATTRS:
+            raise
+
+
+def _read_digests(fd: int) -> dict[str, str] | None:
+    try:
+        value = json.loads(os.getxattr(fd, DIGESTS_XATTR))
+    except (OSError, ValueError):
+        return None
+    st = os.fstat(fd)
+    if not isinstance(value, dict) or (value.get("size"), value.get("mtime_ns")) != (
+        st.st_size, st.st_mtime_ns,
+    ):  # fmt: skip
+        return None
+    digests = value.get("digests")
+    return {str(k): str(v) for k, v in digests.items()} if isinstance(digests, dict) else None
+
+
+def _forget_digests(fd: int) -> None:
+    try:
+        os.removexattr(fd, DIGESTS_XATTR)
+    except OSError as exc:
+        if exc.errno not in (*_NO_XATTRS, errno.ENODATA):
+            raise
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int, target_offset: int) -> None:

@@ -207,6 +207,7 @@ class _Node:
     children: dict[str, _Node] = field(default_factory=dict)
     target: str | None = None  # of a symbolic link
     links: int = 1  # names this node has (hard links)
+    digests: dict[str, str] | None = None  # of the blob, as uploaded
 
     def attrs(self) -> FileAttrs:
         size = self.blob.size if self.blob is not None else 0
@@ -293,6 +294,7 @@ class MemoryBackend:
         if existing is not None:
             existing.blob = blob
             existing.mtime = now
+            existing.digests = None
         else:
             parent.children[name] = _Node(FileType.FILE, now, permissions, blob=blob)
         parent.mtime = now
@@ -425,12 +427,24 @@ class MemoryBackend:
             blob.truncate(changes.size)
             node.blob = blob
             node.mtime = time.time()
+            node.digests = None
         if changes.permissions is not None:
             node.permissions = changes.permissions & 0o7777
         if changes.mtime is not None:
             node.mtime = changes.mtime
         if changes.atime is not None:
             node.atime = changes.atime
+
+    async def store_digests(self, path: str, digests: Mapping[str, str], session: Session) -> None:
+        """Keep the file's digests beside its content (forgotten when it changes)."""
+        node = self._lookup(path)
+        if node.blob is not None:
+            node.digests = dict(digests) or None
+
+    async def read_digests(self, path: str, session: Session) -> Mapping[str, str] | None:
+        """The digests kept with the file, if any."""
+        node = self._lookup(path)
+        return dict(node.digests) if node.digests else None
 
     async def read_link(self, path: str, session: Session) -> str:
         """The target of a symbolic link, as written."""

@@ -28,6 +28,7 @@ Needs the optional extra: ``pip install 'pysftpd[s3]'`` (aiobotocore).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import io
@@ -64,6 +65,27 @@ log = logging.getLogger("sftpd.s3")
 
 MIN_PART_SIZE = 5 << 20
 MAX_COPY_PART = 5 << 30
+#: Object metadata keys of the digests sftpd computes as a file is uploaded.
+DIGEST_PREFIX = "sftpd-"
+#: The key rclone's S3 backend reads an object's MD5 from (base64) when its ETag is not one.
+RCLONE_MD5 = "md5chksum"
+
+
+def digest_metadata(digests: Mapping[str, str]) -> dict[str, str]:
+    """Object metadata for ``digests``: ``sftpd-<algorithm>`` hex, and rclone's md5chksum."""
+    metadata = {f"{DIGEST_PREFIX}{name}": value for name, value in digests.items()}
+    if "md5" in digests:
+        metadata[RCLONE_MD5] = base64.b64encode(bytes.fromhex(digests["md5"])).decode()
+    return metadata
+
+
+def digests_from_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The digests kept in an object's metadata, or None."""
+    found = {k[len(DIGEST_PREFIX) :]: v for k, v in (metadata or {}).items()
+             if k.startswith(DIGEST_PREFIX)}  # fmt: skip
+    return found or None
+
+
 KEEP = ".keep"
 
 #: What ``object_args`` may set: how each object sftpd writes is stored (encryption,
@@ -850,6 +872,37 @@ class S3Backend:
             await writer.start_from_existing(existing)
         return writer
 
+    async def read_digests(self, path: str, session: Session) -> Mapping[str, str] | None:
+        """Digests kept in the object's metadata (``x-amz-meta-sftpd-md5``, ...)."""
+        head = await self._head(self.key(path, session))
+        return digests_from_metadata(head.get("Metadata") if head else None)
+
+    async def store_digests(self, path: str, digests: Mapping[str, str], session: Session) -> None:
+        """Put digests into the object's metadata: a CopyObject of the object onto itself
+        (inside the storage, no byte through sftpd; objects over 5 GiB are left alone)."""
+        key = self.key(path, session)
+        head = await self._head(key)
+        if head is None or int(head.get("ContentLength", 0)) > MAX_COPY_PART:
+            return
+        metadata = {k: v for k, v in (head.get("Metadata") or {}).items()
+                    if not k.startswith(DIGEST_PREFIX) and k != RCLONE_MD5}  # fmt: skip
+        metadata.update(digest_metadata(digests))
+        await self._replace_metadata(key, head, metadata)
+
+    async def _replace_metadata(
+        self, key: str, head: Mapping[str, Any], metadata: Mapping[str, str]
+    ) -> None:
+        client = await self.client()
+        args = {k: v for k, v in self.object_args.items() if k in COPY_ARGS}
+        args.update(
+            {name: head[name] for name in (*_KEPT_HEADERS, "ContentType") if head.get(name)}
+        )
+        async with self._errors("CopyObject"):
+            await client.copy_object(
+                Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+                MetadataDirective="REPLACE", Metadata=dict(metadata), **args,
+            )  # fmt: skip
+
     async def set_attrs(self, path: str, changes: AttrChanges, session: Session) -> None:
         """Objects keep no times or modes: accept and ignore (or refuse) such changes."""
         attrs = await self.stat(path, session)
@@ -1035,6 +1088,9 @@ class S3Writer:
         # ``_held`` of it, each part in flight its size until it is sent.
         self._memory = session.upload_memory if session is not None else UNLIMITED
         self._held = 0
+        # Set by the server before commit: kept as object metadata (PutObject at once; a
+        # multipart upload by a copy onto itself once complete).
+        self.digests: Mapping[str, str] | None = None
         self._must_stream = False  # sending a spilled upload: wait for memory, never spill
 
     @property
@@ -1233,7 +1289,7 @@ class S3Writer:
                 async with self._backend._errors("PutObject"):
                     await client.put_object(
                         Bucket=bucket, Key=self._key, Body=self._buffer.body(),
-                        **self._object_args, **self._condition,
+                        **self._put_args(), **self._condition,
                     )  # fmt: skip
                 self._release()
             else:
@@ -1249,10 +1305,32 @@ class S3Writer:
                         MultipartUpload={"Parts": parts}, **self._condition,
                     )  # fmt: skip
                 self._upload_id = None
+                if self.digests:
+                    await self._keep_digests()
         except BaseException:
             await self.abort()
             raise
         self._done = True
+
+    def _put_args(self) -> dict[str, Any]:
+        """The new object's arguments, its digests among its metadata."""
+        if not self.digests:
+            return self._object_args
+        args = dict(self._object_args)
+        args["Metadata"] = {**args.get("Metadata", {}), **digest_metadata(self.digests)}
+        return args
+
+    async def _keep_digests(self) -> None:
+        """A completed multipart upload gets its digests by a copy onto itself; if that
+        fails the object stays as stored, and digests are computed when asked for."""
+        assert self.digests is not None
+        try:
+            head = await self._backend._head(self._key)
+            if head is not None and int(head.get("ContentLength", 0)) <= MAX_COPY_PART:
+                metadata = {**(head.get("Metadata") or {}), **digest_metadata(self.digests)}
+                await self._backend._replace_metadata(self._key, head, metadata)
+        except Exception:
+            log.warning("keeping the digests of %s failed", self._key, exc_info=True)
 
     async def _commit_spill(self) -> None:
         spill, size = self._spill, self._spill_size
@@ -1264,7 +1342,7 @@ class S3Writer:
                 async with self._backend._errors("PutObject"):
                     await client.put_object(
                         Bucket=self._backend.bucket, Key=self._key, Body=spill.read(size),
-                        **self._object_args, **self._condition,
+                        **self._put_args(), **self._condition,
                     )  # fmt: skip
                 return
             self._buffer = _PartBuffer()
