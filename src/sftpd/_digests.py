@@ -11,9 +11,13 @@ whatever its size.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +98,10 @@ async def hash_range(
 
 REORDER_LIMIT = 8 << 20
 """Bytes of early writes an upload's digests wait with for the gap before them."""
+QUEUE_LIMIT = 16 << 20
+"""Bytes an upload's hashing may lag behind the client before the client waits."""
+_HASHING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sftpd-digests")
+_WAITING = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sftpd-digests-wait")
 
 
 class DigestTap:
@@ -110,6 +118,14 @@ class DigestTap:
         self._early: dict[int, bytes] = {}
         self._early_bytes = 0
         self.broken = not whole
+        # Hashing runs in a worker thread, in order (hashlib lets go of the GIL), so the
+        # event loop goes on decrypting and answering while the digests catch up.
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._running = False
+        self._idle = threading.Event()
+        self._idle.set()
 
     def write(self, offset: int, data: bytes) -> None:
         if self.broken:
@@ -128,13 +144,43 @@ class DigestTap:
             self._early.clear()
 
     def _update(self, data: bytes) -> None:
-        for digest in self._hashes.values():
-            digest.update(data)
         self._next += len(data)
+        with self._lock:
+            self._queue.append(data)
+            self._queued += len(data)
+            if self._running:
+                return
+            self._running = True
+            self._idle.clear()
+        _HASHING.submit(self._drain)
+
+    def _drain(self) -> None:  # in a worker thread
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    self._idle.set()
+                    return
+                data = self._queue.popleft()
+            for digest in self._hashes.values():
+                digest.update(data)
+            with self._lock:
+                self._queued -= len(data)
+
+    @property
+    def behind(self) -> bool:
+        """True when hashing lags the client by more than :data:`QUEUE_LIMIT` bytes."""
+        return self._queued > QUEUE_LIMIT
+
+    async def settle(self) -> None:
+        """Wait until every byte given so far is hashed."""
+        if not self._idle.is_set():
+            await asyncio.get_running_loop().run_in_executor(_WAITING, self._idle.wait)
 
     def result(self, size: int) -> dict[str, str] | None:
-        """Hex digests of a stored file of ``size`` bytes, or None if not all were seen."""
-        if self.broken or self._early or self._next != size:
+        """Hex digests of a stored file of ``size`` bytes, or None if not all were seen.
+        Call :meth:`settle` first."""
+        if self.broken or self._early or self._next != size or not self._idle.is_set():
             return None
         return {name: digest.hexdigest() for name, digest in self._hashes.items()}
 

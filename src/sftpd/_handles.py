@@ -300,6 +300,8 @@ class FileHandle:
         self._check_limit(offset + len(data))
         if self._tap is not None:
             self._tap.write(offset, data)
+            if self._tap.behind:
+                await self._tap.settle()
         if self._ingest is not None:
             self._ingest.write(offset, data)
             await self._ingest.room()
@@ -467,7 +469,10 @@ class FileHandle:
             if refusal is not None:
                 await self._abort(writer)
                 raise PermissionDenied(f"Upload refused: {refusal}")
-        digests = self._tap.result(self._size) if self._tap is not None else None
+        digests = None
+        if self._tap is not None:
+            await self._tap.settle()
+            digests = self._tap.result(self._size)
         writer_keeps = hasattr(writer, "digests")  # it stores them with the file (S3)
         if writer_keeps and digests:
             writer.digests = digests
