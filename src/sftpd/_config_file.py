@@ -85,6 +85,8 @@ SERVER_KEYS = {
     "authentication_methods": list,
     "hash_commands": bool,
     "upload_digests": list,
+    "webhooks": list,
+    "webhook_secret_env": str,
     "revoked_keys": str,
     "authorized_principals": dict,
     "max_channels": int,

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from .telemetry import Event, EventName, Listener
 
-__all__ = ["AuditLog", "reopen_all"]
+__all__ = ["AuditLog", "audit_record", "reopen_all"]
 
 _SIMPLE = {"delete": "delete", "del_dir": "rmdir", "make_dir": "mkdir", "rename": "rename"}
 
@@ -108,7 +108,7 @@ class AuditLog(Listener):
 
     def handle(self, event: Event) -> None:
         """Turn one telemetry event into an audit line (or ignore it)."""
-        record = self._record(event)
+        record = audit_record(event)
         if record is None:
             return
         line = json.dumps(record, separators=(",", ":"), default=str)
@@ -116,73 +116,75 @@ class AuditLog(Listener):
             self._stream.write(line + "\n")
             self._stream.flush()
 
-    def _record(self, event: Event) -> dict[str, Any] | None:
-        meta, measure = event.metadata, event.measurements
-        kind = event.name[1:]
-        record: dict[str, Any] = {
-            "time": datetime.fromtimestamp(event.time, timezone.utc)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-            "pid": os.getpid(),  # which process, when workers share one log
-        }
-        session = event.session
-        if kind[0] == "auth":
-            record.update(
-                event="login" if kind[1] == "success" else "login_failed",
-                user=meta.get("username"),
-                peer=meta.get("peer"),
-                method=meta.get("method"),
-                result="ok" if kind[1] == "success" else "error",
-            )
-            if "reason" in meta:
-                record["reason"] = meta["reason"]
-            if session is not None:
-                record["session"] = session.id
-            return record
-        if kind == ("connection", "refused"):
-            record.update(event="refused", peer=meta.get("peer"), reason=meta.get("reason"),
-                          result="error")  # fmt: skip
-            return record
-        if kind == ("session", "close"):
-            record.update(
-                event="logout",
-                user=meta.get("username"),
-                peer=meta.get("peer"),
-                bytes_in=measure.get("bytes_in", 0),
-                bytes_out=measure.get("bytes_out", 0),
-                duration_ms=round(measure.get("duration", 0) / 1e6, 3),
-                result="ok",
-            )
-        elif kind == ("sftp", "close"):
-            if meta.get("abandoned"):
-                name = "upload_abandoned" if meta.get("mode") != "read" else "download"
-            elif meta.get("mode") == "read":
-                name = "download"
-            elif meta.get("stored") or meta.get("result") != "ok":
-                name = "upload"
-            else:
-                return None  # a write handle closed without changes
-            moved = meta.get("bytes_read" if name == "download" else "bytes_written", 0)
-            record.update(
-                event=name,
-                path=meta.get("path"),
-                bytes=moved,
-                duration_ms=round(meta.get("open_for", measure.get("duration", 0)) / 1e6, 3),
-                result=meta.get("result"),
-            )
-        elif kind[0] == "sftp" and kind[1] in _SIMPLE:
-            record.update(
-                event=_SIMPLE[kind[1]],
-                path=meta.get("src_path", meta.get("path")),
-                duration_ms=round(measure.get("duration", 0) / 1e6, 3),
-                result=meta.get("result"),
-            )
-            if kind[1] == "rename":
-                record["to"] = meta.get("dst_path")
-        else:
-            return None
-        if meta.get("result") not in (None, "ok") and "reason" in meta:
+
+def audit_record(event: Event) -> dict[str, Any] | None:
+    """The audit line of one telemetry event, as a dict (None: not an audited event)."""
+    meta, measure = event.metadata, event.measurements
+    kind = event.name[1:]
+    record: dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.time, timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "pid": os.getpid(),  # which process, when workers share one log
+    }
+    session = event.session
+    if kind[0] == "auth":
+        record.update(
+            event="login" if kind[1] == "success" else "login_failed",
+            user=meta.get("username"),
+            peer=meta.get("peer"),
+            method=meta.get("method"),
+            result="ok" if kind[1] == "success" else "error",
+        )
+        if "reason" in meta:
             record["reason"] = meta["reason"]
         if session is not None:
-            record.update(user=session.username, peer=str(session.peer), session=session.id)
+            record["session"] = session.id
         return record
+    if kind == ("connection", "refused"):
+        record.update(event="refused", peer=meta.get("peer"), reason=meta.get("reason"),
+                      result="error")  # fmt: skip
+        return record
+    if kind == ("session", "close"):
+        record.update(
+            event="logout",
+            user=meta.get("username"),
+            peer=meta.get("peer"),
+            bytes_in=measure.get("bytes_in", 0),
+            bytes_out=measure.get("bytes_out", 0),
+            duration_ms=round(measure.get("duration", 0) / 1e6, 3),
+            result="ok",
+        )
+    elif kind == ("sftp", "close"):
+        if meta.get("abandoned"):
+            name = "upload_abandoned" if meta.get("mode") != "read" else "download"
+        elif meta.get("mode") == "read":
+            name = "download"
+        elif meta.get("stored") or meta.get("result") != "ok":
+            name = "upload"
+        else:
+            return None  # a write handle closed without changes
+        moved = meta.get("bytes_read" if name == "download" else "bytes_written", 0)
+        record.update(
+            event=name,
+            path=meta.get("path"),
+            bytes=moved,
+            duration_ms=round(meta.get("open_for", measure.get("duration", 0)) / 1e6, 3),
+            result=meta.get("result"),
+        )
+    elif kind[0] == "sftp" and kind[1] in _SIMPLE:
+        record.update(
+            event=_SIMPLE[kind[1]],
+            path=meta.get("src_path", meta.get("path")),
+            duration_ms=round(measure.get("duration", 0) / 1e6, 3),
+            result=meta.get("result"),
+        )
+        if kind[1] == "rename":
+            record["to"] = meta.get("dst_path")
+    else:
+        return None
+    if meta.get("result") not in (None, "ok") and "reason" in meta:
+        record["reason"] = meta["reason"]
+    if session is not None:
+        record.update(user=session.username, peer=str(session.peer), session=session.id)
+    return record

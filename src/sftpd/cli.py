@@ -328,6 +328,11 @@ def s3_cleanup(target: str, older_than: float, config_file: Path | None) -> None
 @click.option("--audit-log", type=str, default=None, metavar="FILE|-",
               help="Append one JSON line per login, logout, upload, download, delete, "
                    "rename, mkdir and rmdir to FILE ('-' for standard output).")  # fmt: skip
+@click.option("--webhook", "webhooks", multiple=True, metavar="URL",
+              help="POST a signed JSON event to URL for each upload (stored, failed, "
+                   "abandoned), delete and rename; retried; repeatable.")  # fmt: skip
+@click.option("--webhook-secret-env", default=None, metavar="VAR",
+              help="Environment variable holding the webhooks' HMAC-SHA256 key.")  # fmt: skip
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Server processes sharing the port, e.g. one per core; each has its own "
                    "sessions (and --max-sessions); --metrics-port serves their sum. Not with "
@@ -389,6 +394,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         metrics_port = options.pop("metrics_port")
         metrics_host = options.pop("metrics_host")
         audit_target = options.pop("audit_log")
+        hooks = _webhooks(options.pop("webhooks"), options.pop("webhook_secret_env"))
         if object_args:
             s3_options = {**s3_options, "object_args": _merge_object_args(
                 s3_options.get("object_args", {}), _parse_object_args(object_args)
@@ -423,6 +429,8 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
                 console.print(f"Generated host key [bold]{created}[/]")
         if audit_target is not None:
             AuditLog(audit_target).attach()
+        if hooks is not None:
+            hooks.attach()
         if workers > 1:
             with _worker_metrics(metrics_port, metrics_host) as on_exit:
                 names = table.names
@@ -545,6 +553,20 @@ def hash_password_command(scheme: str, from_stdin: bool) -> None:
     except (ConfigError, ValueError) as exc:
         _print_error(ConfigError(str(exc)))
         sys.exit(2)
+
+
+def _webhooks(urls: Any, secret_env: str | None) -> Any:
+    """The --webhook (or [server] webhooks) notifier, checked; None without URLs."""
+    if not urls:
+        return None
+    from .webhooks import Webhooks
+
+    secret = None
+    if secret_env is not None:
+        secret = os.environ.get(secret_env)
+        if not secret:
+            raise ConfigError(f"--webhook-secret-env: {secret_env} is not set")
+    return Webhooks(list(urls), secret=secret)
 
 
 def _prometheus() -> Any:
