@@ -65,6 +65,8 @@ log = logging.getLogger("sftpd.s3")
 
 MIN_PART_SIZE = 5 << 20
 MAX_COPY_PART = 5 << 30
+#: The object metadata key of a client's mtime (setstat="keep"): float seconds, as rclone.
+MTIME = "mtime"
 #: Object metadata keys of the digests sftpd computes as a file is uploaded.
 DIGEST_PREFIX = "sftpd-"
 #: The key rclone's S3 backend reads an object's MD5 from (base64) when its ETag is not one.
@@ -233,8 +235,12 @@ class S3Backend:
         read_ahead: Chunks of one download fetched ahead at once.
         read_chunk: Size of one ranged GET (default 8 MiB).
         copy_concurrency: Keys copied at once when a directory is renamed.
-        setstat: ``"ignore"`` (default: accept mtime/mode changes and keep nothing) or
-            ``"refuse"`` (answer "unsupported").
+        setstat: ``"ignore"`` (default: accept mtime/mode changes and keep nothing),
+            ``"keep"`` (a client's mtime, as WinSCP's "preserve timestamp", ``sftp put
+            -p`` and rclone set it, is kept in the object's ``mtime`` metadata, which
+            rclone reads, and reported by stat and listings; each change is a CopyObject
+            onto itself, and a listing HEADs its objects) or ``"refuse"`` (answer
+            "unsupported").
         max_attempts: Attempts per request, with backoff, for throttling and 5xx.
         object_args: How every object sftpd writes is stored, as botocore arguments of
             PutObject, CreateMultipartUpload and CopyObject: ``ServerSideEncryption``
@@ -294,8 +300,8 @@ class S3Backend:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if read_chunk < 64 << 10:
             raise ConfigError("read_chunk must be at least 64 KiB")
-        if setstat not in ("ignore", "refuse"):
-            raise ConfigError("setstat must be 'ignore' or 'refuse'")
+        if setstat not in ("ignore", "keep", "refuse"):
+            raise ConfigError("setstat must be 'ignore', 'keep' or 'refuse'")
         if client is not None and client_factory is not None:
             raise ConfigError("give client or client_factory, not both")
         if stale_uploads_after is not None and not stale_uploads_after > 0:
@@ -601,12 +607,35 @@ class S3Backend:
         if kind[0] is FileType.DIRECTORY:
             return FileAttrs(type=FileType.DIRECTORY, mtime=time.time(), permissions=0o755)
         head = kind[1]
+        stored = head["LastModified"].timestamp() if "LastModified" in head else time.time()
         return FileAttrs(
             type=FileType.FILE,
             size=int(head.get("ContentLength", 0)),
-            mtime=head["LastModified"].timestamp() if "LastModified" in head else time.time(),
+            mtime=self._kept_mtime(head.get("Metadata")) or stored,
             permissions=0o644,
         )
+
+    def _kept_mtime(self, metadata: Mapping[str, str] | None) -> float | None:
+        """With ``setstat="keep"``: the client's mtime kept in the metadata, if any."""
+        if self.setstat != "keep" or not metadata or MTIME not in metadata:
+            return None
+        try:
+            return float(metadata[MTIME])
+        except ValueError:
+            return None
+
+    async def _kept_mtimes(self, prefix: str, items: list[dict[str, Any]]) -> dict[str, float]:
+        """The kept mtimes of a listing page's objects (HEADs, 16 at a time)."""
+        gate = asyncio.Semaphore(16)
+
+        async def one(key: str) -> tuple[str, float | None]:
+            async with gate:
+                head = await self._head(key)
+            return key, self._kept_mtime(head.get("Metadata") if head else None)
+
+        found = await asyncio.gather(*(one(item["Key"]) for item in items
+                                       if item["Key"] != prefix + KEEP))  # fmt: skip
+        return {key: mtime for key, mtime in found if mtime is not None}
 
     async def list_dir(self, path: str, session: Session) -> AsyncIterator[DirEntry]:
         """Stream a directory, one ListObjectsV2 page at a time."""
@@ -626,7 +655,9 @@ class S3Backend:
                 if name and "/" not in name:
                     yield DirEntry(name, FileAttrs(type=FileType.DIRECTORY, mtime=time.time(),
                                                    permissions=0o755))  # fmt: skip
-            for item in page.get("Contents", []):
+            contents = page.get("Contents", [])
+            kept = await self._kept_mtimes(prefix, contents) if self.setstat == "keep" else {}
+            for item in contents:
                 seen_any = True
                 name = item["Key"][len(prefix) :]
                 if not name or name == KEEP or name.endswith("/") or "/" in name:
@@ -636,7 +667,7 @@ class S3Backend:
                     FileAttrs(
                         type=FileType.FILE,
                         size=int(item.get("Size", 0)),
-                        mtime=item["LastModified"].timestamp(),
+                        mtime=kept.get(item["Key"]) or item["LastModified"].timestamp(),
                         permissions=0o644,
                     ),
                 )
@@ -904,7 +935,8 @@ class S3Backend:
             )  # fmt: skip
 
     async def set_attrs(self, path: str, changes: AttrChanges, session: Session) -> None:
-        """Objects keep no times or modes: accept and ignore (or refuse) such changes."""
+        """Keep a new mtime in the metadata (``setstat="keep"``), or accept and ignore (or
+        refuse) times and modes; objects cannot be resized."""
         attrs = await self.stat(path, session)
         if changes.size is not None and changes.size != attrs.size:
             raise Unsupported("Objects cannot be resized")
@@ -912,6 +944,16 @@ class S3Backend:
             changes.mtime is not None or changes.permissions is not None
         ):
             raise Unsupported("Objects keep no times or permissions")
+        if self.setstat == "keep" and changes.mtime is not None and attrs.is_file:
+            key = self.key(path, session)
+            head = await self._head(key)
+            if head is None:
+                raise NoSuchFile()
+            if int(head.get("ContentLength", 0)) > MAX_COPY_PART:
+                log.info("not keeping the mtime of %s: objects over 5 GiB", key)
+                return
+            metadata = {**(head.get("Metadata") or {}), MTIME: f"{changes.mtime:.9f}"}
+            await self._replace_metadata(key, head, metadata)
 
 
 class S3Reader:
