@@ -197,3 +197,33 @@ def test_unknown_digest_names_fail_at_start() -> None:
     with pytest.raises(sftpd.ConfigError, match="choose from md5, sha1"):
         sftpd.ServerConfig(backend=sftpd.MemoryBackend(), auth={"a": "b"}, system_dir="/x",
                            upload_digests=["md5", "crc32"])  # fmt: skip
+
+
+async def test_openssh_cp_on_s3_moves_no_bytes_and_carries_digests(
+    seaweedfs: Any, openssh: Any, tmp_path: Path
+) -> None:
+    """OpenSSH's `cp` of a 64 MiB file on S3 is copied inside the storage: no byte is read
+    or written through sftpd (telemetry), the copy is identical, and it carries the
+    source's digests and metadata."""
+    from sftpd import telemetry
+
+    moved: list[int] = []
+    bus = telemetry.TelemetryBus()
+    bus.attach("bytes", [("sftpd", "sftp", "read"), ("sftpd", "sftp", "write")],
+               lambda e: moved.append(int(e.measurements.get("bytes", 0))))  # fmt: skip
+    data = os.urandom(64 * MiB)
+    async with client_and_bucket(seaweedfs.endpoint, "cp") as (client, bucket):
+        backend = S3Backend(bucket, client=client, part_size=8 * MiB)
+        async with running_server(backend=backend, telemetry=bus) as server:
+            async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+                async with sftp.open("/src.bin", "wb") as f:
+                    await f.write(data)
+            moved.clear()
+            result = await openssh.run(server.port, "cp /src.bin /dst.bin\n", cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            assert sum(moved) == 0
+            async with connect(server.port) as conn:
+                assert await check_file(conn, "/dst.bin", "sha256") == hashlib.sha256(data).digest()
+        heads = [await client.head_object(Bucket=bucket, Key=k) for k in ("src.bin", "dst.bin")]
+    assert heads[0]["Metadata"] == heads[1]["Metadata"]
+    assert heads[1]["Metadata"]["sftpd-sha256"] == hashlib.sha256(data).hexdigest()
