@@ -20,6 +20,7 @@ import asyncssh
 import pytest
 
 import sftpd
+from sftpd.testing import make_session
 
 
 @pytest.fixture(scope="session")
@@ -281,6 +282,69 @@ def s3_backend(s3_client: Any, bucket: str) -> Any:
     from sftpd.backends.s3 import S3Backend
 
     return S3Backend(bucket, client=s3_client, part_size=5 << 20, read_chunk=1 << 20)
+
+
+@contextlib.asynccontextmanager
+async def named_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, **s3_options: Any
+) -> AsyncIterator[object]:
+    """The backend ``request.param`` names: memory, local (under ``tmp_path``), or S3 on
+    a new bucket of the suite's seaweedfs or moto server (``s3_options`` for S3Backend)."""
+    if request.param == "memory":
+        yield sftpd.MemoryBackend()
+    elif request.param == "local":
+        (tmp_path / "root").mkdir()
+        yield sftpd.LocalBackend(tmp_path / "root")
+    else:
+        from sftpd.backends.s3 import S3Backend
+        from tests.s3_servers import client_and_bucket
+
+        s3 = request.getfixturevalue("moto_s3" if request.param == "moto" else "seaweedfs")
+        async with client_and_bucket(s3.endpoint, "named") as (client, bucket):
+            yield S3Backend(bucket, client=client, **s3_options)
+
+
+@pytest.fixture(params=["memory", "local", "seaweedfs"])
+async def backend_and_files(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[object, Any]]:
+    """A backend and a function listing every stored file (and open multipart upload)."""
+    if request.param == "memory":
+        memory = sftpd.MemoryBackend()
+
+        async def memory_names(directory: str = "/") -> list[str]:
+            names: list[str] = []
+            async for entry in memory.list_dir(directory, make_session()):
+                path = f"{directory.rstrip('/')}/{entry.name}"
+                if entry.attrs.is_dir:
+                    names += await memory_names(path)
+                else:
+                    names.append(path.lstrip("/"))
+            return sorted(names)
+
+        yield memory, memory_names
+    elif request.param == "local":
+        root = tmp_path / "root"
+        root.mkdir()
+
+        async def local_names() -> list[str]:
+            return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
+
+        yield sftpd.LocalBackend(root), local_names
+    else:
+        from sftpd.backends.s3 import S3Backend
+        from tests.e2e.test_s3 import keys, open_uploads
+        from tests.s3_servers import client_and_bucket
+
+        seaweedfs = request.getfixturevalue("seaweedfs")
+        async with client_and_bucket(seaweedfs.endpoint, "gate") as (client, bucket):
+
+            async def s3_names() -> list[str]:
+                uploads = [f"upload:{k}" for k in await open_uploads(client, bucket)]
+                files = [k for k in await keys(client, bucket) if not k.endswith("/.keep")]
+                return files + uploads  # directory markers aside
+
+            yield S3Backend(bucket, client=client, part_size=5 << 20), s3_names
 
 
 async def start_cli(

@@ -183,30 +183,18 @@ def load_config_file(path: Path) -> FileConfig:
                 f"{path}: unknown key(s) {sorted(unknown)} in [users.{name}]; known: "
                 f"{sorted(USER_KEYS)}"
             )
-        if "password_env" in spec:
-            value = os.environ.get(spec["password_env"])
-            if not value:
-                raise ConfigError(
-                    f"{path}: [users.{name}] password_env {spec['password_env']} is not set"
-                )
-            table.passwords[name] = value
-        elif "password" in spec:
-            table.passwords[name] = str(spec["password"])
-            if not table.passwords[name].startswith("$"):
+        password = _secret(path, name, spec, "password")
+        if password is not None:
+            table.passwords[name] = password
+            if "password" in spec and not password.startswith("$"):
                 log.warning("%s: [users.%s] password is plaintext; store a hash instead "
                             "(sftpd hash-password prints one)", path, name)  # fmt: skip
         for key in ("totp_secret", "totp_secret_env"):
             if key in spec and name not in table.passwords:
                 raise ConfigError(f"{path}: [users.{name}] {key} needs a password too")
-        if "totp_secret_env" in spec:
-            secret = os.environ.get(spec["totp_secret_env"])
-            if not secret:
-                raise ConfigError(
-                    f"{path}: [users.{name}] totp_secret_env {spec['totp_secret_env']} is not set"
-                )
+        secret = _secret(path, name, spec, "totp_secret")
+        if secret is not None:
             table.totp[name] = secret
-        elif "totp_secret" in spec:
-            table.totp[name] = str(spec["totp_secret"])
         if "authorized_keys" in spec:
             keys = spec["authorized_keys"]
             if isinstance(keys, str) and not keys.lstrip().startswith(("ssh-", "ecdsa-", "sk-")):
@@ -233,6 +221,21 @@ def load_config_file(path: Path) -> FileConfig:
         if attrs:
             table.attributes[name] = attrs
     return FileConfig(server=server, users=table, s3=s3)
+
+
+def _secret(path: Path, user: str, spec: dict[str, Any], key: str) -> str | None:
+    """``key`` of a user's table, given as such or named by ``<key>_env``; None if absent.
+
+    Raises:
+        ConfigError: the variable named is not set.
+    """
+    if f"{key}_env" in spec:
+        variable = spec[f"{key}_env"]
+        value = os.environ.get(variable)
+        if not value:
+            raise ConfigError(f"{path}: [users.{user}] {key}_env {variable} is not set")
+        return value
+    return str(spec[key]) if key in spec else None
 
 
 def _typed_section(

@@ -12,12 +12,10 @@ import paramiko
 import pytest
 
 import sftpd
-from sftpd.backends.s3 import S3Backend
 from sftpd.testing import running_server
-from tests.conftest import connect, make_file
+from tests.conftest import connect, make_file, named_backend
 from tests.e2e.test_other_clients import Rclone
 from tests.raw_sftp import open_raw, packet, string
-from tests.s3_servers import client_and_bucket
 
 MiB = 1 << 20
 NAMES = ["plain.bin", "with space $dollar & 'quote'.txt", "sub/deeper/ünïcode.dat", "empty"]
@@ -26,15 +24,8 @@ NAMES = ["plain.bin", "with space $dollar & 'quote'.txt", "sub/deeper/ünïcode.
 @pytest.fixture(params=["memory", "local", "seaweedfs", "moto"])
 async def any_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
     """A memory, local or S3 (on SeaweedFS or moto) backend."""
-    if request.param == "memory":
-        yield sftpd.MemoryBackend()
-    elif request.param == "local":
-        (tmp_path / "root").mkdir()
-        yield sftpd.LocalBackend(tmp_path / "root")
-    else:
-        s3 = request.getfixturevalue("moto_s3" if request.param == "moto" else "seaweedfs")
-        async with client_and_bucket(s3.endpoint, "sums") as (client, bucket):
-            yield S3Backend(bucket, client=client, part_size=5 * MiB)
+    async with named_backend(request, tmp_path, part_size=5 * MiB) as backend:
+        yield backend
 
 
 def tree(folder: Path) -> dict[str, bytes]:

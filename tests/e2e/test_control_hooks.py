@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,8 @@ from examples.invoice_gate import inspector, policy
 
 import sftpd
 from sftpd import telemetry
-from sftpd.backends.s3 import S3Backend
 from sftpd.testing import make_session, running_server
 from tests.conftest import OpenSSH, connect, make_file
-from tests.e2e.test_s3 import keys, open_uploads
-from tests.s3_servers import client_and_bucket
 
 MiB = 1 << 20
 
@@ -74,53 +70,14 @@ async def test_an_async_policy_sees_the_operation_and_may_raise() -> None:
     assert any(op.name == "mkdir" and op.path == "/d" for op in seen)
 
 
-@pytest.fixture(params=["memory", "local", "seaweedfs"])
-async def backend_and_contents(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[object, Any]]:
-    """A backend and a function listing every stored file (and open multipart upload)."""
-    if request.param == "memory":
-        memory = sftpd.MemoryBackend()
-
-        async def memory_names(directory: str = "/") -> list[str]:
-            names: list[str] = []
-            async for entry in memory.list_dir(directory, make_session()):
-                path = f"{directory.rstrip('/')}/{entry.name}"
-                if entry.attrs.is_dir:
-                    names += await memory_names(path)
-                else:
-                    names.append(path.lstrip("/"))
-            return sorted(names)
-
-        yield memory, memory_names
-    elif request.param == "local":
-        root = tmp_path / "root"
-        root.mkdir()
-
-        async def local_names() -> list[str]:
-            return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
-
-        yield sftpd.LocalBackend(root), local_names
-    else:
-        seaweedfs = request.getfixturevalue("seaweedfs")
-        async with client_and_bucket(seaweedfs.endpoint, "gate") as (client, bucket):
-
-            async def s3_names() -> list[str]:
-                uploads = [f"upload:{k}" for k in await open_uploads(client, bucket)]
-                files = [k for k in await keys(client, bucket) if not k.endswith("/.keep")]
-                return files + uploads  # directory markers aside
-
-            yield S3Backend(bucket, client=client, part_size=5 * MiB), s3_names
-
-
 async def test_refused_uploads_leave_nothing_and_accepted_ones_are_whole(
-    backend_and_contents: tuple[object, Any], tmp_path: Path, openssh: OpenSSH
+    backend_and_files: tuple[object, Any], tmp_path: Path, openssh: OpenSSH
 ) -> None:
     """The example inspector refuses a 12 MiB non-PDF (multipart on S3) and a PDF with the
     wrong name: each close fails with the reason and nothing remains, no temporary file,
     object or multipart upload; a 12 MiB PDF is stored whole; uploads elsewhere are not
     inspected."""
-    backend, contents = backend_and_contents
+    backend, contents = backend_and_files
     pdf = b"%PDF-1.7\n" + os.urandom(12 * MiB)
     not_pdf = os.urandom(12 * MiB)
     async with running_server(backend=backend, inspector=inspector) as server:

@@ -21,7 +21,7 @@ import pytest
 import sftpd
 from sftpd import telemetry
 from sftpd.backends.s3 import S3Backend
-from sftpd.testing import make_session, running_server
+from sftpd.testing import running_server
 from tests.conftest import OpenSSH, connect, make_file, sha256
 from tests.e2e.test_s3 import keys, open_uploads
 
@@ -73,47 +73,12 @@ async def openssh_client(
             await proc.wait()
 
 
-@pytest.fixture(params=["memory", "local", "s3"])
-async def backend_and_leftovers(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[object, Any]]:
-    """A backend, and a function listing what it holds (files, objects, open uploads)."""
-    if request.param == "memory":
-        memory = sftpd.MemoryBackend()
-
-        async def memory_left() -> list[str]:
-            names = [e.name async for e in memory.list_dir("/", make_session())]
-            return sorted(n for n in names if n not in (".", ".."))
-
-        yield memory, memory_left
-    elif request.param == "local":
-        root = tmp_path / "root"
-        root.mkdir()
-
-        async def local_left() -> list[str]:
-            return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-        yield sftpd.LocalBackend(root), local_left
-    else:
-        from tests.s3_servers import client_and_bucket
-
-        seaweedfs = request.getfixturevalue("seaweedfs")
-        async with client_and_bucket(seaweedfs.endpoint, "faults") as (client, bucket):
-
-            async def s3_left() -> list[str]:
-                return await keys(client, bucket) + [
-                    f"upload:{key}" for key in await open_uploads(client, bucket)
-                ]
-
-            yield S3Backend(bucket, client=client, part_size=5 * MiB), s3_left
-
-
 async def test_a_client_killed_mid_upload_leaves_nothing(
-    backend_and_leftovers: tuple[object, Any], openssh: OpenSSH, tmp_path: Path
+    backend_and_files: tuple[object, Any], openssh: OpenSSH, tmp_path: Path
 ) -> None:
     """kill -9 of OpenSSH's sftp during a 64 MiB put: the upload is aborted (no file, no
     temporary file, no object, no multipart upload) and the server serves the next one."""
-    backend, leftovers = backend_and_leftovers
+    backend, leftovers = backend_and_files
     make_file(tmp_path / "big.bin", 64 * MiB)
     bus = telemetry.TelemetryBus()
     writes = write_counter(bus, "write")
@@ -138,11 +103,11 @@ async def until_empty(leftovers: Any) -> None:
 
 
 async def test_a_client_killed_mid_download_changes_nothing(
-    backend_and_leftovers: tuple[object, Any], openssh: OpenSSH, tmp_path: Path
+    backend_and_files: tuple[object, Any], openssh: OpenSSH, tmp_path: Path
 ) -> None:
     """kill -9 of OpenSSH's sftp during a get: its session ends, the file stays as it
     was, nothing else appears, and the file downloads whole afterwards."""
-    backend, leftovers = backend_and_leftovers
+    backend, leftovers = backend_and_files
     data = os.urandom(48 * MiB)
     bus = telemetry.TelemetryBus()
     reads = write_counter(bus, "read")

@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 
-import sftpd
 from sftpd.backends.s3 import S3Backend
 from sftpd.testing import running_server
-from tests.conftest import OpenSSH, connect
+from tests.conftest import OpenSSH, connect, named_backend
 from tests.s3_servers import client_and_bucket
 
 WHEN = 1_600_000_000  # 2020-09-13, well before any upload here
@@ -21,15 +20,8 @@ WHEN = 1_600_000_000  # 2020-09-13, well before any upload here
 @pytest.fixture(params=["memory", "local", "seaweedfs", "moto"])
 async def timed_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
     """Each backend; S3 with setstat="keep"."""
-    if request.param == "memory":
-        yield sftpd.MemoryBackend()
-    elif request.param == "local":
-        (tmp_path / "root").mkdir()
-        yield sftpd.LocalBackend(tmp_path / "root")
-    else:
-        s3 = request.getfixturevalue("moto_s3" if request.param == "moto" else "seaweedfs")
-        async with client_and_bucket(s3.endpoint, "times") as (client, bucket):
-            yield S3Backend(bucket, client=client, setstat="keep")
+    async with named_backend(request, tmp_path, setstat="keep") as backend:
+        yield backend
 
 
 async def test_setstat_after_upload_and_put_p_keep_the_clients_time(
