@@ -98,6 +98,8 @@ async def hash_range(
 
 REORDER_LIMIT = 8 << 20
 """Bytes of early writes an upload's digests wait with for the gap before them."""
+INLINE_HASH = 64 << 10
+"""Writes up to this size are hashed on the event loop when nothing is queued."""
 QUEUE_LIMIT = 16 << 20
 """Bytes an upload's hashing may lag behind the client before the client waits."""
 _HASHING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sftpd-digests")
@@ -146,6 +148,12 @@ class DigestTap:
     def _update(self, data: bytes) -> None:
         self._next += len(data)
         with self._lock:
+            if not self._running and len(data) <= INLINE_HASH:
+                # Small and nothing queued: hashing here costs less than a thread hop
+                # (a small file's only write, and its close, then need no thread).
+                for digest in self._hashes.values():
+                    digest.update(data)
+                return
             self._queue.append(data)
             self._queued += len(data)
             if self._running:

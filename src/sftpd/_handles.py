@@ -30,6 +30,7 @@ from .errors import (
     PermissionDenied,
     QuotaExceeded,
     Unsupported,
+    is_expected,
     to_sftp_error,
 )
 
@@ -501,8 +502,11 @@ class FileHandle:
             ):  # fmt: skip
                 digests = await self.backend.read_digests(self._copied_from, self.session)
             await store(self.path, digests or {}, self.session)
-        except Exception:
-            log.warning("keeping the digests of %s failed", self.path, exc_info=True)
+        except Exception as exc:
+            if is_expected(exc):  # removed or renamed since the commit: nothing to keep
+                log.debug("not keeping the digests of %s: %s", self.path, exc)
+            else:
+                log.warning("keeping the digests of %s failed", self.path, exc_info=True)
 
     async def _apply_pending(self) -> None:
         changes = self._pending_changes
