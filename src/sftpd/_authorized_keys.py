@@ -25,7 +25,7 @@ from pathlib import PurePosixPath
 
 import asyncssh
 
-__all__ = ["KeyLine", "parse_key_line"]
+__all__ = ["KeyLine", "parse_key_line", "serves_sftp"]
 
 log = logging.getLogger("sftpd")
 
@@ -69,12 +69,7 @@ class KeyLine:
     @property
     def serves_sftp(self) -> bool:
         """False when a forced command would run something other than SFTP."""
-        if self.command is None:
-            return True
-        words = self.command.split()
-        return bool(words) and (
-            words[0] == "internal-sftp" or PurePosixPath(words[0]).name == "sftp-server"
-        )
+        return self.command is None or serves_sftp(self.command)
 
     def allows(
         self, key: asyncssh.SSHKey, address: str, principals: Sequence[str] | None = None,
@@ -95,6 +90,14 @@ class KeyLine:
         except ValueError:  # an address that is not an IP (a test's fake peer)
             return False
         return matched is not None
+
+
+def serves_sftp(command: str) -> bool:
+    """Whether a forced command still means SFTP: ``internal-sftp`` or an ``sftp-server``."""
+    words = command.split()
+    return bool(words) and (
+        words[0] == "internal-sftp" or PurePosixPath(words[0]).name == "sftp-server"
+    )
 
 
 def parse_key_line(line: str, number: int, where: str) -> KeyLine:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncssh
 from asyncssh.public_key import CERT_TYPE_USER, SSHOpenSSHCertificate
 
+from ._authorized_keys import serves_sftp
 from ._certificates import (
     CertificateInfo,
     allowed_principals,
@@ -469,6 +470,9 @@ class _Connection(asyncssh.SSHServer):
             cert.validate(CERT_TYPE_USER, principal)
         except ValueError as exc:
             return f"certificate: {exc}"
+        forced = cert.options.get("force-command")
+        if isinstance(forced, str) and not serves_sftp(forced):
+            return f"certificate force-command {forced!r} is not SFTP"
         networks = cast("list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None",
                         cert.options.get("source-address"))  # fmt: skip
         if networks:

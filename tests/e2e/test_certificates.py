@@ -105,6 +105,8 @@ async def test_the_authenticator_sees_the_certificate_and_sets_the_session(
         ),  # not yet valid
         (lambda: certificate(source_address=["10.0.0.0/8"]), False),
         (lambda: certificate(source_address=["127.0.0.1/32"]), True),
+        (lambda: certificate(force_command="/bin/date"), False),  # sshd would run it
+        (lambda: certificate(force_command="internal-sftp"), True),
     ],
 )
 async def test_trust_principal_validity_and_source_address_decide(

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncssh
 
+from .._authorized_keys import serves_sftp
 from .engine import SftpEngine, Transport
 
 __all__ = ["ChannelTransport", "SftpChannel"]
@@ -134,6 +135,10 @@ class SftpChannel(asyncssh.SSHServerSession[bytes]):
         return False
 
     def exec_requested(self, command: str) -> bool:
+        if serves_sftp(command):
+            # A forced command (authorized_keys command=, a certificate's force-command)
+            # of internal-sftp replaces the client's subsystem request: SFTP it is.
+            return True
         if self._commands is None or not self._commands[0](command):
             return False
         self._command = command
