@@ -17,7 +17,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -470,10 +470,7 @@ class FileHandle:
             if refusal is not None:
                 await self._abort(writer)
                 raise PermissionDenied(f"Upload refused: {refusal}")
-        digests = None
-        if self._tap is not None:
-            await self._tap.settle()
-            digests = self._tap.result(self._size)
+        digests = await self._digests_to_keep()
         writer_keeps = hasattr(writer, "digests")  # it stores them with the file (S3)
         if writer_keeps and digests:
             writer.digests = digests
@@ -490,17 +487,27 @@ class FileHandle:
             await self._keep_digests(digests)
         return True
 
-    async def _keep_digests(self, digests: dict[str, str] | None) -> None:
-        """Store the upload's digests (or those of the file it copied; else forget stale
-        ones). The file is stored already: a failure here is logged, never the client's."""
+    async def _digests_to_keep(self) -> Mapping[str, str] | None:
+        """The upload's digests, or those of the file it copied inside the storage."""
+        if self._tap is None:
+            return None
+        await self._tap.settle()
+        digests: Mapping[str, str] | None = self._tap.result(self._size)
+        read = self.backend.read_digests
+        if digests is None and self._copied_from is not None and read is not None:
+            try:
+                digests = await read(self._copied_from, self.session)
+            except Exception:  # the source may be gone: then there are none to carry
+                log.debug("no digests of %s to carry", self._copied_from, exc_info=True)
+        return digests
+
+    async def _keep_digests(self, digests: Mapping[str, str] | None) -> None:
+        """Store the upload's digests (else forget stale ones). The file is stored
+        already: a failure here is logged, never the client's."""
         store = self.backend.store_digests
         if store is None:
             return
         try:
-            if digests is None and self._copied_from is not None and (
-                self.backend.read_digests is not None
-            ):  # fmt: skip
-                digests = await self.backend.read_digests(self._copied_from, self.session)
             await store(self.path, digests or {}, self.session)
         except Exception as exc:
             if is_expected(exc):  # removed or renamed since the commit: nothing to keep

@@ -696,6 +696,8 @@ class _AsyncWriter:
         self.concurrent_writes = bool(getattr(writer, "concurrent_writes", False))
         if hasattr(writer, "permissions"):
             self.permissions: int | None = writer.permissions
+        if hasattr(writer, "digests"):  # the writer keeps them itself (given before commit)
+            self.digests: Mapping[str, str] | None = writer.digests
         for optional in ("read", "truncate", "copy_from"):
             if not callable(getattr(writer, optional, None)):
                 setattr(self, optional, None)
@@ -758,6 +760,8 @@ class _AsyncWriter:
         async with self._flushing:  # the last batch and the commit in one pool call
             if hasattr(self, "permissions"):
                 self._writer.permissions = self.permissions
+            if hasattr(self, "digests"):
+                self._writer.digests = self.digests
             offset, chunks, held = self._take()
             quick = getattr(self._writer, "quick_commit", True)
             try:

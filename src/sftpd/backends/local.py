@@ -552,6 +552,9 @@ class LocalWriter:
         self._exclusive = exclusive
         self._temp_name: str | None = None
         self.permissions: int | None = None  # of a new file, applied at commit
+        # Set by the server before commit: kept in the file's xattr before it is renamed
+        # into place, so the file never appears without them.
+        self.digests: Mapping[str, str] | None = None
         # Replacing a large file frees its pages inside the rename: not an inline call.
         self.quick_commit = existing is None or existing.st_size <= _QUICK_REPLACE
         try:
@@ -615,6 +618,8 @@ class LocalWriter:
         try:
             if self.permissions is not None:
                 os.fchmod(self._fd, self.permissions)
+            if self.digests:
+                _write_digests(self._fd, self.digests)
             if self._backend.fsync:
                 os.fsync(self._fd)
             if self._temp_name is None:
