@@ -207,7 +207,8 @@ class SleepyWriter:
 
 async def test_requests_of_one_transfer_run_concurrently(openssh: OpenSSH, tmp_path: Path) -> None:
     """With every read and write taking 10 ms, an OpenSSH upload and download of 32 KiB
-    requests (64 outstanding) finish over 20 times faster than one at a time could.
+    requests (64 outstanding) finish over 10 times faster than one at a time could (about
+    20 times on a quiet machine; the bound leaves room for a busy one).
 
     64 MiB (2048 requests each way, 20 s one at a time) so that OpenSSH's slow start of
     outstanding reads is a small part of the time."""
@@ -231,9 +232,9 @@ async def test_requests_of_one_transfer_run_concurrently(openssh: OpenSSH, tmp_p
     assert result.returncode == 0, result.stderr
     assert sha256_file(tmp_path / "down.bin") == sha256_file(src)
     upload, download = spans
-    assert upload < serial / 20, (upload, serial)
-    assert download < serial / 20, (download, serial)
-    assert elapsed < 2 * serial / 20 + 5
+    assert upload < serial / 10, (upload, serial)
+    assert download < serial / 10, (download, serial)
+    assert elapsed < 2 * serial / 10 + 5
 
 
 async def test_copy_data_within_one_handle_is_refused_not_stuck() -> None:
