@@ -37,7 +37,7 @@ import logging
 import mimetypes
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -79,6 +79,10 @@ def digest_metadata(digests: Mapping[str, str]) -> dict[str, str]:
     if "md5" in digests:
         metadata[RCLONE_MD5] = base64.b64encode(bytes.fromhex(digests["md5"])).decode()
     return metadata
+
+
+def _is_digest_key(name: str) -> bool:
+    return name.startswith(DIGEST_PREFIX) or name == RCLONE_MD5
 
 
 def digests_from_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
@@ -911,14 +915,31 @@ class S3Backend:
     async def store_digests(self, path: str, digests: Mapping[str, str], session: Session) -> None:
         """Put digests into the object's metadata: a CopyObject of the object onto itself
         (inside the storage, no byte through sftpd; objects over 5 GiB are left alone)."""
-        key = self.key(path, session)
+        with contextlib.suppress(NoSuchFile):
+            await self._rewrite_metadata(self.key(path, session), digest_metadata(digests),
+                                         replacing=_is_digest_key)  # fmt: skip
+
+    async def _rewrite_metadata(
+        self, key: str, metadata: Mapping[str, str],
+        replacing: Callable[[str], bool] = lambda name: False,
+    ) -> bool:  # fmt: skip
+        """Put ``metadata`` into the object at ``key`` (its keys for which ``replacing``
+        holds dropped first) by a CopyObject onto itself, inside the storage.
+
+        Returns:
+            False for an object over 5 GiB, which is left as it is.
+
+        Raises:
+            NoSuchFile: there is no such object.
+        """
         head = await self._head(key)
-        if head is None or int(head.get("ContentLength", 0)) > MAX_COPY_PART:
-            return
-        metadata = {k: v for k, v in (head.get("Metadata") or {}).items()
-                    if not k.startswith(DIGEST_PREFIX) and k != RCLONE_MD5}  # fmt: skip
-        metadata.update(digest_metadata(digests))
-        await self._replace_metadata(key, head, metadata)
+        if head is None:
+            raise NoSuchFile()
+        if int(head.get("ContentLength", 0)) > MAX_COPY_PART:
+            return False
+        kept = {k: v for k, v in (head.get("Metadata") or {}).items() if not replacing(k)}
+        await self._replace_metadata(key, head, {**kept, **metadata})
+        return True
 
     async def _replace_metadata(
         self, key: str, head: Mapping[str, Any], metadata: Mapping[str, str]
@@ -946,14 +967,8 @@ class S3Backend:
             raise Unsupported("Objects keep no times or permissions")
         if self.setstat == "keep" and changes.mtime is not None and attrs.is_file:
             key = self.key(path, session)
-            head = await self._head(key)
-            if head is None:
-                raise NoSuchFile()
-            if int(head.get("ContentLength", 0)) > MAX_COPY_PART:
+            if not await self._rewrite_metadata(key, {MTIME: f"{changes.mtime:.9f}"}):
                 log.info("not keeping the mtime of %s: objects over 5 GiB", key)
-                return
-            metadata = {**(head.get("Metadata") or {}), MTIME: f"{changes.mtime:.9f}"}
-            await self._replace_metadata(key, head, metadata)
 
 
 class S3Reader:
@@ -1367,10 +1382,9 @@ class S3Writer:
         fails the object stays as stored, and digests are computed when asked for."""
         assert self.digests is not None
         try:
-            head = await self._backend._head(self._key)
-            if head is not None and int(head.get("ContentLength", 0)) <= MAX_COPY_PART:
-                metadata = {**(head.get("Metadata") or {}), **digest_metadata(self.digests)}
-                await self._backend._replace_metadata(self._key, head, metadata)
+            await self._backend._rewrite_metadata(self._key, digest_metadata(self.digests))
+        except NoSuchFile:
+            pass  # replaced or removed since: nothing to keep them on
         except Exception:
             log.warning("keeping the digests of %s failed", self._key, exc_info=True)
 
