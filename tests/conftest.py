@@ -242,6 +242,25 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Debian's redis-server for the whole test run (tests/redis_server.RedisServer)."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The suite's Redis, emptied for this test."""
+    if redis_server.proc is None:  # a test killed it
+        redis_server.start()
+    redis_server.flush()
+    return str(redis_server.url)
+
+
+@pytest.fixture(scope="session")
 def moto_s3() -> Any:
     """moto's S3 server for the whole test run."""
     from tests.s3_servers import start_moto

@@ -11,10 +11,12 @@ async with sftpd.Server(
     ...
 """
 
+from ._bandwidth import Bandwidth
 from ._certificates import CertificateInfo
 from ._config import CIPHERS, DEFAULT_CIPHERS, ServerConfig
 from ._permissions import Permissions
 from ._policy import Operation
+from ._quota import Quota
 from ._server import Server, run
 from ._session import Peer, Session
 from ._throttle import LoginLimits
@@ -68,6 +70,7 @@ __all__ = [
     "Authenticator",
     "AuthorizedKeys",
     "Backend",
+    "Bandwidth",
     "CertificateInfo",
     "CombinedAuthenticator",
     "ConfigError",
@@ -91,6 +94,7 @@ __all__ = [
     "Peer",
     "PermissionDenied",
     "Permissions",
+    "Quota",
     "QuotaExceeded",
     "Server",
     "ServerConfig",

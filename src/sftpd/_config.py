@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncssh
 
+from ._bandwidth import Bandwidth
 from ._digests import check_algorithms
 from ._memory import DEFAULT_UPLOAD_MEMORY
 from ._policy import Operation, Policy
@@ -21,6 +22,7 @@ from ._upload import Upload
 from .auth import Authenticator, as_authenticator
 from .backend import check_backend
 from .errors import ConfigError
+from .state import StateStore, state_from_url
 from .telemetry import TelemetryBus
 
 __all__ = [
@@ -266,6 +268,20 @@ class ServerConfig:
             limit); an authenticator's ``max_file_size`` attribute overrides it per
             session. A write past it fails ("quota exceeded") and the upload stores
             nothing.
+        state: Where what a fleet must agree on is kept: failed logins and bans, session
+            leases, quota usage, bandwidth buckets. ``"memory"`` (the default): in this
+            process. A Redis URL (``"redis://host:6379/0"``) or a
+            :class:`~sftpd.state.StateStore` shares it between workers and hosts.
+        state_ttl: Seconds a session lease or quota reservation outlives the process
+            holding it: a process that dies stops counting against caps and quotas after
+            this. Renewed every third of it.
+        max_sessions_per_user: Sessions one user may have open at once, over every
+            process sharing ``state`` (None: no limit); an authenticator's
+            ``max_sessions`` attribute overrides it per user.
+        max_sessions_total: Sessions open at once over every process sharing ``state``
+            (None: no limit); ``max_sessions`` still bounds each process.
+        bandwidth: Upload and download rates per session, per user and per server
+            (:class:`sftpd.Bandwidth`); reads and writes are paced, never refused.
         proxy_from: With ``proxy_protocol``, the addresses or networks (``"10.0.0.0/8"``)
             the balancer connects from; connections from anywhere else are dropped before
             their header is read, so a client reaching the port directly cannot claim an
@@ -314,6 +330,11 @@ class ServerConfig:
     max_channels: int = 10
     max_requests_per_channel: int = 64
     max_requests_per_session: int = 256
+    state: StateStore | str = "memory"
+    state_ttl: float = 60.0
+    max_sessions_per_user: int | None = None
+    max_sessions_total: int | None = None
+    bandwidth: Bandwidth = field(default_factory=Bandwidth)
     authenticator: Authenticator = field(init=False, repr=False)
     method_chains: tuple[tuple[str, ...], ...] = field(init=False, repr=False)
 
@@ -329,6 +350,8 @@ class ServerConfig:
         if self.max_unauthenticated_per_address is not None:
             counts.append("max_unauthenticated_per_address")
         counts.append("connection_burst")
+        counts += [name for name in ("max_sessions_per_user", "max_sessions_total")
+                   if getattr(self, name) is not None]  # fmt: skip
         if self.upload_memory is not None:
             counts.append("upload_memory")
         if self.connection_rate is not None and not _positive_number(self.connection_rate):
@@ -341,7 +364,8 @@ class ServerConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         timeouts = ["open_timeout", "close_timeout", "shutdown_grace", "login_timeout"]
-        timeouts += ["auth_timeout"] + (["idle_timeout"] if self.idle_timeout is not None else [])
+        timeouts += ["auth_timeout", "state_ttl"]
+        timeouts += ["idle_timeout"] if self.idle_timeout is not None else []
         for name in timeouts:
             value = getattr(self, name)
             if not _positive_number(value):
@@ -384,6 +408,12 @@ class ServerConfig:
             raise ConfigError('authorized_principals must map users to lists of principals, '
                               'e.g. {"alice": ["alice", "ops"]}')  # fmt: skip
         object.__setattr__(self, "method_chains", _method_chains(self.authentication_methods))
+        if isinstance(self.state, str):
+            object.__setattr__(self, "state", state_from_url(self.state))
+        elif not isinstance(self.state, StateStore):
+            raise ConfigError("state must be 'memory', a Redis URL or a sftpd.state.StateStore")
+        if not isinstance(self.bandwidth, Bandwidth):
+            raise ConfigError("bandwidth must be a sftpd.Bandwidth")
         if not isinstance(self.login_limits, LoginLimits):
             raise ConfigError("login_limits must be a sftpd.LoginLimits")
         try:

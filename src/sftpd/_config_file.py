@@ -18,6 +18,16 @@ trusted_user_ca_keys = ["user_ca.pub"]   # CAs whose user certificates log in (T
 revoked_keys = "revoked.pub"             # keys no login may use (RevokedKeys; not a KRL)
 authorized_principals = { alice = ["alice", "ops"] }  # certificate principals per user
 authentication_methods = ["publickey,password"]  # a key, then a password (AuthenticationMethods)
+state = "redis://redis:6379/0"           # bans, session caps, quotas, bandwidth shared by a fleet
+max_sessions_per_user = 4                # over every instance sharing the state
+admin_port = 9100                        # /healthz, /readyz, /metrics
+
+[login_limits]                           # failed logins: slowed, then banned (sftpd.LoginLimits)
+per_user_and_address = 5
+per_address = 50
+
+[bandwidth]                              # bytes/s: session_, user_, server_ x upload/download
+user_download = "10M"
 
 [s3]                                     # with backend = "s3://BUCKET/PREFIX"
 part_size = 16777216
@@ -32,6 +42,11 @@ permissions = "upload-only"              # a preset, or a list such as ["read", 
 max_file_size = 1073741824               # bytes; overrides [server] max_file_size
 totp_secret_env = "ALICE_TOTP"           # base32 TOTP secret: password, then a code
 source_networks = ["10.0.0.0/8"]         # logins only from these addresses or networks
+quota_bytes = "10G"                      # exact over the fleet; df shows it
+quota_files = 100000
+quota_key = "acme"                       # share one quota with every user of the tenant
+download_rate = "5M"                     # this user's sessions together (user_download)
+max_sessions = 2                         # this user's sessions at once
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from ._session import check_max_file_size
+from ._sizes import parse_size
 from .auth import AuthorizedKeys, CombinedAuthenticator, StaticPasswords, check_source_networks
 from .errors import ConfigError
 
@@ -92,6 +108,13 @@ SERVER_KEYS = {
     "max_channels": int,
     "max_requests_per_channel": int,
     "max_requests_per_session": int,
+    "state": str,
+    "state_prefix": str,
+    "state_ttl": float,
+    "max_sessions_per_user": int,
+    "max_sessions_total": int,
+    "admin_port": int,
+    "admin_host": str,
 }
 #: [s3]: options of the S3 backend (sftpd.backends.s3.S3Backend), with their types.
 S3_KEYS = {
@@ -109,8 +132,19 @@ S3_KEYS = {
     "stale_uploads_after": float,
     "cleanup_every": float,
 }
+#: [bandwidth]: rates in bytes per second, as numbers or sizes ("10M").
+BANDWIDTH_KEYS: dict[str, Any] = dict.fromkeys(
+    ("session_upload", "session_download", "user_upload", "user_download", "server_upload",
+     "server_download"),
+    (int, str),
+)  # fmt: skip
+#: [login_limits]: sftpd.LoginLimits.
+LOGIN_LIMIT_KEYS = {"per_user_and_address": int, "per_user": int, "per_address": int,
+                    "window": float, "base_delay": float, "max_delay": float,
+                    "max_attempts_per_connection": int}  # fmt: skip
 USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions", "max_file_size",
-             "totp_secret", "totp_secret_env", "source_networks"}  # fmt: skip
+             "totp_secret", "totp_secret_env", "source_networks", "quota_bytes", "quota_files",
+             "quota_key", "upload_rate", "download_rate", "max_sessions"}  # fmt: skip
 
 
 @dataclass
@@ -146,6 +180,8 @@ class FileConfig:
     server: dict[str, Any]
     users: UserTable
     s3: dict[str, Any] = field(default_factory=dict)
+    bandwidth: dict[str, Any] = field(default_factory=dict)
+    login_limits: dict[str, Any] = field(default_factory=dict)
 
 
 def load_config_file(path: Path) -> FileConfig:
@@ -161,10 +197,11 @@ def load_config_file(path: Path) -> FileConfig:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    unknown = set(data) - {"server", "users", "s3"}
+    unknown = set(data) - {"server", "users", "s3", "bandwidth", "login_limits"}
     if unknown:
         raise ConfigError(
-            f"{path}: unknown section(s) {sorted(unknown)}; use [server], [s3], [users]"
+            f"{path}: unknown section(s) {sorted(unknown)}; use [server], [s3], [bandwidth], "
+            "[login_limits], [users]"
         )
     server = _typed_section(path, "server", data.get("server", {}), SERVER_KEYS)
     for key in ("trusted_user_ca_keys", "revoked_keys"):  # relative to this file
@@ -173,6 +210,9 @@ def load_config_file(path: Path) -> FileConfig:
             server[key] = ([str(path.parent / v) for v in value] if isinstance(value, list)
                            else str(path.parent / value))  # fmt: skip
     s3 = _typed_section(path, "s3", data.get("s3", {}), S3_KEYS)
+    bandwidth = _typed_section(path, "bandwidth", data.get("bandwidth", {}), BANDWIDTH_KEYS)
+    login_limits = _typed_section(path, "login_limits", data.get("login_limits", {}),
+                                  LOGIN_LIMIT_KEYS)  # fmt: skip
     table = UserTable()
     for name, spec in data.get("users", {}).items():
         if not isinstance(spec, dict):
@@ -218,9 +258,33 @@ def load_config_file(path: Path) -> FileConfig:
             except ConfigError as exc:
                 raise ConfigError(f"{path}: [users.{name}] {exc}") from None
             attrs["max_file_size"] = spec["max_file_size"]
+        try:
+            attrs.update(_limits(spec))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: [users.{name}] {exc}") from None
         if attrs:
             table.attributes[name] = attrs
-    return FileConfig(server=server, users=table, s3=s3)
+    return FileConfig(server=server, users=table, s3=s3, bandwidth=bandwidth,
+                      login_limits=login_limits)  # fmt: skip
+
+
+def _limits(spec: dict[str, Any]) -> dict[str, Any]:
+    """A user's quota, rates and session cap as session attributes, checked."""
+    attrs: dict[str, Any] = {}
+    for key in ("quota_bytes", "upload_rate", "download_rate"):
+        if key in spec:
+            attrs[key] = parse_size(spec[key], key)
+    for key in ("quota_files", "max_sessions"):
+        if key in spec:
+            value = spec[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{key} must be a whole number, got {value!r}")
+            attrs[key] = value
+    if "quota_key" in spec:
+        attrs["quota_key"] = str(spec["quota_key"])
+    if "quota_key" in attrs and not ("quota_bytes" in attrs or "quota_files" in attrs):
+        raise ConfigError("quota_key needs quota_bytes or quota_files")
+    return attrs
 
 
 def _secret(path: Path, user: str, spec: dict[str, Any], key: str) -> str | None:
@@ -239,7 +303,7 @@ def _secret(path: Path, user: str, spec: dict[str, Any], key: str) -> str | None
 
 
 def _typed_section(
-    path: Path, name: str, section: dict[str, Any], known: dict[str, type]
+    path: Path, name: str, section: dict[str, Any], known: dict[str, Any]
 ) -> dict[str, Any]:
     """A section's keys checked against ``known`` (integers are accepted as floats)."""
     checked = dict(section)
@@ -250,6 +314,7 @@ def _typed_section(
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             checked[key] = float(value)
         elif not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            what = "table" if kind is dict else kind.__name__
+            what = ("table" if kind is dict else "number or size such as 10M"
+                    if isinstance(kind, tuple) else kind.__name__)  # fmt: skip
             raise ConfigError(f"{path}: [{name}] {key} must be a {what}, got {value!r}")
     return checked

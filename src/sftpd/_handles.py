@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._digests import DigestTap
 from ._ingest import Ingest, Inspector
+from ._quota import QuotaLedger
 from .backend import AttrChanges, BoundBackend, FileAttrs, FileType
 from .errors import (
     Failure,
@@ -169,7 +170,10 @@ class FileHandle:
         source: FileHandle | None = None,
         inspector: Inspector | None = None,
         digests: Sequence[str] = (),
+        quota: QuotaLedger | None = None,
     ) -> None:
+        self._quota = (quota.upload(None if attrs is None else attrs.size)
+                       if quota is not None and mode.write else None)  # fmt: skip
         self._ingest = Ingest(inspector) if inspector is not None else None
         keeps = attrs is not None and not mode.truncate and attrs.size > 0
         self._tap = DigestTap(digests, whole=not keeps) if mode.write and digests else None
@@ -198,6 +202,16 @@ class FileHandle:
 
     async def start(self) -> FileHandle:
         """Open the backend side: a writer (or spool) for writes, a reader if offered."""
+        if self._quota is not None:
+            await self._quota.opened()  # a new file takes one of the quota's files
+        try:
+            await self._open_backend()
+        except BaseException:
+            await self._quota_aborted()
+            raise
+        return self
+
+    async def _open_backend(self) -> None:
         mode, attrs = self.mode, self._attrs
         if mode.write:
             keep = attrs is not None and not mode.truncate
@@ -227,7 +241,6 @@ class FileHandle:
             pass  # reads come from the upload this session is writing
         elif self.backend.open_reader is not None:
             self._reader = await self.backend.open_reader(self.path, self.session)
-        return self
 
     async def _spool(self, keep_existing: bool) -> _Spool:
         initial = await self.backend.read_file(self.path, self.session) if keep_existing else b""
@@ -298,7 +311,7 @@ class FileHandle:
             raise InvalidParameter("Negative offset")
         if self.mode.append:
             offset = self._size
-        self._check_limit(offset + len(data))
+        await self._check_limit(offset + len(data))
         if self._tap is not None:
             self._tap.write(offset, data)
             if self._tap.behind:
@@ -337,7 +350,7 @@ class FileHandle:
             return
         if self.mode.append:
             target_offset = self._size
-        self._check_limit(target_offset + end - offset)
+        await self._check_limit(target_offset + end - offset)
         copy = getattr(self._writer, "copy_from", None)
         if self._ingest is not None:  # bytes the inspector would never see: copy through
             copy = None
@@ -375,13 +388,20 @@ class FileHandle:
         self._size = max(self._size, end)
         self.bytes_written += written
 
-    def _check_limit(self, size: int) -> None:
-        """Refuse to grow the file past the session's limit; the upload then stores nothing."""
+    async def _check_limit(self, size: int) -> None:
+        """Refuse to grow the file past the session's limits (its largest file, its
+        quota, which reserves the room); the upload then stores nothing."""
         limit = self.session.max_file_size
         if limit is not None and size > limit:
             error = QuotaExceeded(f"Files may be at most {limit} bytes")
             self._fail(error)
             raise error
+        if self._quota is not None and size > self._size:
+            try:
+                await self._quota.grow(size)
+            except Exception as exc:
+                self._fail(exc)
+                raise
 
     def attrs(self) -> FileAttrs:
         """Attributes for ``fstat``: the stored ones with this handle's size and changes."""
@@ -408,7 +428,7 @@ class FileHandle:
         if changes.size is not None:
             if self._writer is None:
                 raise PermissionDenied("File not open for writing")
-            self._check_limit(changes.size)
+            await self._check_limit(changes.size)
             if self._ingest is not None and changes.size != self._size:
                 self._ingest.broken = "it was resized"
             if self._tap is not None:
@@ -457,18 +477,21 @@ class FileHandle:
             ingest.cancel()
         if not commit or self._failed:
             await self._abort(writer)
+            await self._quota_aborted()
             if self._failed and commit:
                 why = f" ({self._failure})" if self._failure else ""
                 raise Failure(f"Upload failed{why}; nothing was stored")
             return False
         if not self._dirty:
             await self._abort(writer)
+            await self._quota_aborted()
             await self._apply_pending()
             return False
         if ingest is not None:
             refusal = await ingest.verdict()
             if refusal is not None:
                 await self._abort(writer)
+                await self._quota_aborted()
                 raise PermissionDenied(f"Upload refused: {refusal}")
         digests = await self._digests_to_keep()
         writer_keeps = hasattr(writer, "digests")  # it stores them with the file (S3)
@@ -478,10 +501,14 @@ class FileHandle:
             await within(self.close_timeout, writer.commit())
         except TimeoutError:
             await self._abort(writer)
+            await self._quota_aborted()
             raise Failure("Storing the file timed out; nothing was stored") from None
         except BaseException:
             await self._abort(writer)
+            await self._quota_aborted()
             raise
+        if self._quota is not None:
+            await self._quota.stored(self._size)
         await self._apply_pending()
         if self._tap is not None and not writer_keeps:
             await self._keep_digests(digests)
@@ -524,6 +551,10 @@ class FileHandle:
         except Exception:
             # The data is stored; a time or mode the storage refuses is not worth failing.
             log.debug("set_attrs after commit failed for %s", self.path, exc_info=True)
+
+    async def _quota_aborted(self) -> None:
+        if self._quota is not None:
+            await self._quota.aborted()
 
     async def _abort(self, writer: Any) -> None:
         try:

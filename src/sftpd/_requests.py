@@ -24,16 +24,19 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from . import paths
+from ._bandwidth import Shaper
 from ._digests import ALGORITHMS, HashCommand, choose_algorithm, hash_range
 from ._handles import FileHandle, OpenMode, within
 from ._ingest import Inspector
 from ._policy import Operation, Policy, consult
+from ._quota import QuotaLedger
 from ._session import Session
 from ._sftp import codec
 from ._sftp.codec import WireAttrs
 from ._upload import Upload
-from .backend import AttrChanges, BoundBackend, FileAttrs, FileType, SpaceInfo
+from .backend import AttrChanges, BoundBackend, FileAttrs, FileType
 from .errors import (
+    Failure,
     FileAlreadyExists,
     InvalidParameter,
     IsADirectory,
@@ -45,6 +48,7 @@ from .errors import (
     is_expected,
     to_sftp_error,
 )
+from .state import StateUnavailable
 from .telemetry import TelemetryBus
 
 __all__ = ["HandleInfo", "Requests", "SessionState", "Settings"]
@@ -93,6 +97,8 @@ class SessionState:
     bytes_in: int = 0
     bytes_out: int = 0
     channels: set[Requests] = field(default_factory=set)
+    ledger: QuotaLedger | None = None
+    shaper: Shaper | None = None
 
     def upload_of(self, path: str) -> FileHandle | None:
         """The latest open upload of ``path`` in this session, if any."""
@@ -221,8 +227,9 @@ def _close_meta(handle: FileHandle, *, abandoned: bool) -> dict[str, Any]:
     }
 
 
-def extensions_for(backend: BoundBackend) -> list[tuple[bytes, bytes]]:
-    """The extensions a server on ``backend`` advertises, each one it really serves."""
+def extensions_for(backend: BoundBackend, *, quota: bool = False) -> list[tuple[bytes, bytes]]:
+    """The extensions a server on ``backend`` advertises, each one it really serves
+    (statvfs with a quota even where the storage has no capacity to tell)."""
     caps = backend.capabilities
     names: list[tuple[bytes, bytes]] = [
         (b"posix-rename@openssh.com", b"1"),
@@ -236,7 +243,7 @@ def extensions_for(backend: BoundBackend) -> list[tuple[bytes, bytes]]:
         (b"check-file-handle", b"1"),
         (b"check-file", b"1"),  # the filexfer-v6 draft's name, which paramiko sends
     ]
-    if "disk_usage" in caps:
+    if "disk_usage" in caps or quota:
         names += [(b"statvfs@openssh.com", b"2"), (b"fstatvfs@openssh.com", b"2")]
     if "hard_links" in caps:
         names.append((b"hardlink@openssh.com", b"1"))
@@ -271,7 +278,7 @@ class Requests:
         self._handles: dict[bytes, FileHandle | _DirHandle] = {}
         self._next_handle = 0
         self.running = 0
-        self._extensions = extensions_for(backend)
+        self._extensions = extensions_for(backend, quota=state.ledger is not None)
         self.advertised = frozenset(name for name, _ in self._extensions)
         self.max_open_handles = settings.max_open_handles
         # SYMLINK's arguments: OpenSSH's order (target, link) from every client but
@@ -581,6 +588,7 @@ class Requests:
             source=upload if upload is not None and not mode.write else None,
             inspector=inspector,
             digests=self._settings.upload_digests,
+            quota=self._state.ledger,
         )
         await handle.start()
         if mode.write and existing is None and attrs.permissions is not None:
@@ -667,6 +675,8 @@ class Requests:
         meta = {"handle": handle.id, "offset": offset, "bytes_requested": length}
         data = await self._run("read", handle.read(offset, length), meta)
         self._state.bytes_out += len(data)
+        if self._state.shaper is not None:
+            await self._state.shaper.pace("download", len(data))
         return data
 
     async def write(self, name: bytes, offset: int, data: bytes) -> None:
@@ -675,6 +685,8 @@ class Requests:
         meta = {"handle": handle.id, "offset": offset, "bytes": len(data)}
         await self._run("write", handle.write(offset, data), meta)
         self._state.bytes_in += len(data)
+        if self._state.shaper is not None:
+            await self._state.shaper.pace("upload", len(data))
 
     async def fstat(self, name: bytes) -> bytes:
         """Attributes of an open file, including what was written so far."""
@@ -841,6 +853,16 @@ class Requests:
         if current.type is FileType.SYMLINK:
             return  # links have no mode or times of their own here; as on Linux
         if self._backend.set_attrs is not None:
+            resized = changes.size is not None and changes.size != current.size
+            ledger = self._state.ledger
+            if resized and ledger is not None and changes.size is not None:
+                if changes.size > current.size:  # room first; a shrink gives it back after
+                    await ledger.change(changes.size - current.size, 0)
+                    await self._backend.set_attrs(path, changes, self._session)
+                    return
+                await self._backend.set_attrs(path, changes, self._session)
+                await ledger.change(changes.size - current.size, 0)
+                return
             await self._backend.set_attrs(path, changes, self._session)
         elif changes.size is not None and changes.size != current.size:
             raise Unsupported("This storage cannot resize files")
@@ -927,7 +949,19 @@ class Requests:
         path = self._path(raw)
         self._refuse_root(path, "remove")
         await self._veto("remove", path)
+        ledger = self._state.ledger
+        gone = await self._file_size(path) if ledger is not None else None
         await self._backend.remove_file(path, self._session)
+        if ledger is not None and gone is not None:
+            await ledger.change(-gone, -1)
+
+    async def _file_size(self, path: str) -> int | None:
+        """The size of the regular file at ``path``; None if there is none (for quotas)."""
+        try:
+            attrs: FileAttrs = await self._backend.stat(path, self._session)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return attrs.size if attrs.is_file else None
 
     async def mkdir(self, raw: bytes, attrs: WireAttrs) -> None:
         """Create a directory."""
@@ -966,7 +1000,11 @@ class Requests:
         self._refuse_root(src, "rename")
         self._refuse_root(dst, "replace")
         await self._veto("rename", src, dst)
+        ledger = self._state.ledger
+        replaced = await self._file_size(dst) if ledger is not None and src != dst else None
         await self._backend.rename(src, dst, self._session, overwrite=overwrite)
+        if ledger is not None and replaced is not None:
+            await ledger.change(-replaced, -1)
 
     async def realpath(self, raw: bytes) -> str:
         """Canonical form of a client path, as the client sees it."""
@@ -1007,12 +1045,32 @@ class Requests:
     async def _statvfs(self, where: bytes | str) -> bytes:
         # A client's path is decoded here, inside the request: a bad name is its error.
         path = self._path(where) if isinstance(where, bytes) else where
-        if self._backend.disk_usage is None:
+        ledger = self._state.ledger
+        if self._backend.disk_usage is None and ledger is None:
             raise Unsupported("This storage does not report its capacity")
-        info: SpaceInfo = await self._backend.disk_usage(path, self._session)
-        block = max(1, info.block_size)
-        fields = (block, block, info.total // block, info.free // block, info.free // block,
-                  0, 0, 0, 0, 0, info.max_name_length)  # fmt: skip
+        info = (await self._backend.disk_usage(path, self._session)
+                if self._backend.disk_usage is not None else None)  # fmt: skip
+        block = max(1, info.block_size) if info is not None else 4096
+        total = info.total if info is not None else 0
+        free = info.free if info is not None else 0
+        files = free_files = 0
+        if ledger is not None:  # df shows the quota (and the storage's room, if less)
+            block = 1024  # df's unit, so a quota shows to the KiB
+            quota = ledger.quota
+            try:
+                usage = await ledger.usage()
+            except StateUnavailable:
+                raise Failure("Storage quota cannot be checked now; try again later") from None
+            used = usage.bytes + usage.reserved_bytes if usage is not None else 0
+            if quota.max_bytes is not None:
+                room = max(0, quota.max_bytes - used)
+                total, free = quota.max_bytes, room if info is None else min(room, free)
+            if quota.max_files is not None:
+                in_use = usage.files + usage.reserved_files if usage is not None else 0
+                files, free_files = quota.max_files, max(0, quota.max_files - in_use)
+        name_max = info.max_name_length if info is not None else 255
+        fields = (block, block, total // block, free // block, free // block,
+                  files, free_files, free_files, 0, 0, name_max)  # fmt: skip
         return b"".join(codec.u64(n) for n in fields)
 
     async def readlink(self, raw: bytes) -> str:

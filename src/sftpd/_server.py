@@ -9,6 +9,7 @@ import errno
 import inspect
 import ipaddress
 import logging
+import secrets
 import socket
 import time
 from collections.abc import Coroutine, Mapping, Sequence
@@ -20,6 +21,7 @@ import asyncssh
 from asyncssh.public_key import CERT_TYPE_USER, SSHOpenSSHCertificate
 
 from ._authorized_keys import serves_sftp
+from ._bandwidth import Shaper
 from ._certificates import (
     CertificateInfo,
     allowed_principals,
@@ -33,10 +35,12 @@ from ._digests import parse_hash_command
 from ._interactive import Conversation
 from ._memory import UploadMemory
 from ._proxy import ProxyListener
+from ._quota import QuotaLedger, count_usage
 from ._requests import Requests, SessionState, Settings
 from ._session import Peer, Session
 from ._sftp.engine import ConnectionBudget, SftpEngine, Transport
 from ._sftp.ssh import SftpChannel
+from ._shared import SharedState
 from ._throttle import ConnectionRate, LoginThrottle
 from ._upload import Upload
 from .auth import (
@@ -49,6 +53,7 @@ from .auth import (
 )
 from .backend import BoundBackend, bind_backend, start_backend, stop_backend
 from .errors import ConfigError
+from .state import StateStore, StateUnavailable
 from .telemetry import TelemetryBus
 from .telemetry import bus as default_bus
 
@@ -70,12 +75,13 @@ class ServerContext:
     config: ServerConfig
     backend: BoundBackend
     auth: BoundAuthenticator
-    throttle: LoginThrottle
+    shared: SharedState
     bus: TelemetryBus
     connections: set[_Connection] = field(default_factory=set)
     active_sessions: int = 0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     settings: Settings = field(init=False)
+    throttle: LoginThrottle = field(init=False)
     rate: ConnectionRate | None = field(init=False)
     upload_memory: UploadMemory = field(init=False)
     trusted_cas: set[bytes] = field(init=False)
@@ -84,6 +90,7 @@ class ServerContext:
 
     def __post_init__(self) -> None:
         config = self.config
+        self.throttle = LoginThrottle(config.login_limits, self.shared)
         self.upload_memory = UploadMemory(config.upload_memory)
         cas = load_public_keys(config.trusted_user_ca_keys, "trusted user CA keys")
         self.trusted_cas = {key.public_data for key in cas}
@@ -191,6 +198,11 @@ class _Connection(asyncssh.SSHServer):
         # failure about to be sent is a partial success.
         self._chain: tuple[str, tuple[str, ...], Session | None] = ("", (), None)
         self._partial_success = False
+        # The session lease this connection holds in the state store (for session caps),
+        # taken when a login is accepted; and the quota of the session about to open.
+        self._lease = secrets.token_hex(8)
+        self._lease_user: str | None = None
+        self._ledger: QuotaLedger | None = None
 
     # -- lifecycle
 
@@ -235,6 +247,7 @@ class _Connection(asyncssh.SSHServer):
         if self._counted:
             self._ctx.active_sessions -= 1
             self._counted = False
+        self._give_back_lease()
         session, state = self.session, self.state
         if session is not None and state is not None:
             self._ctx.bus.execute(
@@ -329,20 +342,54 @@ class _Connection(asyncssh.SSHServer):
         check = self._ctx.auth.password
         if check is None:
             return False
-        throttle = self._ctx.throttle
-        if throttle.locked(username, self.peer.host):
-            log.warning("refusing password login for %s from %s: too many failures",
-                        username, self.peer)  # fmt: skip
-            self._auth_event("failure", "password", username, 0, "locked out")
-            await asyncio.sleep(throttle.limits.max_delay)
+        if not await self._may_attempt(username, "password"):
             return self._attempt_failed()
         accepted = await self._accept(username, "password", None, check, password)
         if accepted:
-            throttle.succeeded(username, self.peer.host)
+            await self._login_succeeded(username)
             return self._chain_step(username, "password")
-        delay = throttle.failed(username, self.peer.host)
-        await asyncio.sleep(delay)
+        await asyncio.sleep(await self._login_failed(username))
         return self._attempt_failed()
+
+    async def _may_attempt(self, username: str, method: str) -> bool:
+        """Ask the login throttle about this attempt; hold it first if it says so.
+
+        False: refused (a ban, or a state store that does not answer).
+        """
+        throttle = self._ctx.throttle
+        try:
+            refusal, delay = await throttle.check(username, self.peer.host)
+        except StateUnavailable:
+            self._store_unreachable(username, method)
+            return False
+        if refusal is not None:
+            log.warning("refusing %s login for %s from %s: %s", method, username, self.peer,
+                        refusal)  # fmt: skip
+            self._auth_event("failure", method, username, 0, "locked out")
+            await asyncio.sleep(throttle.limits.max_delay)
+            return False
+        if delay:
+            await asyncio.sleep(delay)
+        return True
+
+    async def _login_failed(self, username: str) -> float:
+        """Count a failure; the delay before answering."""
+        throttle = self._ctx.throttle
+        try:
+            return await throttle.failed(username, self.peer.host)
+        except StateUnavailable:
+            return throttle.limits.max_delay
+
+    async def _login_succeeded(self, username: str) -> None:
+        with contextlib.suppress(StateUnavailable):  # the lease, taken before, needed it
+            await self._ctx.throttle.succeeded(username, self.peer.host)
+
+    def _store_unreachable(self, username: str, method: str, *, event: bool = True) -> None:
+        """No login without the state store (bans, caps and quotas live there)."""
+        if event:
+            self._auth_event("failure", method, username, 0, "state store unreachable")
+        self._ctx.refused(self.peer, "state_store_unreachable")
+        self._refuse(asyncssh.DISC_SERVICE_NOT_AVAILABLE, "Service unavailable, try again later")
 
     def kbdint_auth_supported(self) -> bool:
         auth = self._ctx.auth
@@ -352,12 +399,7 @@ class _Connection(asyncssh.SSHServer):
     async def get_kbdint_challenge(
         self, username: str, lang: str, submethods: str
     ) -> bool | tuple[str, str, str, list[tuple[str, bool]]]:
-        throttle = self._ctx.throttle
-        if throttle.locked(username, self.peer.host):
-            log.warning("refusing keyboard-interactive login for %s from %s: too many "
-                        "failures", username, self.peer)  # fmt: skip
-            self._auth_event("failure", "keyboard-interactive", username, 0, "locked out")
-            await asyncio.sleep(throttle.limits.max_delay)
+        if not await self._may_attempt(username, "keyboard-interactive"):
             return self._attempt_failed()
         if self._interactive is not None:
             self._interactive[1].cancel()
@@ -397,11 +439,10 @@ class _Connection(asyncssh.SSHServer):
         if not isinstance(result, bool):
             return result  # the next prompts
         self._interactive = None
-        throttle = self._ctx.throttle
         if result:
-            throttle.succeeded(username, self.peer.host)
+            await self._login_succeeded(username)
             return self._chain_step(username, "keyboard-interactive")
-        await asyncio.sleep(throttle.failed(username, self.peer.host))
+        await asyncio.sleep(await self._login_failed(username))
         return self._attempt_failed()
 
     def public_key_auth_supported(self) -> bool:
@@ -592,7 +633,59 @@ class _Connection(asyncssh.SSHServer):
             return False, "error"
         if not await self._ensure_root(self._pending):
             return False, "error"
+        refusal = await self._take_lease(self._pending, method)
+        if refusal is not None:
+            return False, refusal
         return True, "ok"
+
+    async def _take_lease(self, session: Session, method: str) -> str | None:
+        """Take the session's place under the fleet's session caps and know its quota
+        usage; the reason if the login is refused."""
+        ctx = self._ctx
+        store = ctx.shared.store
+        per_user = session.attributes.get("max_sessions", ctx.config.max_sessions_per_user)
+        try:
+            if self._lease_user not in (None, session.username):
+                self._give_back_lease()  # a chain's steps for another user name
+            refused = await ctx.shared.call(lambda: store.open_session(
+                self._lease, session.username, per_user=per_user,
+                total=ctx.config.max_sessions_total, ttl=ctx.shared.ttl,
+            ))  # fmt: skip
+            if refused is not None:
+                ctx.refused(self.peer, refused)
+                self._refuse(asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                             "Too many sessions for this user" if refused.endswith("per_user")
+                             else "Too many sessions")  # fmt: skip
+                return refused
+            ctx.shared.leases[self._lease] = self._lease_user = session.username
+            self._ledger = None
+            if session.quota is not None:
+                ledger = QuotaLedger(ctx.shared, session.quota, lambda: count_usage(
+                    lambda directory: ctx.backend.list_dir(directory, session), session.root
+                ))  # fmt: skip
+                await ledger.ensure_known()
+                self._ledger = ledger
+        except StateUnavailable:
+            self._store_unreachable(session.username, method, event=False)
+            return "state store unreachable"
+        except Exception:
+            log.exception("counting the quota usage of %s failed; refusing the login",
+                          session.username)  # fmt: skip
+            return "error"
+        return None
+
+    def _give_back_lease(self) -> None:
+        user, self._lease_user = self._lease_user, None
+        if user is None:
+            return
+        shared = self._ctx.shared
+        shared.leases.pop(self._lease, None)
+
+        async def give_back() -> None:
+            with contextlib.suppress(StateUnavailable):  # it lapses after state_ttl
+                await shared.call(lambda: shared.store.close_session(self._lease, user))
+
+        self._ctx.spawn(give_back(), "giving back a session lease")
 
     async def _ensure_root(self, session: Session) -> bool:
         """Create the session's root directory (and its parents) if it does not exist."""
@@ -629,9 +722,12 @@ class _Connection(asyncssh.SSHServer):
         self._counted = True
         self.session = session
         client_version = self._conn.get_extra_info("client_version", "") if self._conn else ""
+        shaper = Shaper(self._ctx.shared, self._ctx.config.bandwidth, session.username,
+                        session.attributes)  # fmt: skip
         self.state = SessionState(
-            session=session, client_version=str(client_version), last_active=time.monotonic()
-        )
+            session=session, client_version=str(client_version), last_active=time.monotonic(),
+            ledger=self._ledger, shaper=shaper if shaper.limited else None,
+        )  # fmt: skip
         self._ctx.bus.execute(
             ("sftpd", "session", "open"),
             {"duration": 0},
@@ -756,15 +852,17 @@ class Server:
             config=config,
             backend=bind_backend(config.backend),
             auth=BoundAuthenticator(config.authenticator),
-            throttle=LoginThrottle(config.login_limits),
+            shared=SharedState(cast(StateStore, config.state), config.state_ttl),
             bus=config.telemetry if config.telemetry is not None else default_bus,
         )
         ctx = self._ctx
         try:
+            await ctx.shared.start()
             await start_backend(ctx.backend)
             self._acceptor = await self._listen(ctx)
         except BaseException:
             await stop_backend(ctx.backend)  # release what a failed start opened
+            await ctx.shared.close()
             raise
         self._port = int(self._acceptor.sockets[0].getsockname()[1])
         if config.idle_timeout is not None:
@@ -855,6 +953,32 @@ class Server:
         """True between a successful :meth:`start` and :meth:`close`."""
         return self._acceptor is not None and self._closing is None
 
+    @property
+    def ready(self) -> bool:
+        """True while new logins can succeed: serving, and the state store answering
+        (what a load balancer's readiness check asks; ``/readyz`` reports it)."""
+        return self.is_serving and self._ctx is not None and self._ctx.shared.available
+
+    async def readiness(self) -> str | None:
+        """None while new logins can succeed; else why not: ``"starting"``,
+        ``"draining"`` (after :meth:`close`), ``"state store unreachable"``. The store is
+        asked now. For a web app's readiness route; ``/readyz`` of ``--admin-port``."""
+        ctx = self._ctx
+        if ctx is None or self._acceptor is None:
+            return "draining" if self._closing is not None else "starting"
+        if self._closing is not None:
+            return "draining"
+        try:
+            await ctx.shared.call(ctx.shared.store.ping)
+        except StateUnavailable:
+            return "state store unreachable"
+        return None
+
+    @property
+    def state(self) -> StateStore:
+        """The state store: failed logins, session leases, quota usage, bandwidth."""
+        return cast(StateStore, self.config.state)
+
     async def check(self, *, host_keys: bool = True) -> list[asyncssh.SSHKey]:
         """Check what :meth:`start` would, without listening: for deploy pipelines.
 
@@ -869,6 +993,9 @@ class Server:
             ConfigError: with what to fix.
         """
         keys = load_host_keys(self.config) if host_keys else []
+        store = cast(StateStore, self.config.state)
+        await store.start()
+        await store.close()
         backend = bind_backend(self.config.backend)
         try:
             await start_backend(backend)
@@ -950,6 +1077,7 @@ class Server:
         if ctx.tasks:  # session_closed hooks and on_upload callbacks still running
             await asyncio.wait(list(ctx.tasks), timeout=max(0.0, hard_stop - loop.time()))
         await stop_backend(ctx.backend)
+        await ctx.shared.close()
         self._closed.set()
         log.info("sftpd stopped")
         ctx.bus.execute(

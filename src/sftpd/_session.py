@@ -12,6 +12,7 @@ from typing import Any
 from ._certificates import CertificateInfo
 from ._memory import UNLIMITED, UploadMemory
 from ._permissions import Permissions
+from ._quota import Quota
 from .errors import ConfigError
 from .paths import decode, normalize
 
@@ -66,6 +67,9 @@ class Session:
         upload_memory: The server's budget for upload bytes held in memory, which
             writers that keep bytes after a write draw from (see
             :class:`~sftpd.backend.UploadMemory`); no limit outside a server.
+        quota: The storage quota the session's uploads count against, from
+            ``attributes["quota_bytes"]``, ``["quota_files"]`` and ``["quota_key"]``
+            (default: the username); None: no quota.
     """
 
     username: str
@@ -80,6 +84,7 @@ class Session:
     started: float = field(default_factory=time.time)
     certificate: CertificateInfo | None = None
     upload_memory: UploadMemory = field(default=UNLIMITED, repr=False, compare=False)
+    quota: Quota | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
@@ -104,8 +109,8 @@ class Session:
     ) -> Session:
         """Build a session from what an authenticator returned.
 
-        ``root``, ``permissions`` and ``max_file_size`` in the attributes are honoured;
-        ``max_file_size`` here is the server's default for the latter.
+        ``root``, ``permissions``, ``max_file_size`` and the quota keys in the attributes
+        are honoured; ``max_file_size`` here is the server's default for the former.
         """
         attrs = dict(attributes or {})
         root = attrs.get("root", "/")
@@ -120,4 +125,5 @@ class Session:
             max_file_size=attrs.get("max_file_size", max_file_size),
             upload_memory=upload_memory,
             certificate=certificate,
+            quota=Quota.from_attributes(username, attrs),
         )

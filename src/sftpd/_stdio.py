@@ -15,11 +15,15 @@ import stat
 import time
 from typing import IO, Any
 
+from ._bandwidth import Bandwidth, Shaper
 from ._coalesce import CoalescingTransport
+from ._quota import QuotaLedger, count_usage
 from ._requests import Requests, SessionState, Settings
 from ._session import Peer, Session
 from ._sftp.engine import ConnectionBudget, SftpEngine
+from ._shared import SharedState
 from .backend import BoundBackend, start_backend, stop_backend
+from .state import MemoryState
 from .telemetry import TelemetryBus
 
 __all__ = ["peer_from_environment", "serve_stdio"]
@@ -106,14 +110,30 @@ async def serve_stdio(
     stdin: IO[bytes],
     stdout: IO[bytes],
     max_requests: int = 64,
+    shared: SharedState | None = None,
+    bandwidth: Bandwidth | None = None,
 ) -> None:
-    """Serve one SFTP session on ``stdin``/``stdout`` until the client closes it."""
+    """Serve one SFTP session on ``stdin``/``stdout`` until the client closes it.
+
+    With ``shared`` (the state store), the session's quota and ``bandwidth`` limits apply
+    as on a server; the quota is counted from the storage when the store knows none.
+    """
     loop = asyncio.get_running_loop()
+    shared = shared if shared is not None else SharedState(MemoryState())
+    await shared.start()
     await start_backend(backend)
     try:
         if backend.session_opened is not None:
             await backend.session_opened(session)
-        state = SessionState(session=session, last_active=loop.time())
+        ledger = None
+        if session.quota is not None:
+            ledger = QuotaLedger(shared, session.quota, lambda: count_usage(
+                lambda directory: backend.list_dir(directory, session), session.root
+            ))  # fmt: skip
+            await ledger.ensure_known()
+        shaper = Shaper(shared, bandwidth or Bandwidth(), session.username, session.attributes)
+        state = SessionState(session=session, last_active=loop.time(), ledger=ledger,
+                             shaper=shaper if shaper.limited else None)  # fmt: skip
         bus.execute(("sftpd", "session", "open"), {"duration": 0},
                     {"username": session.username, "peer": str(session.peer),
                      "auth_method": session.auth_method}, session)  # fmt: skip
@@ -143,6 +163,7 @@ async def serve_stdio(
             await backend.session_closed(session)
     finally:
         await stop_backend(backend)
+        await shared.close()
 
 
 def _same_socket(a: int, b: int) -> bool:

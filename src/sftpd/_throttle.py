@@ -1,11 +1,11 @@
-"""Failed-login throttling: growing delays, then refusal, per address and per user."""
+"""Failed-login throttling: growing delays, then bans by address and by user+address."""
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass
 
+from ._shared import SharedState
 from .errors import ConfigError
 
 __all__ = ["ConnectionRate", "LoginLimits", "LoginThrottle"]
@@ -15,14 +15,18 @@ __all__ = ["ConnectionRate", "LoginLimits", "LoginThrottle"]
 class LoginLimits:
     """How failed logins are slowed down and then refused.
 
-    Failures are counted in a sliding ``window`` (seconds). After each failure the reply is
-    delayed by ``base_delay * 2 ** (failures - 1)`` seconds, at most ``max_delay``. Once a
-    key reaches its limit, logins for it are refused without checking the credentials
-    until its failures age out of the window.
+    Failures are counted in a sliding ``window`` (seconds), in the server's state store
+    (shared by a fleet on Redis). After each failure the reply is delayed by
+    ``base_delay * 2 ** (failures - 1)`` seconds, at most ``max_delay``. Once an address,
+    or a username from one address, reaches its limit, its logins are refused without
+    checking the credentials until its failures age out of the window. A username alone
+    is never refused: past ``per_user`` failures from all addresses, each of its attempts
+    is held ``max_delay`` first, so the real user still logs in from elsewhere.
 
     Attributes:
         per_user_and_address: Failures allowed for one username from one address.
-        per_user: Failures allowed for one username from all addresses.
+        per_user: Failures of one username from all addresses after which its every
+            attempt is slowed (never refused).
         per_address: Failures allowed from one address for all usernames.
         window: Seconds a failure counts.
         base_delay: Delay after the first failure, in seconds.
@@ -51,55 +55,63 @@ class LoginLimits:
 
 
 class LoginThrottle:
-    """Remembers recent failures; shared by all connections of a server."""
+    """Failed logins of every connection, counted in the server's state store.
 
-    def __init__(self, limits: LoginLimits) -> None:
+    With a shared store (Redis), failures on every worker and instance count together,
+    and a ban on one holds on all. A ban is by address, or by user name from one address;
+    a user name alone is only ever slowed (by ``max_delay`` once it has ``per_user``
+    failures), never refused, so nobody can lock another user out by guessing wrong.
+    """
+
+    def __init__(self, limits: LoginLimits, shared: SharedState) -> None:
         self.limits = limits
-        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._shared = shared
 
-    def _keys(self, username: str, address: str) -> list[tuple[tuple[str, str], int]]:
-        limits = self.limits
-        return [
-            (("ua", f"{username}\x00{address}"), limits.per_user_and_address),
-            (("u", username), limits.per_user),
-            (("a", address), limits.per_address),
-        ]
+    @staticmethod
+    def _keys(username: str, address: str) -> list[str]:
+        return [f"ua:{username}\x00{address}", f"u:{username}", f"a:{address}"]
 
-    def _recent(self, key: tuple[str, str], now: float) -> int:
-        stamps = self._failures.get(key)
-        if not stamps:
-            return 0
-        horizon = now - self.limits.window
-        while stamps and stamps[0] < horizon:
-            stamps.popleft()
-        if not stamps:
-            del self._failures[key]
-            return 0
-        return len(stamps)
+    async def check(self, username: str, address: str) -> tuple[str | None, float]:
+        """Before checking credentials: why this attempt is refused (or None), and how
+        long to hold it first (a user name with many failures everywhere is slowed).
 
-    def locked(self, username: str, address: str) -> bool:
-        """True when this username or address has used up its failures."""
-        now = time.monotonic()
-        return any(self._recent(key, now) >= limit for key, limit in self._keys(username, address))
+        Raises:
+            StateUnavailable: the state store did not answer.
+        """
+        limits, store = self.limits, self._shared.store
+        keys = self._keys(username, address)
+        pair, user, source = await self._shared.call(
+            lambda: store.failure_counts(keys, limits.window)
+        )
+        if source >= limits.per_address:
+            return "too many failed logins from this address", 0.0
+        if pair >= limits.per_user_and_address:
+            return "too many failed logins for this user from this address", 0.0
+        return None, limits.max_delay if user >= limits.per_user else 0.0
 
-    def failed(self, username: str, address: str) -> float:
-        """Record a failure; return the delay (seconds) to wait before answering."""
-        now = time.monotonic()
-        if len(self._failures) > 10_000:  # keep memory bounded under a spraying attack
-            for key in list(self._failures):
-                self._recent(key, now)
-        worst = 0
-        for key, _limit in self._keys(username, address):
-            stamps = self._failures.setdefault(key, deque())
-            stamps.append(now)
-            if key[0] == "ua":
-                worst = self._recent(key, now)
-        limits = self.limits
-        return float(min(limits.max_delay, limits.base_delay * 2 ** max(0, worst - 1)))
+    async def failed(self, username: str, address: str) -> float:
+        """Record a failure; return the delay (seconds) to wait before answering.
 
-    def succeeded(self, username: str, address: str) -> None:
-        """Forget the failures of this username from this address."""
-        self._failures.pop(("ua", f"{username}\x00{address}"), None)
+        Raises:
+            StateUnavailable: the state store did not answer.
+        """
+        limits, store = self.limits, self._shared.store
+        keys = self._keys(username, address)
+        pair, user, _source = await self._shared.call(
+            lambda: store.record_failure(keys, limits.window)
+        )
+        if user >= limits.per_user:
+            return float(limits.max_delay)
+        return float(min(limits.max_delay, limits.base_delay * 2 ** max(0, pair - 1)))
+
+    async def succeeded(self, username: str, address: str) -> None:
+        """Forget the failures of this username from this address.
+
+        Raises:
+            StateUnavailable: the state store did not answer.
+        """
+        key = self._keys(username, address)[0]
+        await self._shared.call(lambda: self._shared.store.clear_failures(key))
 
 
 class ConnectionRate:

@@ -29,7 +29,7 @@ from typing import Any
 from ._config import ServerConfig
 from .errors import ConfigError
 
-__all__ = ["Worker", "reserve_port", "supervise"]
+__all__ = ["Supervision", "Worker", "reserve_port", "supervise"]
 
 log = logging.getLogger("sftpd")
 
@@ -47,6 +47,20 @@ class Worker:
     index: int
     ready_fd: int  # write one byte once listening
     lifeline_fd: int  # end of file: the supervisor is gone
+
+
+@dataclasses.dataclass
+class Supervision:
+    """How the workers stand, for the supervisor's readiness check (read from a thread)."""
+
+    started: bool = False
+    stopping: bool = False
+
+    def problem(self) -> str | None:
+        """None while every worker serves; else why not."""
+        if self.stopping:
+            return "draining"
+        return None if self.started else "starting"
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -84,13 +98,16 @@ def supervise(
     run_worker: Callable[[ServerConfig, Worker], int],
     on_ready: Callable[[ServerConfig], None],
     on_exit: Callable[[int], None] = lambda pid: None,
+    supervision: Supervision | None = None,
 ) -> int:
     """Run ``workers`` processes serving ``config``; return the exit status for the CLI.
 
     ``run_worker(config, worker)`` runs in each forked process and returns its exit
     status; ``on_ready(config)`` is called once every worker listens (``config.port`` is
-    the bound port); ``on_exit(pid)`` after a worker process has exited.
+    the bound port); ``on_exit(pid)`` after a worker process has exited. ``supervision``
+    is kept up to date (started, stopping).
     """
+    fleet = supervision if supervision is not None else Supervision()
     reserved = reserve_port(config.host, config.port)
     config = dataclasses.replace(config, port=int(reserved.getsockname()[1]), reuse_port=True)
     lifeline_read, lifeline_write = os.pipe()
@@ -131,6 +148,7 @@ def supervise(
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping += 1
+        fleet.stopping = True
         _terminate(children)
 
     def hangup(_signum: int, _frame: object) -> None:
@@ -145,6 +163,7 @@ def supervise(
         previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
         on_ready(config)
+        fleet.started = True
         quick_deaths = 0
         while children:
             pid, status = _wait_any(children)

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,25 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from . import __version__
+from . import _sizes as sizes
+from ._admin import AdminServer
+from ._bandwidth import Bandwidth
 from ._config import HOST_KEY_GLOB, ServerConfig, load_host_keys
 from ._config_file import FileConfig, UserTable, load_config_file
+from ._quota import Quota, count_usage
 from ._server import Server
-from ._workers import Worker, supervise
+from ._session import Peer, Session
+from ._shared import SharedState
+from ._throttle import LoginLimits
+from ._workers import Supervision, Worker, supervise
 from .audit import AuditLog
 from .audit import reopen_all as reopen_audit_logs
 from .auth import fingerprint
+from .backend import bind_backend, start_backend, stop_backend
 from .backends.local import LocalBackend
 from .backends.memory import MemoryBackend
 from .errors import ConfigError
+from .state import MemoryState, StateUnavailable, state_from_url
 
 __all__ = ["main"]
 
@@ -42,16 +51,13 @@ log = logging.getLogger("sftpd")
 
 def parse_size(text: str, option: str = "--max-file-size") -> int:
     """``"100M"`` -> 104857600: bytes, or a number with K, M, G or T (powers of 1024)."""
-    units = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
-    number, unit = text.strip().upper().removesuffix("B"), ""
-    if number[-1:] in units:
-        number, unit = number[:-1], number[-1]
-    if not number.isdigit():
+    try:
+        return sizes.parse_size(text, option)
+    except ConfigError:
         raise click.BadParameter(
             f"{text!r} is not a size such as 1048576, 512K, 100M or 2G",
             param_hint=option,
-        )
-    return int(number) << units[unit]
+        ) from None
 
 
 def _parse_object_args(values: tuple[str, ...]) -> dict[str, Any]:
@@ -320,11 +326,35 @@ def s3_cleanup(target: str, older_than: float, config_file: Path | None) -> None
 @click.option("--proxy-from", "proxy_from", multiple=True, metavar="CIDR",
               help="With --proxy-protocol: an address or network the balancer connects "
                    "from (repeatable); connections from elsewhere are dropped.")  # fmt: skip
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Serve Prometheus metrics at http://HOST:PORT/metrics "
-                   "(needs pysftpd[metrics]).")  # fmt: skip
-@click.option("--metrics-host", default="127.0.0.1", show_default=True,
-              help="Address for --metrics-port.")  # fmt: skip
+@click.option("--admin-port", "--metrics-port", "admin_port", type=click.IntRange(0, 65535),
+              default=None,
+              help="Serve /healthz, /readyz (503 while starting, draining or without the "
+                   "state store) and Prometheus /metrics (with pysftpd[metrics]) at "
+                   "http://HOST:PORT.")  # fmt: skip
+@click.option("--admin-host", "--metrics-host", "admin_host", default="127.0.0.1",
+              show_default=True, help="Address for --admin-port.")  # fmt: skip
+@click.option("--state", "state_url", default="memory", show_default=True, metavar="URL",
+              help="Where login bans, session caps, quota usage and bandwidth buckets are "
+                   "kept: memory (this process) or redis://HOST:PORT/DB, shared by every "
+                   "worker and instance given the same URL (needs pysftpd[redis]).")  # fmt: skip
+@click.option("--state-prefix", default="sftpd:", show_default=True,
+              help="Prefix of every key sftpd writes in Redis.")  # fmt: skip
+@click.option(
+    "--max-sessions-per-user",
+    type=click.IntRange(1),
+    default=None,
+    help="Sessions one user may have at once, over all processes sharing --state.",
+)
+@click.option(
+    "--max-sessions-total",
+    type=click.IntRange(1),
+    default=None,
+    help="Sessions at once over all processes sharing --state.",
+)
+@click.option("--bandwidth", "bandwidth", multiple=True, metavar="NAME=RATE",
+              help="A rate limit in bytes per second (512K, 10M), NAME one of "
+                   "session-upload, session-download, user-upload, user-download, "
+                   "server-upload, server-download; repeatable.")  # fmt: skip
 @click.option("--audit-log", type=str, default=None, metavar="FILE|-",
               help="Append one JSON line per login, logout, upload, download, delete, "
                    "rename, mkdir and rmdir to FILE ('-' for standard output).")  # fmt: skip
@@ -366,7 +396,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         if loaded is not None:
             s3_options = loaded.s3
             for key, value in loaded.server.items():
-                name = "backend_spec" if key == "backend" else key
+                name = {"backend": "backend_spec", "state": "state_url"}.get(key, key)
                 source = ctx.get_parameter_source(name)  # None: a key with no flag
                 if source is None or source is click.core.ParameterSource.DEFAULT:
                     options[name] = Path(value) if name == "host_key_dir" else value
@@ -391,8 +421,14 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
             options["upload_memory"] = parse_size(options["upload_memory"], "--upload-memory")
         options["upload_memory"] = options["upload_memory"] or None  # 0: no limit
         workers = options.pop("workers")
-        metrics_port = options.pop("metrics_port")
-        metrics_host = options.pop("metrics_host")
+        admin_port = options.pop("admin_port")
+        admin_host = options.pop("admin_host")
+        state_url, state_prefix = options.pop("state_url"), options.pop("state_prefix")
+        options["state"] = state_from_url(state_url, prefix=state_prefix)
+        if loaded is not None and loaded.login_limits:
+            options["login_limits"] = LoginLimits(**loaded.login_limits)
+        section = loaded.bandwidth if loaded is not None else {}
+        options["bandwidth"] = _bandwidth(options["bandwidth"], section)
         audit_target = options.pop("audit_log")
         hooks = _webhooks(options.pop("webhooks"), options.pop("webhook_secret_env"))
         if object_args:
@@ -432,7 +468,9 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         if hooks is not None:
             hooks.attach()
         if workers > 1:
-            with _worker_metrics(metrics_port, metrics_host) as on_exit:
+            fleet = Supervision()
+            store_probe = _store_probe(state_url, state_prefix)
+            with _worker_admin(admin_port, admin_host, fleet, store_probe) as on_exit:
                 names = table.names
                 status = supervise(
                     config,
@@ -440,13 +478,16 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
                     lambda cfg, worker: _run_worker(cfg, worker, reload_users),
                     lambda cfg: _announce(cfg, names, load_host_keys(cfg), workers),
                     on_exit,
+                    fleet,
                 )
             sys.exit(status)
-        if metrics_port is not None:
-            metrics = _prometheus().PrometheusMetrics().attach()
-            server = metrics.serve(metrics_port, metrics_host)
-            console.print(f"Metrics: http://{metrics_host}:{server.server_address[1]}/metrics")
-        asyncio.run(_serve(config, table.names, reload_users))
+        probe = _ServerProbe()
+        admin = _admin_server(admin_port, admin_host, probe)
+        try:
+            asyncio.run(_serve(config, table.names, reload_users, probe=probe))
+        finally:
+            if admin is not None:
+                admin.close()
     except ConfigError as exc:
         _print_error(exc)
         sys.exit(2)
@@ -485,9 +526,13 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option("--state", "state_url", default=None, metavar="URL",
+              help="The state store for the user's quota and bandwidth limits (default: the "
+                   "config's [server] state, else this process: the quota is then counted "
+                   "afresh for each session).")  # fmt: skip
 def stdio(config_file: Path | None, backend_spec: str | None, user: str | None,
           root: str | None, read_only: bool, max_open_files: int, audit_log: str | None,
-          log_file: Path | None, log_level: str) -> None:  # fmt: skip
+          log_file: Path | None, log_level: str, state_url: str | None) -> None:  # fmt: skip
     """Serve one SFTP session on standard input and output, for OpenSSH's sshd.
 
     In sshd_config: Subsystem sftp /path/to/sftpd stdio --backend local:/srv/sftp
@@ -519,15 +564,150 @@ def stdio(config_file: Path | None, backend_spec: str | None, user: str | None,
             attributes=attributes, upload_memory=UploadMemory(DEFAULT_UPLOAD_MEMORY),
         )  # fmt: skip
         backend = bind_backend(make_backend(spec, loaded.s3 if loaded else {}))
+        server = loaded.server if loaded else {}
+        store = state_from_url(state_url or server.get("state", "memory"),
+                               prefix=server.get("state_prefix", "sftpd:"))  # fmt: skip
         if audit_log is not None:
             AuditLog(audit_log).attach()
         asyncio.run(serve_stdio(
             backend, session, bus=bus,
             settings=Settings(max_open_handles=max_open_files),
             stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
+            shared=SharedState(store), bandwidth=_bandwidth((), loaded.bandwidth if loaded else {}),
         ))  # fmt: skip
     except ConfigError as exc:
         log.error("sftpd stdio: %s", exc)
+        sys.exit(2)
+
+
+@main.group("quota")
+def quota_group() -> None:
+    """Storage quotas kept in the state store."""
+
+
+def _quota_setup(
+    config_file: Path, state_url: str | None, users: tuple[str, ...]
+) -> tuple[Any, Any, dict[str, list[tuple[str, Any]]]]:
+    """The backend, the store and ``{quota key: [(user, quota)]}`` a config file names."""
+    loaded = load_config_file(config_file)
+    server = loaded.server
+    backend = make_backend(server.get("backend", "memory"), loaded.s3)
+    url = state_url or server.get("state", "memory")
+    store = state_from_url(url, prefix=server.get("state_prefix", "sftpd:"))
+    keys: dict[str, list[tuple[str, Any]]] = {}
+    for name in loaded.users.names:
+        attrs = loaded.users.attributes.get(name, {})
+        quota = Quota.from_attributes(name, attrs)
+        if quota is not None and (not users or name in users):
+            keys.setdefault(quota.key, []).append((name, attrs))
+    missing = [u for u in users if not any(u == n for group in keys.values() for n, _ in group)]
+    if missing:
+        raise ConfigError(f"no quota for user(s) {', '.join(missing)} in {config_file}")
+    return backend, store, keys
+
+
+@quota_group.command("scan")
+@click.option("--config", "config_file", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The config file of `sftpd serve`: its backend, state and users.")  # fmt: skip
+@click.option(
+    "--state",
+    "state_url",
+    default=None,
+    metavar="URL",
+    help="The state store (default: the config file's [server] state).",
+)
+@click.argument("users", nargs=-1)
+def quota_scan(config_file: Path, state_url: str | None, users: tuple[str, ...]) -> None:
+    """Count what the users with a quota hold (every file under their roots) and record it
+    as their usage, replacing what the store had. USERS: only these (default: all)."""
+    try:
+        backend, store, keys = _quota_setup(config_file, state_url, users)
+        if isinstance(store, MemoryState):
+            raise ConfigError("a scan recorded in memory is lost at exit: give --state "
+                              "redis://... (or [server] state) of the running servers")  # fmt: skip
+        counted = asyncio.run(_scan_quotas(backend, store, keys))
+    except ConfigError as exc:
+        _print_error(exc)
+        sys.exit(2)
+    for key, (nbytes, files) in sorted(counted.items()):
+        console.print(f"{key}: {nbytes} bytes in {files} files")
+
+
+async def _scan_quotas(
+    backend: object, store: Any, keys: dict[str, list[tuple[str, Any]]]
+) -> dict[str, tuple[int, int]]:
+    bound = bind_backend(backend)
+    await store.start()
+    await start_backend(bound)
+    counted: dict[str, tuple[int, int]] = {}
+    try:
+        for key, members in keys.items():
+            total_bytes = total_files = 0
+            name, attrs = members[0]
+            for root in sorted({str(a.get("root", "/")) for _, a in members}):
+                session = Session.from_attributes(
+                    username=name, peer=Peer("sftpd-quota", 0), auth_method="none",
+                    attributes={**attrs, "root": root},
+                )  # fmt: skip
+                nbytes, files = await count_usage(
+                    lambda d, s=session: bound.list_dir(d, s),  # type: ignore[misc]
+                    session.root,
+                )
+                total_bytes, total_files = total_bytes + nbytes, total_files + files
+            await store.set_usage(key, total_bytes, total_files)
+            counted[key] = (total_bytes, total_files)
+    except StateUnavailable as exc:
+        raise ConfigError(str(exc)) from exc
+    finally:
+        await stop_backend(bound)
+        await store.close()
+    return counted
+
+
+@quota_group.command("show")
+@click.option("--config", "config_file", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The config file of `sftpd serve`: its state and users.")  # fmt: skip
+@click.option(
+    "--state",
+    "state_url",
+    default=None,
+    metavar="URL",
+    help="The state store (default: the config file's [server] state).",
+)
+@click.argument("users", nargs=-1)
+def quota_show(config_file: Path, state_url: str | None, users: tuple[str, ...]) -> None:
+    """Print each quota's limits and what the store counts: committed and reserved."""
+    try:
+        _backend, store, keys = _quota_setup(config_file, state_url, users)
+
+        async def show() -> list[str]:
+            await store.start()
+            try:
+                lines = []
+                for key, members in sorted(keys.items()):
+                    quota = Quota.from_attributes(members[0][0], members[0][1])
+                    assert quota is not None
+                    usage = await store.usage(key)
+                    held = ("unknown (counted at the next login)" if usage is None else
+                            f"{usage.bytes} bytes in {usage.files} files, "
+                            f"{usage.reserved_bytes} bytes reserved")  # fmt: skip
+                    limit = (f"{quota.max_bytes if quota.max_bytes is not None else 'any'} "
+                             f"bytes, {quota.max_files if quota.max_files is not None else 'any'}"
+                             " files")  # fmt: skip
+                    users_of = ", ".join(name for name, _ in members)
+                    lines.append(f"{key} ({users_of}): {held}; limit {limit}")
+                return lines
+            except StateUnavailable as exc:
+                raise ConfigError(str(exc)) from exc
+            finally:
+                await store.close()
+
+        for line in asyncio.run(show()):
+            console.print(line)
+    except ConfigError as exc:
+        _print_error(exc)
         sys.exit(2)
 
 
@@ -569,19 +749,119 @@ def _webhooks(urls: Any, secret_env: str | None) -> Any:
     return Webhooks(list(urls), secret=secret)
 
 
-def _prometheus() -> Any:
-    """The Prometheus integration, or a ConfigError naming the extra it needs."""
+def _bandwidth(flags: tuple[str, ...], section: dict[str, Any]) -> Bandwidth:
+    """The rates of ``--bandwidth NAME=RATE`` flags over the config file's [bandwidth]."""
+    rates = {name: sizes.parse_size(value, f"[bandwidth] {name}")
+             for name, value in section.items()}  # fmt: skip
+    if flags:
+        given = Bandwidth.parse(",".join(flags))
+        rates.update({name: getattr(given, name) for name in Bandwidth.__dataclass_fields__
+                      if getattr(given, name) is not None})  # fmt: skip
+    return Bandwidth(**rates)
+
+
+def _nothing(_pid: int) -> None:
+    """What to do when a worker exits, without metrics."""
+
+
+class _ServerProbe:
+    """What the admin port's checks ask of the server this process runs."""
+
+    def __init__(self) -> None:
+        self.server: Server | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _ask(self, work: Coroutine[Any, Any, str | None]) -> str | None:
+        loop = self.loop
+        if loop is None:
+            work.close()
+            return "starting"
+        try:
+            return asyncio.run_coroutine_threadsafe(work, loop).result(PROBE_TIMEOUT)
+        except TimeoutError:
+            return "the event loop is not answering"
+        except RuntimeError:  # the loop has closed
+            work.close()
+            return "stopped"
+
+    def live(self) -> str | None:
+        """None while the event loop answers."""
+        if self.loop is None:
+            return None  # starting up is alive
+
+        async def nothing() -> None:
+            return None
+
+        return self._ask(nothing())
+
+    def ready(self) -> str | None:
+        """None while new logins can succeed."""
+        server = self.server
+        if server is None:
+            return "starting"
+        return self._ask(server.readiness())
+
+
+#: Seconds an admin check waits for the server's answer.
+PROBE_TIMEOUT = 3.0
+
+
+def _admin_server(port: int | None, host: str, probe: _ServerProbe) -> AdminServer | None:
+    """The admin port of a single-process server (with --admin-port)."""
+    if port is None:
+        return None
+    page = _metrics_page()
+    admin = AdminServer(host, port, live=probe.live, ready=probe.ready, metrics=page)
+    _print_admin(admin, page is not None, "")
+    return admin
+
+
+def _print_admin(admin: AdminServer, metrics: bool, whose: str) -> None:
+    if metrics:
+        console.print(f"Metrics: {admin.url('/metrics')}{whose}")
+    console.print(f"Health: {admin.url('/healthz')} {admin.url('/readyz')}")
+
+
+def _metrics_page() -> Callable[[], bytes] | None:
+    """Attach Prometheus metrics and return what makes their page (None: not installed)."""
     try:
         from .integrations import prometheus
-    except ImportError as exc:
-        raise ConfigError(str(exc)) from exc
-    return prometheus
+    except ImportError:
+        log.info("no /metrics: prometheus-client is not installed (pysftpd[metrics])")
+        return None
+    metrics: Any = prometheus.PrometheusMetrics().attach()
+    page: Callable[[], bytes] = metrics.page
+    return page
+
+
+def _store_probe(url: str, prefix: str) -> Callable[[], str | None]:
+    """For the supervisor of --workers: whether the state store answers (a fresh client
+    each time, as the workers' own are theirs)."""
+    if url == "memory":
+        return lambda: None
+
+    def probe() -> str | None:
+        async def ping() -> str | None:
+            store = state_from_url(url, prefix=prefix)
+            try:
+                await store.ping()
+            except StateUnavailable:
+                return "state store unreachable"
+            finally:
+                await store.close()
+            return None
+
+        return asyncio.run(ping())
+
+    return probe
 
 
 @contextlib.contextmanager
-def _worker_metrics(port: int | None, host: str) -> Iterator[Callable[[int], None]]:
-    """With --metrics-port and --workers: the workers count in files, this process serves
-    the sum. Yields what to call when a worker exits.
+def _worker_admin(
+    port: int | None, host: str, fleet: Supervision, probe: Callable[[], str | None]
+) -> Iterator[Callable[[int], None]]:
+    """With --admin-port and --workers: the workers count metrics in files, this process
+    serves their sum and the health checks. Yields what to call when a worker exits.
     """
     if port is None:
         yield lambda pid: None
@@ -591,13 +871,24 @@ def _worker_metrics(port: int | None, host: str) -> Iterator[Callable[[int], Non
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="sftpd-metrics-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
             stack.callback(os.environ.pop, "PROMETHEUS_MULTIPROC_DIR", None)
-        prometheus = _prometheus()
-        # Attached here, inherited by every forked worker; each counts in its own files.
-        stack.callback(prometheus.PrometheusMetrics().attach().detach)
-        server = prometheus.serve_multiprocess(port, host)
-        stack.callback(server.shutdown)
-        console.print(f"Metrics: http://{host}:{server.server_address[1]}/metrics (all workers)")
-        yield prometheus.worker_exited
+        page: Callable[[], bytes] | None = None
+        on_exit: Callable[[int], None] = _nothing
+        try:
+            from .integrations import prometheus
+        except ImportError:
+            log.info("no /metrics: prometheus-client is not installed (pysftpd[metrics])")
+        else:
+            # Attached here, inherited by every forked worker; each counts in its own files.
+            stack.callback(prometheus.PrometheusMetrics().attach().detach)
+            page, on_exit = prometheus.multiprocess_page(), prometheus.worker_exited
+
+        def ready() -> str | None:
+            return fleet.problem() or probe()
+
+        admin = AdminServer(host, port, live=lambda: None, ready=ready, metrics=page)
+        stack.callback(admin.close)
+        _print_admin(admin, page is not None, " (all workers)")
+        yield on_exit
 
 
 def _print_error(exc: ConfigError) -> None:
@@ -664,10 +955,15 @@ async def _serve(
     users: list[str],
     reload_users: Callable[[], Any],
     worker: Worker | None = None,
+    probe: _ServerProbe | None = None,
 ) -> None:
     server = Server(config)
-    await server.start()
     loop = asyncio.get_running_loop()
+    if probe is not None:
+        probe.loop = loop
+    await server.start()
+    if probe is not None:
+        probe.server = server
     stopping = False
 
     def on_hangup() -> None:

@@ -110,3 +110,36 @@ async def test_stdio_without_sshd_answers_version() -> None:
     assert proc.returncode == 0, err.decode()
     assert out[4] == 2  # VERSION
     assert out[5:9] == b"\0\0\0\x03"
+
+
+async def test_stdio_enforces_the_users_quota(tmp_path: Path) -> None:
+    """``sftpd stdio`` (here under OpenSSH's ``sftp -D``) counts the user's files at start
+    and refuses an upload past the config file's quota, storing nothing."""
+    root = tmp_path / "root"
+    (root / "ann").mkdir(parents=True)
+    (root / "ann" / "old.bin").write_bytes(b"o" * 6 * 1024)
+    config = tmp_path / "sftpd.toml"
+    config.write_text(
+        f'[server]\nbackend = "local:{root}"\n'
+        '[users.ann]\npassword = "unused"\nroot = "/ann"\nquota_bytes = 10240\n'
+    )
+    (tmp_path / "small.bin").write_bytes(b"s" * 3 * 1024)
+    (tmp_path / "big.bin").write_bytes(b"b" * 2 * 1024)
+    sftpd_bin = shutil.which("sftpd") or str(Path(sys.executable).parent / "sftpd")
+    server = f"{sftpd_bin} stdio --config {config} --user ann"
+
+    async def batch(commands: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            "sftp", "-D", server, "-b", "-", cwd=tmp_path,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(commands.encode()), 60)
+        return int(proc.returncode or 0), out.decode()
+
+    code, out = await batch("put small.bin\ndf\n")
+    assert code == 0, out
+    assert out.strip().splitlines()[-1].split()[:3] == ["10", "9", "1"]  # KiB
+    code, out = await batch("put big.bin\n")
+    assert code != 0
+    assert not (root / "ann" / "big.bin").exists()
+    assert (root / "ann" / "small.bin").stat().st_size == 3 * 1024

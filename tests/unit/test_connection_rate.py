@@ -10,7 +10,9 @@ import pytest
 import sftpd
 from sftpd._server import ServerContext
 from sftpd._session import Peer
-from sftpd._throttle import ConnectionRate, LoginThrottle
+from sftpd._shared import SharedState
+from sftpd._throttle import ConnectionRate
+from sftpd.state import MemoryState
 from sftpd.telemetry import TelemetryBus
 
 
@@ -46,7 +48,7 @@ def test_a_flood_of_refusals_is_logged_once_a_minute(
         config=config,
         backend=None,  # type: ignore[arg-type]
         auth=None,  # type: ignore[arg-type]
-        throttle=LoginThrottle(config.login_limits),
+        shared=SharedState(MemoryState()),
         bus=TelemetryBus(),
     )
     clock = [1000.0]

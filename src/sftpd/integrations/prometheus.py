@@ -12,6 +12,7 @@ in prometheus_client's multiprocess mode and the supervisor serves the sum
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
@@ -24,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "Prometheus metrics need the prometheus-client package: pip install 'pysftpd[metrics]'"
     ) from exc
 
-__all__ = ["PrometheusMetrics", "serve_multiprocess", "worker_exited"]
+__all__ = ["PrometheusMetrics", "multiprocess_page", "serve_multiprocess", "worker_exited"]
 
 #: Where prometheus_client's multiprocess mode keeps each process's values. It must be set
 #: before prometheus_client is first imported (``sftpd serve --workers`` does so).
@@ -86,6 +87,10 @@ class PrometheusMetrics(Listener):
         """
         return _start(port, host, self.registry)
 
+    def page(self) -> bytes:
+        """The metrics in Prometheus's text format, for a web app's own ``/metrics``."""
+        return bytes(prom.generate_latest(self.registry))
+
     def handle(self, event: Event) -> None:
         """Update the metrics for one event."""
         name, meta, measure = event.name, event.metadata, event.measurements
@@ -122,16 +127,16 @@ def _start(port: int, host: str, registry: prom.CollectorRegistry) -> Any:
     return server
 
 
-def serve_multiprocess(port: int, host: str = "127.0.0.1") -> Any:
-    """Serve ``/metrics`` summed over every process writing to ``PROMETHEUS_MULTIPROC_DIR``.
+def multiprocess_page() -> Callable[[], bytes]:
+    """What makes the metrics page summed over every process writing to
+    ``PROMETHEUS_MULTIPROC_DIR``.
 
     Counters and histograms of workers that exited still count; the active-sessions gauge
     counts live workers only (see :func:`worker_exited`).
 
     Raises:
         ConfigError: the variable is unset, or prometheus_client was imported before it was
-            set (it then keeps values in memory, where this process cannot see them), or
-            the port cannot be bound.
+            set (it then keeps values in memory, where this process cannot see them).
     """
     from prometheus_client import multiprocess
 
@@ -139,6 +144,21 @@ def serve_multiprocess(port: int, host: str = "127.0.0.1") -> Any:
         raise ConfigError(f"{MULTIPROC_ENV} must name a directory for the workers' metrics")
     if prom.values.ValueClass is prom.values.MutexValue:  # single-process mode
         raise ConfigError(f"prometheus_client was imported before {MULTIPROC_ENV} was set")
+    registry = prom.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return lambda: bytes(prom.generate_latest(registry))
+
+
+def serve_multiprocess(port: int, host: str = "127.0.0.1") -> Any:
+    """Serve ``/metrics`` summed over every process (:func:`multiprocess_page`) from a
+    background thread; returns the server.
+
+    Raises:
+        ConfigError: as :func:`multiprocess_page`, or the port cannot be bound.
+    """
+    multiprocess_page()  # the checks
+    from prometheus_client import multiprocess
+
     registry = prom.CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return _start(port, host, registry)

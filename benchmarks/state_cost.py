@@ -1,0 +1,182 @@
+"""What the Redis state store costs, against the in-process one, in one run.
+
+Two `sftpd serve` processes on the local backend (tmpfs), configured alike but for
+``state``: ``memory``, and a redis-server this script starts on a free loopback port. The
+user has a quota (every upload reserves and settles) and a session cap (every login takes
+and gives back a lease), so each store does the work a fleet needs. The servers take
+turns, ``--rounds`` times:
+
+1. **2000 small files**: OpenSSH ``sftp put -r`` of 2000 files of 4 KiB in one session;
+   files/s, the ratio, sftpd's and redis-server's CPU seconds.
+2. **Logins**: ``--logins`` (300) password logins by asyncssh clients, 8 at a time, each
+   opening the SFTP subsystem and closing; logins/s, the ratio, CPU per login.
+
+    .venv/bin/python -m benchmarks.state_cost [--rounds 3] [--logins 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncssh
+
+from benchmarks._common import (
+    TMPFS,
+    cpu_seconds,
+    free_port,
+    make_workspace,
+    peak_rss_mib,
+    sftp_batch,
+    wait_for_port,
+)
+
+FILES = 2000
+FILE_SIZE = 4096
+CONCURRENT_LOGINS = 8
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path) -> Iterator[tuple[int, int]]:
+    """A redis-server without persistence; yields its port and pid."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(proc, port, "redis-server", 20)
+        yield port, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def sftpd(tmp: Path, name: str, keys: Path, state: str) -> Iterator[tuple[int, int, Path]]:
+    """`sftpd serve` on a local folder with a quota'd, capped user; port, pid, root."""
+    root = tmp / f"root-{name}"
+    root.mkdir()
+    config = tmp / f"{name}.toml"
+    config.write_text(
+        f'[server]\nbackend = "local:{root}"\nhost_key_dir = "{keys}"\nstate = "{state}"\n'
+        "max_sessions = 100\nmax_unauthenticated_per_address = 100\n"
+        "connection_rate = 10000.0\nconnection_burst = 10000\n"
+        '[users.dev]\npassword = "dev"\nquota_bytes = "10G"\nquota_files = 1000000\n'
+        "max_sessions = 50\n"
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sftpd", "serve", "--config", str(config), "--port", str(port),
+         "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(proc, port, f"sftpd ({name})", 30)
+        yield port, proc.pid, root
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+async def _logins(port: int, count: int) -> float:
+    """``count`` logins, ``CONCURRENT_LOGINS`` at a time; wall seconds."""
+    queue = list(range(count))
+
+    async def client() -> None:
+        while queue:
+            queue.pop()
+            async with asyncssh.connect(
+                "127.0.0.1", port, username="dev", password="dev", known_hosts=None,
+                client_keys=None, preferred_auth="password",
+            ) as conn, conn.start_sftp_client() as sftp:  # fmt: skip
+                await sftp.getcwd()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(CONCURRENT_LOGINS)))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--logins", type=int, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=TMPFS, prefix="sftpd-state-") as tmp_name:
+        tmp = Path(tmp_name)
+        keys, askpass, local, _root = make_workspace(tmp, 0)
+        source = local / "small"
+        source.mkdir()
+        for index in range(FILES):
+            (source / f"f{index:04d}.bin").write_bytes(os.urandom(FILE_SIZE))
+        with contextlib.ExitStack() as stack:
+            redis_port, redis_pid = stack.enter_context(redis_server(tmp))
+            servers = {
+                "memory": stack.enter_context(sftpd(tmp, "memory", keys, "memory")),
+                "redis": stack.enter_context(
+                    sftpd(tmp, "redis", keys, f"redis://127.0.0.1:{redis_port}/0")
+                ),
+            }
+            files: dict[str, list[float]] = {n: [] for n in servers}
+            logins: dict[str, list[float]] = {n: [] for n in servers}
+            cpu_files: dict[str, list[float]] = {n: [] for n in servers}
+            cpu_logins: dict[str, list[float]] = {n: [] for n in servers}
+            redis_cpu: dict[str, float] = {"files": 0.0, "logins": 0.0}
+            for round_ in range(args.rounds):
+                for name, (port, pid, root) in servers.items():
+                    target = root / f"round{round_}"
+                    before, redis_before = cpu_seconds(pid), cpu_seconds(redis_pid)
+                    wall = sftp_batch(port, f"mkdir round{round_}\nput -r small round{round_}\n",
+                                      local, askpass)  # fmt: skip
+                    cpu_files[name].append(cpu_seconds(pid) - before)
+                    if name == "redis":
+                        redis_cpu["files"] += cpu_seconds(redis_pid) - redis_before
+                    stored = sum(1 for p in target.rglob("*") if p.is_file())
+                    if stored != FILES:
+                        raise SystemExit(f"{name}: {stored} of {FILES} files stored")
+                    files[name].append(FILES / wall)
+                    before, redis_before = cpu_seconds(pid), cpu_seconds(redis_pid)
+                    wall = asyncio.run(_logins(port, args.logins))
+                    cpu_logins[name].append(cpu_seconds(pid) - before)
+                    if name == "redis":
+                        redis_cpu["logins"] += cpu_seconds(redis_pid) - redis_before
+                    logins[name].append(args.logins / wall)
+                    print(f"round {round_ + 1} {name:6}: {files[name][-1]:7.0f} files/s, "
+                          f"{logins[name][-1]:6.1f} logins/s", flush=True)  # fmt: skip
+            rss = {name: peak_rss_mib(pid) for name, (_, pid, _) in servers.items()}
+        print()
+        print(f"{FILES} files of {FILE_SIZE} B (put -r, one session), median of {args.rounds}:")
+        for name in servers:
+            cpu = statistics.median(cpu_files[name])
+            print(f"  {name:6}  {statistics.median(files[name]):7.0f} files/s  "
+                  f"sftpd CPU {cpu:5.2f} s ({cpu / FILES * 1e6:4.0f} us/file)  "
+                  f"peak RSS {rss[name]:5.1f} MiB")  # fmt: skip
+        ratio = statistics.median(files["redis"]) / statistics.median(files["memory"])
+        per_round = redis_cpu["files"] / args.rounds
+        print(f"  redis / memory: {ratio:.2f}x; redis-server CPU {per_round:.2f} s per round")
+        print(f"{args.logins} logins ({CONCURRENT_LOGINS} at a time), median of {args.rounds}:")
+        for name in servers:
+            cpu = statistics.median(cpu_logins[name])
+            print(f"  {name:6}  {statistics.median(logins[name]):6.1f} logins/s  "
+                  f"sftpd CPU {cpu / args.logins * 1e3:5.1f} ms/login")  # fmt: skip
+        ratio = statistics.median(logins["redis"]) / statistics.median(logins["memory"])
+        per_round = redis_cpu["logins"] / args.rounds
+        print(f"  redis / memory: {ratio:.2f}x; redis-server CPU {per_round:.2f} s per round")
+
+
+if __name__ == "__main__":
+    main()
