@@ -3,8 +3,9 @@
 Two `sftpd serve` processes on the local backend (tmpfs), configured alike but for
 ``state``: ``memory``, and a redis-server this script starts on a free loopback port. The
 user has a quota (every upload reserves and settles) and a session cap (every login takes
-and gives back a lease), so each store does the work a fleet needs. The servers take
-turns, ``--rounds`` times:
+and gives back a lease), so each store does the work a fleet needs; a third server on the
+same Redis has the user without a quota (no store call per file). The servers take turns,
+``--rounds`` times:
 
 1. **2000 small files**: OpenSSH ``sftp put -r`` of 2000 files of 4 KiB in one session;
    files/s, the ratio, sftpd's and redis-server's CPU seconds.
@@ -67,8 +68,11 @@ def redis_server(folder: Path) -> Iterator[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def sftpd(tmp: Path, name: str, keys: Path, state: str) -> Iterator[tuple[int, int, Path]]:
-    """`sftpd serve` on a local folder with a quota'd, capped user; port, pid, root."""
+def sftpd(
+    tmp: Path, name: str, keys: Path, state: str, *, quota: bool = True
+) -> Iterator[tuple[int, int, Path]]:
+    """`sftpd serve` on a local folder with a capped user, with a quota or without one;
+    port, pid, root."""
     root = tmp / f"root-{name}"
     root.mkdir()
     config = tmp / f"{name}.toml"
@@ -76,8 +80,8 @@ def sftpd(tmp: Path, name: str, keys: Path, state: str) -> Iterator[tuple[int, i
         f'[server]\nbackend = "local:{root}"\nhost_key_dir = "{keys}"\nstate = "{state}"\n'
         "max_sessions = 100\nmax_unauthenticated_per_address = 100\n"
         "connection_rate = 10000.0\nconnection_burst = 10000\n"
-        '[users.dev]\npassword = "dev"\nquota_bytes = "10G"\nquota_files = 1000000\n'
-        "max_sessions = 50\n"
+        '[users.dev]\npassword = "dev"\nmax_sessions = 50\n'
+        + ('quota_bytes = "10G"\nquota_files = 1000000\n' if quota else "")
     )
     port = free_port()
     proc = subprocess.Popen(
@@ -125,10 +129,12 @@ def main() -> None:
             (source / f"f{index:04d}.bin").write_bytes(os.urandom(FILE_SIZE))
         with contextlib.ExitStack() as stack:
             redis_port, redis_pid = stack.enter_context(redis_server(tmp))
+            url = f"redis://127.0.0.1:{redis_port}/0"
             servers = {
                 "memory": stack.enter_context(sftpd(tmp, "memory", keys, "memory")),
-                "redis": stack.enter_context(
-                    sftpd(tmp, "redis", keys, f"redis://127.0.0.1:{redis_port}/0")
+                "redis": stack.enter_context(sftpd(tmp, "redis", keys, url)),
+                "redis, no quota": stack.enter_context(
+                    sftpd(tmp, "noquota", keys, url, quota=False)
                 ),
             }
             files: dict[str, list[float]] = {n: [] for n in servers}
@@ -155,27 +161,33 @@ def main() -> None:
                     if name == "redis":
                         redis_cpu["logins"] += cpu_seconds(redis_pid) - redis_before
                     logins[name].append(args.logins / wall)
-                    print(f"round {round_ + 1} {name:6}: {files[name][-1]:7.0f} files/s, "
+                    print(f"round {round_ + 1} {name:15}: {files[name][-1]:7.0f} files/s, "
                           f"{logins[name][-1]:6.1f} logins/s", flush=True)  # fmt: skip
             rss = {name: peak_rss_mib(pid) for name, (_, pid, _) in servers.items()}
         print()
         print(f"{FILES} files of {FILE_SIZE} B (put -r, one session), median of {args.rounds}:")
         for name in servers:
             cpu = statistics.median(cpu_files[name])
-            print(f"  {name:6}  {statistics.median(files[name]):7.0f} files/s  "
+            print(f"  {name:15}  {statistics.median(files[name]):7.0f} files/s  "
                   f"sftpd CPU {cpu:5.2f} s ({cpu / FILES * 1e6:4.0f} us/file)  "
                   f"peak RSS {rss[name]:5.1f} MiB")  # fmt: skip
-        ratio = statistics.median(files["redis"]) / statistics.median(files["memory"])
+        base = statistics.median(files["memory"])
+        ratio = statistics.median(files["redis"]) / base
+        plain = statistics.median(files["redis, no quota"]) / base
         per_round = redis_cpu["files"] / args.rounds
-        print(f"  redis / memory: {ratio:.2f}x; redis-server CPU {per_round:.2f} s per round")
+        print(f"  redis / memory: {ratio:.2f}x (without a quota: {plain:.2f}x); redis-server "
+              f"CPU {per_round:.2f} s per round with the quota")  # fmt: skip
         print(f"{args.logins} logins ({CONCURRENT_LOGINS} at a time), median of {args.rounds}:")
         for name in servers:
             cpu = statistics.median(cpu_logins[name])
-            print(f"  {name:6}  {statistics.median(logins[name]):6.1f} logins/s  "
+            print(f"  {name:15}  {statistics.median(logins[name]):6.1f} logins/s  "
                   f"sftpd CPU {cpu / args.logins * 1e3:5.1f} ms/login")  # fmt: skip
-        ratio = statistics.median(logins["redis"]) / statistics.median(logins["memory"])
+        base = statistics.median(logins["memory"])
+        ratio = statistics.median(logins["redis"]) / base
+        plain = statistics.median(logins["redis, no quota"]) / base
         per_round = redis_cpu["logins"] / args.rounds
-        print(f"  redis / memory: {ratio:.2f}x; redis-server CPU {per_round:.2f} s per round")
+        print(f"  redis / memory: {ratio:.2f}x (without a quota: {plain:.2f}x); redis-server "
+              f"CPU {per_round:.2f} s per round with the quota")  # fmt: skip
 
 
 if __name__ == "__main__":

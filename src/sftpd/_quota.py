@@ -30,10 +30,13 @@ __all__ = ["Quota", "QuotaLedger", "UploadQuota", "count_usage"]
 
 log = logging.getLogger("sftpd")
 
-#: Bytes reserved ahead of a growing upload at once, so a stream of 32 KiB writes costs a
-#: store round trip per MiB, not per write. Near the limit it reserves exactly what is
-#: needed, so the quota still holds to the byte.
+#: Bytes an upload reserves ahead of what it has written (with its file, at open), so
+#: most uploads cost two store round trips (open, commit) and a stream of 32 KiB writes
+#: one per 4 MiB. Only while the room left is at least :data:`EXACT_BELOW`: closer to the
+#: limit every write reserves exactly what it adds, so a reservation held ahead and never
+#: used cannot refuse another upload that fits; the quota holds to the byte either way.
 RESERVE_STEP = 4 << 20
+EXACT_BELOW = 256 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,12 @@ class QuotaLedger:
         key = self.quota.key
         return await self.shared.call(lambda: self.shared.store.usage(key))
 
+    def ahead(self) -> int:
+        """Bytes to reserve beyond what a write needs (0 near the limit)."""
+        if self.quota.max_bytes is None or self._room_bytes < EXACT_BELOW:
+            return 0
+        return RESERVE_STEP
+
     def new_reservation(self) -> str:
         """A name for a reservation no other process will use."""
         return secrets.token_hex(8)
@@ -251,13 +260,23 @@ class UploadQuota:
         self._lock = asyncio.Lock()
 
     async def opened(self) -> None:
-        """A new file takes one of the quota's files.
+        """A new file takes one of the quota's files; far from the limit, the first bytes
+        are reserved with it (one round trip for both).
 
         Raises:
             QuotaExceeded: no file is left.
         """
-        if self.old_size is None and self.ledger.quota.max_files is not None:
-            await self.ledger.reserve(self.reservation, 0, 1)
+        files = 1 if self.old_size is None and self.ledger.quota.max_files is not None else 0
+        ahead = self.ledger.ahead()
+        if not files and not ahead:
+            return
+        try:
+            await self.ledger.reserve(self.reservation, ahead, files)
+            self._reserved = ahead
+        except QuotaExceeded:
+            if not ahead or not files:
+                raise
+            await self.ledger.reserve(self.reservation, 0, files)  # the room went meanwhile
 
     async def grow(self, size: int) -> None:
         """The file is about to reach ``size`` bytes: reserve what that adds.
@@ -271,7 +290,7 @@ class UploadQuota:
             needed = size - (self.old_size or 0) - self._reserved
             if needed <= 0:
                 return
-            step = max(needed, RESERVE_STEP)
+            step = needed + self.ledger.ahead()
             try:
                 await self.ledger.reserve(self.reservation, step, 0)
                 self._reserved += step
@@ -279,7 +298,7 @@ class UploadQuota:
             except QuotaExceeded:
                 if step == needed:
                     raise
-            await self.ledger.reserve(self.reservation, needed, 0)  # exactly, near the limit
+            await self.ledger.reserve(self.reservation, needed, 0)  # the room went meanwhile
             self._reserved += needed
 
     async def stored(self, size: int) -> None:

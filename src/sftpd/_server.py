@@ -203,6 +203,7 @@ class _Connection(asyncssh.SSHServer):
         self._lease = secrets.token_hex(8)
         self._lease_user: str | None = None
         self._ledger: QuotaLedger | None = None
+        self._had_failures = False  # failures of this user and address were counted
 
     # -- lifecycle
 
@@ -348,6 +349,7 @@ class _Connection(asyncssh.SSHServer):
         if accepted:
             await self._login_succeeded(username)
             return self._chain_step(username, "password")
+        self._had_failures = True
         await asyncio.sleep(await self._login_failed(username))
         return self._attempt_failed()
 
@@ -358,7 +360,7 @@ class _Connection(asyncssh.SSHServer):
         """
         throttle = self._ctx.throttle
         try:
-            refusal, delay = await throttle.check(username, self.peer.host)
+            refusal, delay, failures = await throttle.check(username, self.peer.host)
         except StateUnavailable:
             self._store_unreachable(username, method)
             return False
@@ -368,6 +370,7 @@ class _Connection(asyncssh.SSHServer):
             self._auth_event("failure", method, username, 0, "locked out")
             await asyncio.sleep(throttle.limits.max_delay)
             return False
+        self._had_failures = self._had_failures or failures > 0
         if delay:
             await asyncio.sleep(delay)
         return True
@@ -381,6 +384,8 @@ class _Connection(asyncssh.SSHServer):
             return throttle.limits.max_delay
 
     async def _login_succeeded(self, username: str) -> None:
+        if not self._had_failures:
+            return  # nothing to forget: no round trip to the store
         with contextlib.suppress(StateUnavailable):  # the lease, taken before, needed it
             await self._ctx.throttle.succeeded(username, self.peer.host)
 
@@ -442,6 +447,7 @@ class _Connection(asyncssh.SSHServer):
         if result:
             await self._login_succeeded(username)
             return self._chain_step(username, "keyboard-interactive")
+        self._had_failures = True
         await asyncio.sleep(await self._login_failed(username))
         return self._attempt_failed()
 

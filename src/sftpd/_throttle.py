@@ -71,9 +71,10 @@ class LoginThrottle:
     def _keys(username: str, address: str) -> list[str]:
         return [f"ua:{username}\x00{address}", f"u:{username}", f"a:{address}"]
 
-    async def check(self, username: str, address: str) -> tuple[str | None, float]:
-        """Before checking credentials: why this attempt is refused (or None), and how
-        long to hold it first (a user name with many failures everywhere is slowed).
+    async def check(self, username: str, address: str) -> tuple[str | None, float, int]:
+        """Before checking credentials: why this attempt is refused (or None), how long
+        to hold it first (a user name with many failures everywhere is slowed), and the
+        failures of this user from this address (none: a success has nothing to clear).
 
         Raises:
             StateUnavailable: the state store did not answer.
@@ -84,10 +85,10 @@ class LoginThrottle:
             lambda: store.failure_counts(keys, limits.window)
         )
         if source >= limits.per_address:
-            return "too many failed logins from this address", 0.0
+            return "too many failed logins from this address", 0.0, pair
         if pair >= limits.per_user_and_address:
-            return "too many failed logins for this user from this address", 0.0
-        return None, limits.max_delay if user >= limits.per_user else 0.0
+            return "too many failed logins for this user from this address", 0.0, pair
+        return None, limits.max_delay if user >= limits.per_user else 0.0, pair
 
     async def failed(self, username: str, address: str) -> float:
         """Record a failure; return the delay (seconds) to wait before answering.

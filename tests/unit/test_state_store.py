@@ -167,14 +167,14 @@ async def test_a_user_name_alone_is_slowed_never_banned() -> None:
     throttle = LoginThrottle(limits, SharedState(MemoryState()))
     for index in range(6):  # a spray from six addresses
         await throttle.failed("ann", f"198.51.100.{index}")
-    assert await throttle.check("ann", "203.0.113.1") == (None, 2.0)  # slowed, not refused
+    assert await throttle.check("ann", "203.0.113.1") == (None, 2.0, 0)  # slowed, not banned
     for _ in range(3):
         delay = await throttle.failed("bob", "203.0.113.9")
     assert delay == pytest.approx(0.4)  # 0.1 * 2 ** (3 - 1)
-    refusal, _ = await throttle.check("bob", "203.0.113.9")
+    refusal, _, _ = await throttle.check("bob", "203.0.113.9")
     assert refusal == "too many failed logins for this user from this address"
     assert (await throttle.check("bob", "203.0.113.10"))[0] is None
     for name in ("c", "d"):
         await throttle.failed(name, "203.0.113.9")
-    refusal, _ = await throttle.check("zed", "203.0.113.9")
+    refusal, _, _ = await throttle.check("zed", "203.0.113.9")
     assert refusal == "too many failed logins from this address"
