@@ -77,9 +77,10 @@ def sftpd(
     root.mkdir()
     config = tmp / f"{name}.toml"
     config.write_text(
-        f'[server]\nbackend = "local:{root}"\nhost_key_dir = "{keys}"\nstate = "{state}"\n'
+        f'[server]\nbackend = "local:{root}"\nhost_key_dir = "{keys}"\n'
         "max_sessions = 100\nmax_unauthenticated_per_address = 100\n"
         "connection_rate = 10000.0\nconnection_burst = 10000\n"
+        f'[state]\nurl = "{state}"\n'
         '[users.dev]\npassword = "dev"\nmax_sessions = 50\n'
         + ('quota_bytes = "10G"\nquota_files = 1000000\n' if quota else "")
     )

@@ -18,9 +18,13 @@ trusted_user_ca_keys = ["user_ca.pub"]   # CAs whose user certificates log in (T
 revoked_keys = "revoked.pub"             # keys no login may use (RevokedKeys; not a KRL)
 authorized_principals = { alice = ["alice", "ops"] }  # certificate principals per user
 authentication_methods = ["publickey,password"]  # a key, then a password (AuthenticationMethods)
-state = "redis://redis:6379/0"           # bans, session caps, quotas, bandwidth shared by a fleet
-max_sessions_per_user = 4                # over every instance sharing the state
+max_sessions_per_user = 4                # over every instance sharing the [state]
 admin_port = 9100                        # /healthz, /readyz, /metrics
+
+[state]                                  # bans, session caps, quotas, bandwidth of a fleet
+url = "redis://redis:6379/0"             # default "memory": this process only
+prefix = "sftpd:"                        # of every key in Redis
+ttl = 60                                 # seconds a dead instance's leases outlive it
 
 [login_limits]                           # failed logins: slowed, then banned (sftpd.LoginLimits)
 per_user_and_address = 5
@@ -108,9 +112,6 @@ SERVER_KEYS = {
     "max_channels": int,
     "max_requests_per_channel": int,
     "max_requests_per_session": int,
-    "state": str,
-    "state_prefix": str,
-    "state_ttl": float,
     "max_sessions_per_user": int,
     "max_sessions_total": int,
     "admin_port": int,
@@ -138,6 +139,8 @@ BANDWIDTH_KEYS: dict[str, Any] = dict.fromkeys(
      "server_download"),
     (int, str),
 )  # fmt: skip
+#: [state]: the state store shared by a fleet.
+STATE_KEYS = {"url": str, "prefix": str, "ttl": float}
 #: [login_limits]: sftpd.LoginLimits.
 LOGIN_LIMIT_KEYS = {"per_user_and_address": int, "per_user": int, "per_address": int,
                     "window": float, "base_delay": float, "max_delay": float,
@@ -182,6 +185,7 @@ class FileConfig:
     s3: dict[str, Any] = field(default_factory=dict)
     bandwidth: dict[str, Any] = field(default_factory=dict)
     login_limits: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 def load_config_file(path: Path) -> FileConfig:
@@ -197,11 +201,11 @@ def load_config_file(path: Path) -> FileConfig:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    unknown = set(data) - {"server", "users", "s3", "bandwidth", "login_limits"}
+    unknown = set(data) - {"server", "users", "s3", "state", "bandwidth", "login_limits"}
     if unknown:
         raise ConfigError(
-            f"{path}: unknown section(s) {sorted(unknown)}; use [server], [s3], [bandwidth], "
-            "[login_limits], [users]"
+            f"{path}: unknown section(s) {sorted(unknown)}; use [server], [s3], [state], "
+            "[bandwidth], [login_limits], [users]"
         )
     server = _typed_section(path, "server", data.get("server", {}), SERVER_KEYS)
     for key in ("trusted_user_ca_keys", "revoked_keys"):  # relative to this file
@@ -213,6 +217,7 @@ def load_config_file(path: Path) -> FileConfig:
     bandwidth = _typed_section(path, "bandwidth", data.get("bandwidth", {}), BANDWIDTH_KEYS)
     login_limits = _typed_section(path, "login_limits", data.get("login_limits", {}),
                                   LOGIN_LIMIT_KEYS)  # fmt: skip
+    state = _typed_section(path, "state", data.get("state", {}), STATE_KEYS)
     table = UserTable()
     for name, spec in data.get("users", {}).items():
         if not isinstance(spec, dict):
@@ -265,7 +270,7 @@ def load_config_file(path: Path) -> FileConfig:
         if attrs:
             table.attributes[name] = attrs
     return FileConfig(server=server, users=table, s3=s3, bandwidth=bandwidth,
-                      login_limits=login_limits)  # fmt: skip
+                      login_limits=login_limits, state=state)  # fmt: skip
 
 
 def _limits(spec: dict[str, Any]) -> dict[str, Any]:

@@ -396,7 +396,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         if loaded is not None:
             s3_options = loaded.s3
             for key, value in loaded.server.items():
-                name = {"backend": "backend_spec", "state": "state_url"}.get(key, key)
+                name = "backend_spec" if key == "backend" else key
                 source = ctx.get_parameter_source(name)  # None: a key with no flag
                 if source is None or source is click.core.ParameterSource.DEFAULT:
                     options[name] = Path(value) if name == "host_key_dir" else value
@@ -423,6 +423,13 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         workers = options.pop("workers")
         admin_port = options.pop("admin_port")
         admin_host = options.pop("admin_host")
+        if loaded is not None:
+            for key, name in (("url", "state_url"), ("prefix", "state_prefix")):
+                if key in loaded.state and ctx.get_parameter_source(name) in (
+                    None, click.core.ParameterSource.DEFAULT):  # fmt: skip
+                    options[name] = loaded.state[key]
+            if "ttl" in loaded.state:
+                options["state_ttl"] = loaded.state["ttl"]
         state_url, state_prefix = options.pop("state_url"), options.pop("state_prefix")
         options["state"] = state_from_url(state_url, prefix=state_prefix)
         if loaded is not None and loaded.login_limits:
@@ -564,16 +571,17 @@ def stdio(config_file: Path | None, backend_spec: str | None, user: str | None,
             attributes=attributes, upload_memory=UploadMemory(DEFAULT_UPLOAD_MEMORY),
         )  # fmt: skip
         backend = bind_backend(make_backend(spec, loaded.s3 if loaded else {}))
-        server = loaded.server if loaded else {}
-        store = state_from_url(state_url or server.get("state", "memory"),
-                               prefix=server.get("state_prefix", "sftpd:"))  # fmt: skip
+        section = loaded.state if loaded else {}
+        store = state_from_url(state_url or section.get("url", "memory"),
+                               prefix=section.get("prefix", "sftpd:"))  # fmt: skip
         if audit_log is not None:
             AuditLog(audit_log).attach()
         asyncio.run(serve_stdio(
             backend, session, bus=bus,
             settings=Settings(max_open_handles=max_open_files),
             stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
-            shared=SharedState(store), bandwidth=_bandwidth((), loaded.bandwidth if loaded else {}),
+            shared=SharedState(store, section.get("ttl", 60.0)),
+            bandwidth=_bandwidth((), loaded.bandwidth if loaded else {}),
         ))  # fmt: skip
     except ConfigError as exc:
         log.error("sftpd stdio: %s", exc)
@@ -592,8 +600,8 @@ def _quota_setup(
     loaded = load_config_file(config_file)
     server = loaded.server
     backend = make_backend(server.get("backend", "memory"), loaded.s3)
-    url = state_url or server.get("state", "memory")
-    store = state_from_url(url, prefix=server.get("state_prefix", "sftpd:"))
+    url = state_url or loaded.state.get("url", "memory")
+    store = state_from_url(url, prefix=loaded.state.get("prefix", "sftpd:"))
     keys: dict[str, list[tuple[str, Any]]] = {}
     for name in loaded.users.names:
         attrs = loaded.users.attributes.get(name, {})

@@ -2,7 +2,7 @@
 
 Every test starts real parts: Debian's redis-server (the suite's, emptied), a new bucket
 on the suite's SeaweedFS (``weed mini``), two `sftpd serve` processes with one config file
-(PROXY protocol, the same host key, ``state = "redis://..."``) and HAProxy with a
+(PROXY protocol, the same host key, ``[state] url = "redis://..."``) and HAProxy with a
 frontend to each instance and one balancing over both, health-checked on ``/readyz``.
 Clients connect from 127.0.0.2 and 127.0.0.3, which HAProxy passes on as the client's
 address.
@@ -135,11 +135,12 @@ async def fleet(
     async with client_and_bucket(seaweedfs.endpoint, "fleet") as (s3, bucket):
         config = tmp_path / "sftpd.toml"
         config.write_text(
-            f'[server]\nbackend = "s3://{bucket}"\nstate = "{redis_url}"\n'
+            f'[server]\nbackend = "s3://{bucket}"\n'
             f'host_key_dir = "{keys}"\nproxy_protocol = true\nproxy_from = ["127.0.0.1"]\n'
             "connection_rate = 1000.0\nconnection_burst = 1000\nupload_digests = []\n"
             f'{server}\n[s3]\nendpoint_url = "{seaweedfs.endpoint}"\n'
             "part_size = 5242880\n"
+            f'[state]\nurl = "{redis_url}"\n'
             f"{extra}\n{users}\n"
         )
         ports = [free_port(), free_port()]

@@ -43,7 +43,7 @@ def write_config(tmp_path: Path, state: str, root: Path) -> Path:
     """A config file with two quota'd users of one tenant and one without a quota."""
     config = tmp_path / "sftpd.toml"
     config.write_text(
-        f'[server]\nbackend = "local:{root}"\nstate = "{state}"\n'
+        f'[server]\nbackend = "local:{root}"\n[state]\nurl = "{state}"\n'
         '[users.ann]\npassword = "pw"\nroot = "/acme/ann"\nquota_bytes = "1M"\n'
         'quota_key = "acme"\n'
         '[users.bob]\npassword = "pw"\nroot = "/acme/bob"\nquota_bytes = "1M"\n'
@@ -134,13 +134,14 @@ def test_the_example_configurations_load(monkeypatch: pytest.MonkeyPatch) -> Non
     valid: every section and key is known."""
     monkeypatch.setenv("ALICE_PASSWORD", "secret")
     loaded = load_config_file(EXAMPLES / "sftpd.toml")
-    assert loaded.server["state"] == "redis://redis:6379/0"
+    assert loaded.state == {"url": "redis://redis:6379/0"}
     assert loaded.users.attributes["alice"]["quota_bytes"] == 10 << 30
     doc = _config_file.__doc__ or ""
     documented = tomllib.loads(doc[doc.index("[server]") :])
     assert set(documented["server"]) <= set(_config_file.SERVER_KEYS)
     assert set(documented["bandwidth"]) <= set(_config_file.BANDWIDTH_KEYS)
     assert set(documented["login_limits"]) <= set(_config_file.LOGIN_LIMIT_KEYS)
+    assert set(documented["state"]) <= set(_config_file.STATE_KEYS)
     assert set(documented["users"]["alice"]) <= _config_file.USER_KEYS
 
 
