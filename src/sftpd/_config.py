@@ -22,7 +22,7 @@ from ._upload import Upload
 from .auth import Authenticator, as_authenticator
 from .backend import check_backend
 from .errors import ConfigError
-from .state import StateStore, state_from_url
+from .state import MemoryState, StateStore
 from .telemetry import TelemetryBus
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MACS",
     "ServerConfig",
     "load_host_keys",
+    "state_from_url",
 ]
 
 HOST_KEY_GLOB = "ssh_host_*_key"
@@ -443,6 +444,25 @@ class ServerConfig:
 
 
 AUTH_METHODS = ("publickey", "password", "keyboard-interactive")
+
+
+def state_from_url(url: str, *, prefix: str = "sftpd:") -> StateStore:
+    """A store from ``"memory"`` or a ``redis://`` / ``rediss://`` / ``unix://`` URL.
+
+    Raises:
+        ConfigError: the URL is neither, or Redis support is not installed.
+    """
+    if url == "memory":
+        return MemoryState()
+    if url.split(":", 1)[0] in ("redis", "rediss", "unix"):
+        try:
+            from .redis_state import RedisState
+        except ImportError as exc:  # the extra is not installed: say which
+            raise ConfigError(str(exc)) from exc
+        return RedisState(url, prefix=prefix)
+    raise ConfigError(
+        f"state {url!r} must be 'memory' or a Redis URL such as redis://localhost:6379/0"
+    )
 
 
 def _method_chains(chains: Sequence[str] | Sequence[Sequence[str]]) -> tuple[tuple[str, ...], ...]:

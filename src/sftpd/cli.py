@@ -24,7 +24,7 @@ from . import __version__
 from . import _sizes as sizes
 from ._admin import AdminServer
 from ._bandwidth import Bandwidth
-from ._config import HOST_KEY_GLOB, ServerConfig, load_host_keys
+from ._config import HOST_KEY_GLOB, ServerConfig, load_host_keys, state_from_url
 from ._config_file import FileConfig, UserTable, load_config_file
 from ._quota import Quota, count_usage
 from ._server import Server
@@ -39,7 +39,7 @@ from .backend import bind_backend, start_backend, stop_backend
 from .backends.local import LocalBackend
 from .backends.memory import MemoryBackend
 from .errors import ConfigError
-from .state import MemoryState, StateUnavailable, state_from_url
+from .state import MemoryState, StateUnavailable
 
 __all__ = ["main"]
 

@@ -33,7 +33,6 @@ __all__ = [
     "StateStore",
     "StateUnavailable",
     "Usage",
-    "state_from_url",
 ]
 
 #: Failures remembered per throttling key at most; counts beyond it add nothing.
@@ -371,23 +370,6 @@ class MemoryState:
     def _forget_full_buckets(self, now: float, rate: float) -> None:
         for key in [k for k, b in self._buckets.items() if now - b.when > 3600]:
             del self._buckets[key]
-
-
-def state_from_url(url: str, *, prefix: str = "sftpd:") -> StateStore:
-    """A store from ``"memory"`` or a ``redis://`` / ``rediss://`` / ``unix://`` URL.
-
-    Raises:
-        ConfigError: the URL is neither, or Redis support is not installed.
-    """
-    if url == "memory":
-        return MemoryState()
-    if url.split(":", 1)[0] in ("redis", "rediss", "unix"):
-        from .redis_state import RedisState
-
-        return RedisState(url, prefix=prefix)
-    raise ConfigError(
-        f"state {url!r} must be 'memory' or a Redis URL such as redis://localhost:6379/0"
-    )
 
 
 def check_rate(name: str, value: object) -> float | None:

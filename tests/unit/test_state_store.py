@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sftpd import ConfigError, LoginLimits
+from sftpd._config import state_from_url
 from sftpd._shared import SharedState
 from sftpd._throttle import LoginThrottle
 from sftpd.redis_state import RedisState
-from sftpd.state import MemoryState, StateStore, StateUnavailable, Usage, state_from_url
+from sftpd.state import MemoryState, StateStore, StateUnavailable, Usage
 from tests.s3_servers import free_port
 
 
