@@ -174,6 +174,14 @@ def openssh_server(tmp: Path) -> Iterator[tuple[int, Path, int] | None]:
         proc.wait(10)
 
 
+def small_tree(folder: Path, files: int, size: int) -> Path:
+    """``files`` random files of ``size`` bytes in a new ``folder`` (f0000.bin...)."""
+    folder.mkdir()
+    for index in range(files):
+        (folder / f"f{index:04d}.bin").write_bytes(os.urandom(size))
+    return folder
+
+
 def make_workspace(tmp: Path, size_mib: int) -> tuple[Path, Path, Path, Path]:
     """Host keys, an askpass script, a local folder with the payload, and a server root."""
     keys = tmp / "keys"

@@ -29,7 +29,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks._common import TMPFS, cpu_seconds, make_workspace, openssh_server, server
+from benchmarks._common import (
+    TMPFS,
+    cpu_seconds,
+    make_workspace,
+    openssh_server,
+    server,
+    small_tree,
+)
 from benchmarks._common import sftp_batch as batch
 
 FILES = 2000
@@ -68,10 +75,7 @@ def small_files(args: argparse.Namespace, env: dict[str, str] | None) -> None:
     with tempfile.TemporaryDirectory(dir=TMPFS, prefix="sftpd-bench-") as tmp_name:
         tmp = Path(tmp_name)
         keys, askpass, local, _root = make_workspace(tmp, 0)
-        source = local / "small"
-        source.mkdir()
-        for index in range(FILES):
-            (source / f"f{index:04d}.bin").write_bytes(os.urandom(FILE_SIZE))
+        source = small_tree(local / "small", FILES, FILE_SIZE)
         expected = _tree(source)
         roots = {"local": tmp / "local-root"}
         roots["local"].mkdir()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from benchmarks._common import (
     make_workspace,
     peak_rss_mib,
     sftp_batch,
+    small_tree,
     wait_for_port,
 )
 
@@ -124,10 +124,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=TMPFS, prefix="sftpd-state-") as tmp_name:
         tmp = Path(tmp_name)
         keys, askpass, local, _root = make_workspace(tmp, 0)
-        source = local / "small"
-        source.mkdir()
-        for index in range(FILES):
-            (source / f"f{index:04d}.bin").write_bytes(os.urandom(FILE_SIZE))
+        small_tree(local / "small", FILES, FILE_SIZE)
         with contextlib.ExitStack() as stack:
             redis_port, redis_pid = stack.enter_context(redis_server(tmp))
             url = f"redis://127.0.0.1:{redis_port}/0"
@@ -172,23 +169,22 @@ def main() -> None:
             print(f"  {name:15}  {statistics.median(files[name]):7.0f} files/s  "
                   f"sftpd CPU {cpu:5.2f} s ({cpu / FILES * 1e6:4.0f} us/file)  "
                   f"peak RSS {rss[name]:5.1f} MiB")  # fmt: skip
-        base = statistics.median(files["memory"])
-        ratio = statistics.median(files["redis"]) / base
-        plain = statistics.median(files["redis, no quota"]) / base
-        per_round = redis_cpu["files"] / args.rounds
-        print(f"  redis / memory: {ratio:.2f}x (without a quota: {plain:.2f}x); redis-server "
-              f"CPU {per_round:.2f} s per round with the quota")  # fmt: skip
+        _ratios(files, redis_cpu["files"] / args.rounds)
         print(f"{args.logins} logins ({CONCURRENT_LOGINS} at a time), median of {args.rounds}:")
         for name in servers:
             cpu = statistics.median(cpu_logins[name])
             print(f"  {name:15}  {statistics.median(logins[name]):6.1f} logins/s  "
                   f"sftpd CPU {cpu / args.logins * 1e3:5.1f} ms/login")  # fmt: skip
-        base = statistics.median(logins["memory"])
-        ratio = statistics.median(logins["redis"]) / base
-        plain = statistics.median(logins["redis, no quota"]) / base
-        per_round = redis_cpu["logins"] / args.rounds
-        print(f"  redis / memory: {ratio:.2f}x (without a quota: {plain:.2f}x); redis-server "
-              f"CPU {per_round:.2f} s per round with the quota")  # fmt: skip
+        _ratios(logins, redis_cpu["logins"] / args.rounds)
+
+
+def _ratios(rates: dict[str, list[float]], redis_cpu: float) -> None:
+    """Print the Redis stores' rates as ratios to the in-process one's."""
+    base = statistics.median(rates["memory"])
+    ratio = statistics.median(rates["redis"]) / base
+    plain = statistics.median(rates["redis, no quota"]) / base
+    print(f"  redis / memory: {ratio:.2f}x (without a quota: {plain:.2f}x); redis-server "
+          f"CPU {redis_cpu:.2f} s per round with the quota")  # fmt: skip
 
 
 if __name__ == "__main__":

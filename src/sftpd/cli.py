@@ -614,18 +614,22 @@ def _quota_setup(
     return backend, store, keys
 
 
+def _quota_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options of every `sftpd quota` command."""
+    for option in reversed([
+        click.option("--config", "config_file", required=True,
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="The config file of `sftpd serve`: its backend, [state] and users."),
+        click.option("--state", "state_url", default=None, metavar="URL",
+                     help="The state store (default: the config file's [state] url)."),
+        click.argument("users", nargs=-1),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
 @quota_group.command("scan")
-@click.option("--config", "config_file", required=True,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="The config file of `sftpd serve`: its backend, state and users.")  # fmt: skip
-@click.option(
-    "--state",
-    "state_url",
-    default=None,
-    metavar="URL",
-    help="The state store (default: the config file's [server] state).",
-)
-@click.argument("users", nargs=-1)
+@_quota_options
 def quota_scan(config_file: Path, state_url: str | None, users: tuple[str, ...]) -> None:
     """Count what the users with a quota hold (every file under their roots) and record it
     as their usage, replacing what the store had. USERS: only these (default: all)."""
@@ -674,17 +678,7 @@ async def _scan_quotas(
 
 
 @quota_group.command("show")
-@click.option("--config", "config_file", required=True,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="The config file of `sftpd serve`: its state and users.")  # fmt: skip
-@click.option(
-    "--state",
-    "state_url",
-    default=None,
-    metavar="URL",
-    help="The state store (default: the config file's [server] state).",
-)
-@click.argument("users", nargs=-1)
+@_quota_options
 def quota_show(config_file: Path, state_url: str | None, users: tuple[str, ...]) -> None:
     """Print each quota's limits and what the store counts: committed and reserved."""
     try:
