@@ -11,6 +11,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -460,3 +462,12 @@ async def upload_stored(port: int, user: str, password: str, size: int) -> bool:
         except asyncssh.SFTPFailure:
             return False
         return True
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """GET ``url``: the status and the body (an error status is an answer too)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()

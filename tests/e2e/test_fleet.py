@@ -20,8 +20,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ import pytest
 
 from sftpd.redis_state import RedisState
 from sftpd.state import Usage
+from tests.conftest import http_get as ready
 from tests.s3_servers import ACCESS_KEY, SECRET_KEY, client_and_bucket, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -75,15 +74,6 @@ class Fleet:
         """Multipart uploads not completed or aborted."""
         listed = await self.s3.list_multipart_uploads(Bucket=self.bucket)
         return [u["Key"] for u in listed.get("Uploads", [])]
-
-
-def ready(url: str) -> tuple[int, str]:
-    """GET ``url``: the status and body."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
 
 
 def login(port: int, user: str, password: str, source: str = "127.0.0.2", **kw: Any) -> Any:

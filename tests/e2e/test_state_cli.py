@@ -7,8 +7,6 @@ import os
 import re
 import signal
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from sftpd.cli import main
 from sftpd.redis_state import RedisState
 from sftpd.state import Usage
 from tests.conftest import cli, connect, stop_cli
+from tests.conftest import http_get as get
 from tests.s3_servers import free_port
 
 if sys.version_info >= (3, 11):
@@ -28,15 +27,6 @@ else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "deploy"
-
-
-def get(url: str) -> tuple[int, str]:
-    """GET ``url``: the status and body."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
 
 
 def write_config(tmp_path: Path, state: str, root: Path) -> Path:
