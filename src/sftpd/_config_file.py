@@ -38,11 +38,18 @@ part_size = 16777216
 upload_concurrency = 4
 object_args = { ServerSideEncryption = "aws:kms", SSEKMSKeyId = "alias/uploads" }
 
+[groups.partners]
+permissions = { "/outbox" = ["list", "download"] }
+
 [users.alice]
 password_env = "ALICE_PASSWORD"         # or password = "$argon2id$..." (sftpd hash-password)
 authorized_keys = "/etc/sftpd/alice.pub" # a file, or a list of key lines
 root = "/tenants/acme"
-permissions = "upload-only"              # a preset, or a list such as ["read", "list"]
+permissions = "upload-only"              # a preset, or a list such as ["read", "list"], or
+                                         # { "/" = "read-only", "/inbox" = ["upload", "list"] }
+groups = ["partners"]                    # [groups.partners] permissions apply first
+denied_names = ["*.exe"]                 # nothing of these names can be created
+hidden_names = [".*"]                    # never listed, missing to every request
 max_file_size = 1073741824               # bytes; overrides [server] max_file_size
 totp_secret_env = "ALICE_TOTP"           # base32 TOTP secret: password, then a code
 source_networks = ["10.0.0.0/8"]         # logins only from these addresses or networks
@@ -62,6 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._permissions import Permissions
 from ._session import check_max_file_size
 from ._sizes import parse_size
 from .auth import AuthorizedKeys, CombinedAuthenticator, StaticPasswords, check_source_networks
@@ -147,7 +155,10 @@ LOGIN_LIMIT_KEYS = {"per_user_and_address": int, "per_user": int, "per_address":
                     "max_attempts_per_connection": int}  # fmt: skip
 USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions", "max_file_size",
              "totp_secret", "totp_secret_env", "source_networks", "quota_bytes", "quota_files",
-             "quota_key", "upload_rate", "download_rate", "max_sessions"}  # fmt: skip
+             "quota_key", "upload_rate", "download_rate", "max_sessions", "denied_names",
+             "hidden_names", "groups"}  # fmt: skip
+#: [groups.NAME]: permissions shared by the users that name the group in ``groups``.
+GROUP_KEYS = {"permissions", "denied_names", "hidden_names"}
 
 
 @dataclass
@@ -201,12 +212,17 @@ def load_config_file(path: Path) -> FileConfig:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    unknown = set(data) - {"server", "users", "s3", "state", "bandwidth", "login_limits"}
+    unknown = set(data) - {"server", "users", "groups", "s3", "state", "bandwidth",
+                           "login_limits"}  # fmt: skip
     if unknown:
         raise ConfigError(
             f"{path}: unknown section(s) {sorted(unknown)}; use [server], [s3], [state], "
-            "[bandwidth], [login_limits], [users]"
+            "[bandwidth], [login_limits], [groups], [users]"
         )
+    groups = data.get("groups", {})
+    for group, spec in groups.items():
+        if not isinstance(spec, dict) or set(spec) - GROUP_KEYS:
+            raise ConfigError(f"{path}: [groups.{group}] may hold {sorted(GROUP_KEYS)}")
     server = _typed_section(path, "server", data.get("server", {}), SERVER_KEYS)
     for key in ("trusted_user_ca_keys", "revoked_keys"):  # relative to this file
         if key in server:
@@ -250,8 +266,10 @@ def load_config_file(path: Path) -> FileConfig:
         attrs: dict[str, Any] = {}
         if "root" in spec:
             attrs["root"] = spec["root"]
-        if "permissions" in spec:
-            attrs["permissions"] = spec["permissions"]
+        try:
+            attrs.update(_permissions(spec, groups))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: [users.{name}] {exc}") from None
         if "source_networks" in spec:
             try:
                 attrs["source_networks"] = check_source_networks(spec["source_networks"], name)
@@ -271,6 +289,41 @@ def load_config_file(path: Path) -> FileConfig:
             table.attributes[name] = attrs
     return FileConfig(server=server, users=table, s3=s3, bandwidth=bandwidth,
                       login_limits=login_limits, state=state)  # fmt: skip
+
+
+def _permissions(spec: dict[str, Any], groups: dict[str, Any]) -> dict[str, Any]:
+    """A user's permissions and name filters over those of its groups, checked.
+
+    Path rules add up (the user's win at the same path); a preset or a list of flags is
+    the rule at ``/``; denied and hidden names add up.
+    """
+    names = spec.get("groups", [])
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ConfigError("groups must be a list of group names")
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise ConfigError(f"unknown group(s) {unknown}; define [groups.NAME]")
+    layers = [groups[n] for n in names] + [spec]
+    permissions: Any = None
+    attrs: dict[str, Any] = {}
+    for layer in layers:
+        for key in ("denied_names", "hidden_names"):
+            if key in layer:
+                attrs[key] = [*attrs.get(key, []), *layer[key]]
+        value = layer.get("permissions")
+        if value is None:
+            continue
+        if not (isinstance(value, dict) and all(str(k).startswith("/") for k in value)):
+            value = {"/": value if isinstance(value, str) else
+                     sorted(Permissions.parse(value).allows_everywhere())}  # fmt: skip
+        permissions = {**(permissions or {}), **value}
+    if permissions is not None and len(layers) == 1 and not isinstance(spec["permissions"], dict):
+        permissions = spec["permissions"]  # a user on its own: as written
+    if permissions is not None:
+        attrs["permissions"] = permissions
+    Permissions.parse(permissions, denied_names=attrs.get("denied_names"),
+                      hidden_names=attrs.get("hidden_names"))  # fmt: skip
+    return attrs
 
 
 def _limits(spec: dict[str, Any]) -> dict[str, Any]:

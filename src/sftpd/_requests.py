@@ -65,6 +65,30 @@ MAX_LINKS = 40
 #: Taken off the modes clients ask for new files and directories, as a POSIX umask.
 UMASK = 0o022
 
+#: What the client reads when an operation is refused by the session's permissions.
+REFUSALS = {
+    "list": "Listing directories is not allowed",
+    "download": "Downloads are not allowed",
+    "upload": "Uploads are not allowed",
+    "overwrite": "Overwriting files is not allowed",
+    "delete": "Deleting is not allowed",
+    "rename": "Renaming is not allowed",
+    "mkdir": "Creating directories is not allowed",
+    "rmdir": "Removing directories is not allowed",
+    "setstat": "Changing files is not allowed",
+    "symlink": "Creating links is not allowed",
+    "link": "Creating links is not allowed",
+}
+
+
+class Refused(PermissionDenied):
+    """A request the session's permissions refuse; ``rule`` is what decided (telemetry
+    and the audit log record it): a rule's path, ``"session"``, or a denied name."""
+
+    def __init__(self, reason: str, rule: str) -> None:
+        super().__init__(reason)
+        self.rule = rule
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -99,6 +123,7 @@ class SessionState:
     channels: set[Requests] = field(default_factory=set)
     ledger: QuotaLedger | None = None
     shaper: Shaper | None = None
+    own_files: set[str] = field(default_factory=set)  # uploaded by this session
 
     def upload_of(self, path: str) -> FileHandle | None:
         """The latest open upload of ``path`` in this session, if any."""
@@ -352,6 +377,8 @@ class Requests:
             )
         mapped = to_sftp_error(exc)
         if start is not None:
+            if isinstance(exc, Refused):
+                meta["rule"] = exc.rule
             if expected:
                 meta.update(result="error", reason=mapped.reason, code=mapped.code)
             else:
@@ -378,9 +405,46 @@ class Requests:
     def _client(self, path: str) -> str:
         return paths.unscope(self._root, path)
 
-    def _allow(self, operation: str, refusal: str) -> None:
-        if not getattr(self._session.permissions, operation):
-            raise PermissionDenied(refusal)
+    def _check(self, operation: str, path: str) -> None:
+        """Refuse ``operation`` at ``path`` (scoped) unless the permissions allow it there."""
+        allowed, rule = self._session.permissions.allows(operation, self._client(path))
+        if not allowed:
+            raise Refused(REFUSALS[operation], rule)
+
+    def _check_name(self, path: str) -> None:
+        """Refuse to create a name the permissions deny (``*.exe``...)."""
+        pattern = self._session.permissions.denies_name(paths.basename(path))
+        if pattern is not None:
+            raise Refused(f"Names like {pattern} are not allowed", f"denied name {pattern}")
+
+    def _hidden(self, path: str) -> None:
+        """A hidden name is missing to every request."""
+        if self._session.permissions.hides(self._client(path)):
+            raise NoSuchFile()
+
+    def _own(self, path: str) -> bool:
+        """True for a file this session uploaded (or is uploading)."""
+        return path in self._state.own_files or self._state.upload_of(path) is not None
+
+    def _outside_drop_box(self, path: str, attrs: FileAttrs) -> None:
+        """A drop box sees no file but its own: any other is missing to it."""
+        permissions = self._session.permissions
+        if permissions.own_files_only and not attrs.is_dir and not self._own(path):
+            raise NoSuchFile()
+
+    def _may_see(self, path: str, attrs: FileAttrs) -> None:
+        """Stat of a file needs ``list`` or ``download`` there, or that the session
+        uploaded it; a directory's always answers (clients need it to cd and upload).
+        A drop box sees only its own files."""
+        if attrs.is_dir or self._own(path):
+            return
+        permissions = self._session.permissions
+        client = self._client(path)
+        self._outside_drop_box(path, attrs)
+        for operation in ("list", "download"):
+            if permissions.allows(operation, client)[0]:
+                return
+        raise Refused("Not allowed to see this file", permissions.allows("list", client)[1])
 
     async def _veto(self, name: str, path: str, target: str | None = None) -> None:
         """Ask the server's policy, if it has one, before touching the backend."""
@@ -530,15 +594,13 @@ class Requests:
     async def _open_backend(
         self, path: str, mode: OpenMode, attrs: WireAttrs, handle_id: int
     ) -> FileHandle:
-        if mode.read:
-            self._allow("read", "Downloads are not allowed")
-        if mode.write:
-            self._allow("write", "Uploads are not allowed")
+        self._hidden(path)
+        resolved, existing = await self._resolve(path, walk_missing=not mode.create)
+        self._check_open(resolved, existing, mode)
         if mode.read:
             await self._veto("read", path)
         if mode.write:
             await self._veto("write", path)
-        resolved, existing = await self._resolve(path, walk_missing=not mode.create)
         try:
             return await self._open_handle(resolved, existing, mode, attrs, handle_id)
         except (FileNotFoundError, PermissionError):
@@ -549,7 +611,28 @@ class Requests:
             if walked == resolved:
                 raise
             resolved, existing = await self._resolve(walked)
+            self._check_open(resolved, existing, mode)
             return await self._open_handle(resolved, existing, mode, attrs, handle_id)
+
+    def _check_open(self, path: str, existing: FileAttrs | None, mode: OpenMode) -> None:
+        """An open is a download, an upload of a new file or an overwrite of one."""
+        self._hidden(path)
+        own = self._own(path)
+        permissions = self._session.permissions
+        if existing is not None and not existing.is_dir and not own and permissions.own_files_only:
+            # A drop box sees no file but its own: refuse as if it were not there to
+            # read, and as existing (never overwritten) to write.
+            if mode.write and not mode.read:
+                raise Refused("The file exists; overwriting is not allowed", "drop box")
+            raise NoSuchFile()
+        if mode.read:
+            self._check("download", path)
+        if mode.write:
+            if existing is None:
+                self._check("upload", path)
+                self._check_name(path)
+            else:
+                self._check("overwrite", path)
 
     async def _open_handle(
         self,
@@ -628,6 +711,7 @@ class Requests:
         finally:
             self._forget(name)
         if stored:
+            self._state.own_files.add(handle.path)
             self._notify(handle)
 
     def _forget(self, name: bytes) -> None:
@@ -707,9 +791,23 @@ class Requests:
         await self._run("write_file_info", self._fsetstat(handle, attrs), meta)
 
     async def _fsetstat(self, handle: FileHandle, attrs: WireAttrs) -> None:
-        self._allow("write", "Changing files is not allowed")
+        changes = to_changes(attrs)
+        self._check_setstat(handle.path, changes, handle.size, handle.mode.write)
         await self._veto("setstat", handle.path)
-        await handle.set_attrs(to_changes(attrs))
+        await handle.set_attrs(changes)
+
+    def _check_setstat(self, path: str, changes: AttrChanges, size: int, upload: bool) -> None:
+        """A size change is an overwrite; times and modes are ``setstat``, or part of the
+        upload for a file this session is uploading or uploaded."""
+        own_upload = self._own(path) and self._session.permissions.allows(
+            "upload", self._client(path))[0]  # fmt: skip
+        resized = changes.size is not None and (changes.size != size or not upload)
+        if resized and not (own_upload and upload):
+            self._check("overwrite", path)
+        other = AttrChanges(permissions=changes.permissions, atime=changes.atime,
+                            mtime=changes.mtime)  # fmt: skip
+        if not other.is_empty() and not own_upload:
+            self._check("setstat", path)
 
     async def fstatvfs(self, name: bytes) -> bytes:
         """Capacity of the storage holding an open file."""
@@ -820,11 +918,15 @@ class Requests:
 
     async def _stat(self, raw: bytes, *, follow: bool) -> bytes:
         path = self._path(raw)
+        self._hidden(path)
         if not follow:
-            return wire_attrs(await self._lstat(path))
-        _, attrs = await self._resolve(path)
+            attrs: FileAttrs | None = await self._lstat(path)
+        else:
+            path, attrs = await self._resolve(path)
         if attrs is None:
             raise NoSuchFile()
+        self._hidden(path)
+        self._may_see(path, attrs)
         return wire_attrs(attrs)
 
     async def setstat(self, raw: bytes, attrs: WireAttrs, *, link: bool = False) -> None:
@@ -832,16 +934,19 @@ class Requests:
         await self._run("write_file_info", self._setstat(raw, attrs, link), {"path": raw})
 
     async def _setstat(self, raw: bytes, attrs: WireAttrs, link: bool) -> None:
-        self._allow("write", "Changing files is not allowed")
         path = self._path(raw)
-        await self._veto("setstat", path)
+        self._hidden(path)
         if link:
             current: FileAttrs | None = await self._lstat(path)
         else:
             path, current = await self._resolve(path)
         if current is None:
             raise NoSuchFile()
+        self._outside_drop_box(path, current)
         changes = to_changes(attrs)
+        upload = self._state.upload_of(path)
+        self._check_setstat(path, changes, current.size, upload is not None)
+        await self._veto("setstat", path)
         if changes.size is not None and current.is_dir:
             raise IsADirectory()
         if changes.is_empty():
@@ -875,13 +980,15 @@ class Requests:
         return await self._run("list_dir", self._opendir(raw), meta, report=False)
 
     async def _opendir(self, raw: bytes) -> bytes:
-        self._allow("list", "Listing directories is not allowed")
+        self._hidden(self._path(raw))
+        self._check("list", self._path(raw))
         await self._veto("list", self._path(raw))
         directory, attrs = await self._resolve(self._path(raw))
         if attrs is None:
             raise NoSuchFile()
         if not attrs.is_dir:
             raise NotADirectory()
+        self._check("list", directory)
         parent = paths.parent(directory) if directory != self._root else directory
         parent_attrs = attrs if parent == directory else await self._lstat(parent)
         prefix = directory.rstrip("/") + "/"
@@ -929,6 +1036,8 @@ class Requests:
                 break
             if entry.name in (".", "..") or "/" in entry.name:
                 continue
+            if not self._listed(directory.path, entry.name, entry.attrs):
+                continue
             upload = directory.uploads.pop(entry.name, None)
             batch.append((entry.name, upload.attrs() if upload is not None else entry.attrs))
         self._state.last_active = time.monotonic()
@@ -940,18 +1049,30 @@ class Requests:
             for n, a in batch
         ]
 
+    def _listed(self, directory: str, name: str, attrs: FileAttrs) -> bool:
+        """Whether a listing shows this entry: not a hidden name, and for a drop box
+        only directories and the session's own files."""
+        permissions = self._session.permissions
+        if permissions.hidden_names and permissions.hides(name):
+            return False
+        if permissions.own_files_only and not attrs.is_dir:
+            return self._own(paths.join(directory, name))
+        return True
+
     async def remove(self, raw: bytes) -> None:
         """Remove a file."""
         await self._run("delete", self._remove(raw), {"path": raw})
 
     async def _remove(self, raw: bytes) -> None:
-        self._allow("delete", "Deleting is not allowed")
         path = self._path(raw)
+        self._hidden(path)
+        self._check("delete", path)
         self._refuse_root(path, "remove")
         await self._veto("remove", path)
         ledger = self._state.ledger
         gone = await self._file_size(path) if ledger is not None else None
         await self._backend.remove_file(path, self._session)
+        self._state.own_files.discard(path)
         if ledger is not None and gone is not None:
             await ledger.change(-gone, -1)
 
@@ -968,8 +1089,10 @@ class Requests:
         await self._run("make_dir", self._mkdir(raw, attrs), {"path": raw})
 
     async def _mkdir(self, raw: bytes, attrs: WireAttrs) -> None:
-        self._allow("mkdir", "Creating directories is not allowed")
         path = self._path(raw)
+        self._hidden(path)
+        self._check("mkdir", path)
+        self._check_name(path)
         if path == self._root:
             raise FileAlreadyExists()
         await self._veto("mkdir", path)
@@ -983,8 +1106,9 @@ class Requests:
         await self._run("del_dir", self._rmdir(raw), {"path": raw})
 
     async def _rmdir(self, raw: bytes) -> None:
-        self._allow("delete", "Deleting is not allowed")
         path = self._path(raw)
+        self._hidden(path)
+        self._check("rmdir", path)
         self._refuse_root(path, "remove")
         await self._veto("rmdir", path)
         await self._backend.remove_dir(path, self._session)
@@ -995,14 +1119,26 @@ class Requests:
         await self._run("rename", self._rename(old, new, overwrite), meta)
 
     async def _rename(self, raw_src: bytes, raw_dst: bytes, overwrite: bool) -> None:
-        self._allow("rename", "Renaming is not allowed")
         src, dst = self._path(raw_src), self._path(raw_dst)
+        self._hidden(src)
+        self._hidden(dst)
+        self._check("rename", src)
+        self._check("rename", dst)
+        self._check_name(dst)
         self._refuse_root(src, "rename")
         self._refuse_root(dst, "replace")
+        if self._session.permissions.own_files_only and not self._own(src):
+            raise NoSuchFile()
+        may_overwrite = self._session.permissions.allows("overwrite", self._client(dst))[0]
+        if overwrite and not may_overwrite and await self._file_size(dst) is not None:
+            self._check("overwrite", dst)
         await self._veto("rename", src, dst)
         ledger = self._state.ledger
         replaced = await self._file_size(dst) if ledger is not None and src != dst else None
         await self._backend.rename(src, dst, self._session, overwrite=overwrite)
+        if src in self._state.own_files:
+            self._state.own_files.discard(src)
+            self._state.own_files.add(dst)
         if ledger is not None and replaced is not None:
             await ledger.change(-replaced, -1)
 
@@ -1093,10 +1229,12 @@ class Requests:
         await self._run("make_symlink", self._symlink(raw_target, raw_link), meta)
 
     async def _symlink(self, raw_target: bytes, raw_link: bytes) -> None:
-        self._allow("write", "Creating links is not allowed")
+        link = self._path(raw_link)
+        self._hidden(link)
+        self._check("symlink", link)
+        self._check_name(link)
         if self._backend.make_symlink is None:
             raise Unsupported("Symbolic links are not supported")
-        link = self._path(raw_link)
         self._refuse_root(link, "replace")
         target = paths.decode(raw_target)
         if not target:
@@ -1110,10 +1248,14 @@ class Requests:
         await self._run("make_link", self._hardlink(raw_old, raw_new), meta)
 
     async def _hardlink(self, raw_old: bytes, raw_new: bytes) -> None:
-        self._allow("write", "Creating links is not allowed")
+        old, new = self._path(raw_old), self._path(raw_new)
+        self._hidden(old)
+        self._hidden(new)
+        self._check("link", new)
+        self._check("download", old)  # a second name to read it by
+        self._check_name(new)
         if self._backend.make_link is None:
             raise Unsupported("Hard links are not supported")
-        old, new = self._path(raw_old), self._path(raw_new)
         self._refuse_root(new, "replace")
         attrs = await self._lstat(old)
         if attrs.is_dir:

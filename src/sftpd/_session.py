@@ -121,7 +121,11 @@ class Session:
             key_fingerprint=key_fingerprint,
             attributes=attrs,
             root=str(root),
-            permissions=Permissions.parse(attrs.get("permissions")),
+            permissions=Permissions.parse(
+                attrs.get("permissions"),
+                denied_names=attrs.get("denied_names"),
+                hidden_names=attrs.get("hidden_names"),
+            ),
             max_file_size=attrs.get("max_file_size", max_file_size),
             upload_memory=upload_memory,
             certificate=certificate,

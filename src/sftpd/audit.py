@@ -185,6 +185,8 @@ def audit_record(event: Event) -> dict[str, Any] | None:
         return None
     if meta.get("result") not in (None, "ok") and "reason" in meta:
         record["reason"] = meta["reason"]
+        if "rule" in meta:  # refused by the session's permissions: what decided
+            record["rule"] = meta["rule"]
     if session is not None:
         record.update(user=session.username, peer=str(session.peer), session=session.id)
     return record
