@@ -33,6 +33,19 @@ per_address = 50
 [bandwidth]                              # bytes/s: session_, user_, server_ x upload/download
 user_download = "10M"
 
+[backends]                               # named, for [[mounts]] instead of [server] backend
+uploads = "s3://my-bucket"
+archive = "local:/srv/archive"
+
+[[mounts]]                               # one folder of the namespace each
+path = "/inbox"
+backend = "uploads"                      # a name from [backends], or a spec ("memory")
+prefix = "/tenants/{username}"           # {username} or any session attribute
+[[mounts]]
+path = "/archive"
+backend = "archive"
+read_only = true
+
 [s3]                                     # with backend = "s3://BUCKET/PREFIX"
 part_size = 16777216
 upload_concurrency = 4
@@ -147,6 +160,8 @@ BANDWIDTH_KEYS: dict[str, Any] = dict.fromkeys(
      "server_download"),
     (int, str),
 )  # fmt: skip
+#: [[mounts]]: one folder of the namespace each (sftpd.backends.mounts.Mount).
+MOUNT_KEYS = {"path", "backend", "prefix", "read_only"}
 #: [state]: the state store shared by a fleet.
 STATE_KEYS = {"url": str, "prefix": str, "ttl": float}
 #: [login_limits]: sftpd.LoginLimits.
@@ -156,7 +171,7 @@ LOGIN_LIMIT_KEYS = {"per_user_and_address": int, "per_user": int, "per_address":
 USER_KEYS = {"password", "password_env", "authorized_keys", "root", "permissions", "max_file_size",
              "totp_secret", "totp_secret_env", "source_networks", "quota_bytes", "quota_files",
              "quota_key", "upload_rate", "download_rate", "max_sessions", "denied_names",
-             "hidden_names", "groups"}  # fmt: skip
+             "hidden_names", "groups", "mounts"}  # fmt: skip
 #: [groups.NAME]: permissions shared by the users that name the group in ``groups``.
 GROUP_KEYS = {"permissions", "denied_names", "hidden_names"}
 
@@ -197,6 +212,8 @@ class FileConfig:
     bandwidth: dict[str, Any] = field(default_factory=dict)
     login_limits: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    backends: dict[str, str] = field(default_factory=dict)
 
 
 def load_config_file(path: Path) -> FileConfig:
@@ -213,12 +230,25 @@ def load_config_file(path: Path) -> FileConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     unknown = set(data) - {"server", "users", "groups", "s3", "state", "bandwidth",
-                           "login_limits"}  # fmt: skip
+                           "login_limits", "mounts", "backends"}  # fmt: skip
     if unknown:
         raise ConfigError(
             f"{path}: unknown section(s) {sorted(unknown)}; use [server], [s3], [state], "
-            "[bandwidth], [login_limits], [groups], [users]"
+            "[bandwidth], [login_limits], [backends], [[mounts]], [groups], [users]"
         )
+    backends = data.get("backends", {})
+    if not isinstance(backends, dict) or not all(isinstance(v, str) for v in backends.values()):
+        raise ConfigError(f'{path}: [backends] maps names to backends, e.g. uploads = "s3://b"')
+    mounts = data.get("mounts", [])
+    if not isinstance(mounts, list) or not all(isinstance(m, dict) for m in mounts):
+        raise ConfigError(f"{path}: mounts must be [[mounts]] tables with path and backend")
+    for mount in mounts:
+        extra = set(mount) - MOUNT_KEYS
+        if extra or "path" not in mount or "backend" not in mount:
+            raise ConfigError(f"{path}: a [[mounts]] table needs path and backend and may "
+                              f"have prefix, read_only; got {sorted(mount)}")  # fmt: skip
+    if mounts and "backend" in data.get("server", {}):
+        raise ConfigError(f"{path}: give either [server] backend or [[mounts]], not both")
     groups = data.get("groups", {})
     for group, spec in groups.items():
         if not isinstance(spec, dict) or set(spec) - GROUP_KEYS:
@@ -288,7 +318,8 @@ def load_config_file(path: Path) -> FileConfig:
         if attrs:
             table.attributes[name] = attrs
     return FileConfig(server=server, users=table, s3=s3, bandwidth=bandwidth,
-                      login_limits=login_limits, state=state)  # fmt: skip
+                      login_limits=login_limits, state=state, mounts=mounts,
+                      backends=backends)  # fmt: skip
 
 
 def _permissions(spec: dict[str, Any], groups: dict[str, Any]) -> dict[str, Any]:
@@ -338,6 +369,8 @@ def _limits(spec: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{key} must be a whole number, got {value!r}")
             attrs[key] = value
+    if "mounts" in spec:  # this user's own folders, naming [backends]
+        attrs["mounts"] = spec["mounts"]
     if "quota_key" in spec:
         attrs["quota_key"] = str(spec["quota_key"])
     if "quota_key" in attrs and not ("quota_bytes" in attrs or "quota_files" in attrs):

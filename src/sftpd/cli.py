@@ -443,7 +443,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
                 s3_options.get("object_args", {}), _parse_object_args(object_args)
             )}  # fmt: skip
         config = ServerConfig(
-            backend=make_backend(options.pop("backend_spec"), s3_options),
+            backend=_serve_backend(options.pop("backend_spec"), s3_options, loaded),
             auth=table.authenticator(),  # type: ignore[arg-type]
             system_dir=key_dir,
             **options,
@@ -749,6 +749,26 @@ def _webhooks(urls: Any, secret_env: str | None) -> Any:
         if not secret:
             raise ConfigError(f"--webhook-secret-env: {secret_env} is not set")
     return Webhooks(list(urls), secret=secret)
+
+
+def _serve_backend(spec: str, s3_options: dict[str, Any], loaded: FileConfig | None) -> Any:
+    """The backend: ``--backend``/[server] backend, or the namespace of [[mounts]]."""
+    if loaded is None or not (loaded.mounts or loaded.backends):
+        return make_backend(spec, s3_options)
+    from .backends.mounts import Mount, MountBackend
+
+    def build(text: str) -> Any:
+        is_s3 = text.lower().startswith("s3:")
+        return make_backend(text, s3_options if is_s3 else {})
+
+    named = {name: build(text) for name, text in loaded.backends.items()}
+    mounts = []
+    for table in loaded.mounts:
+        name = table["backend"]
+        backend = name if name in named else build(name)
+        mounts.append(Mount(table["path"], backend, table.get("prefix", "/"),
+                            bool(table.get("read_only", False))))  # fmt: skip
+    return MountBackend(mounts, backends=named)
 
 
 def _bandwidth(flags: tuple[str, ...], section: dict[str, Any]) -> Bandwidth:

@@ -23,6 +23,29 @@ class TestMemoryBackend(BackendConformance):
         return sftpd.MemoryBackend()
 
 
+class TestMountBackendAtTheTop(BackendConformance):
+    """A namespace with a single mount at /: the mount is the whole tree."""
+
+    @pytest.fixture
+    def backend(self) -> Any:
+        from sftpd.backends.mounts import Mount, MountBackend
+
+        return MountBackend([Mount("/", sftpd.MemoryBackend())])
+
+
+class TestMountBackendWithAPrefix(BackendConformance):
+    """A mount at / whose files live under a per-user prefix of a sync backend (which
+    keeps no times: the mount accepts and ignores them)."""
+
+    keeps_mtime = False
+
+    @pytest.fixture
+    def backend(self) -> Any:
+        from sftpd.backends.mounts import Mount, MountBackend
+
+        return MountBackend([Mount("/", SyncDictBackend(), prefix="/users/{username}")])
+
+
 class SyncDictBackend:
     """A minimal custom backend written with plain ``def`` methods (runs in threads)."""
 
