@@ -60,7 +60,8 @@ class Mount:
     """A backend shown at ``path``.
 
     Attributes:
-        path: Where the session sees it (``/inbox``); not ``/`` if other mounts exist.
+        path: Where the session sees it (``/inbox``). A mount at ``/`` holds every path
+            no deeper mount does; the deeper ones show in its listings.
         backend: Any backend object, or the name of one of the ``MountBackend``'s
             ``backends``.
         prefix: Where in that backend the mount starts; ``{username}`` and
@@ -127,8 +128,7 @@ class MountBackend:
         backends: Named backends that mounts (and sessions' ``mounts``) may name.
 
     Raises:
-        ConfigError: two mounts at one path, a mount at ``/`` beside others, a name
-            no backend has.
+        ConfigError: two mounts at one path, or a name no backend has.
     """
 
     def __init__(
@@ -168,9 +168,6 @@ class MountBackend:
                 raise ConfigError(f"two mounts at {mount.path}")
             seen.add(mount.path)
             self._backend_of(mount)
-        if "/" in seen and len(seen) > 1:
-            raise ConfigError("a mount at / hides every other mount; mount the others below "
-                              "paths of their own and leave / virtual")  # fmt: skip
         # Deepest first: /shared/team wins over /shared for the paths under it.
         return tuple(sorted(mounts, key=lambda m: -m.path.count("/") - (m.path != "/")))
 
