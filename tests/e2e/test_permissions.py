@@ -268,23 +268,12 @@ requests = st.sampled_from(["read", "write", "create", "remove", "mkdir", "rmdir
                             "link"])  # fmt: skip
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(request=requests, first=client_paths, second=client_paths)
-async def test_no_path_reaches_a_backend_operation_its_rules_forbid(
-    request: str, first: str, second: str
-) -> None:
-    """Whatever the paths (``..``, ``//``, ``.``, case, globbed names, hidden and denied
-    names), every backend operation a request reaches is one the rules allow at that path,
-    as the client sees it, and never outside the session's root."""
-    backend = Recording()
-    bound = bind_backend(backend)
-    session = sftpd.Session(username="dev", peer=sftpd.Peer("127.0.0.1", 1), root=ROOT,
-                            permissions=PERMISSIONS)  # fmt: skip
-    state = SessionState(session=session)
-    requests_ = Requests(bound, state, telemetry.TelemetryBus(), Settings())
-    a, b = first.encode(), second.encode()
+def request_calls(
+    requests_: Requests, a: bytes, b: bytes
+) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """Each request the property tests send, on the client paths ``a`` (and ``b``)."""
     writing = codec.FXF_WRITE | codec.FXF_CREAT | codec.FXF_TRUNC
-    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+    return {
         "read": lambda: requests_.open(a, codec.FXF_READ, WireAttrs()),
         "write": lambda: requests_.open(a, codec.FXF_WRITE, WireAttrs()),
         "create": lambda: requests_.open(a, writing, WireAttrs()),
@@ -299,6 +288,23 @@ async def test_no_path_reaches_a_backend_operation_its_rules_forbid(
         "symlink": lambda: requests_.symlink(b, a),
         "link": lambda: requests_.hardlink(b, a),
     }
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=requests, first=client_paths, second=client_paths)
+async def test_no_path_reaches_a_backend_operation_its_rules_forbid(
+    request: str, first: str, second: str
+) -> None:
+    """Whatever the paths (``..``, ``//``, ``.``, case, globbed names, hidden and denied
+    names), every backend operation a request reaches is one the rules allow at that path,
+    as the client sees it, and never outside the session's root."""
+    backend = Recording()
+    bound = bind_backend(backend)
+    session = sftpd.Session(username="dev", peer=sftpd.Peer("127.0.0.1", 1), root=ROOT,
+                            permissions=PERMISSIONS)  # fmt: skip
+    state = SessionState(session=session)
+    requests_ = Requests(bound, state, telemetry.TelemetryBus(), Settings())
+    calls = request_calls(requests_, first.encode(), second.encode())
     try:
         result = await calls[request]()
         if request == "read" and isinstance(result, bytes):
@@ -353,3 +359,47 @@ def test_config_file_groups_and_user_rules_merge(tmp_path: Path) -> None:
     config.write_text('[users.cat]\npassword = "pw"\npermissions = { "/x" = ["fly"] }\n')
     with pytest.raises(sftpd.ConfigError, match=r"unknown operation\(s\) \['fly'\]"):
         load_config_file(config)
+
+
+MUTATIONS = {"upload", "overwrite", "delete", "rmdir", "mkdir", "rename", "setstat", "symlink",
+             "link"}  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=requests, first=client_paths, second=client_paths)
+async def test_no_path_crosses_a_mount_boundary_or_a_read_only_mount(
+    request: str, first: str, second: str
+) -> None:
+    """Over mounts (/a, /A read-only, /c, each under its own prefix), every call a
+    request makes lands in the mount its client path names, inside that mount's prefix,
+    is allowed by the rules there, and nothing changes in the read-only mount."""
+    from sftpd.backends.mounts import Mount, MountBackend
+
+    stores = {"/a": Recording(), "/A": Recording(), "/c": Recording()}
+    namespace = MountBackend([
+        Mount("/a", stores["/a"], prefix=ROOT + "/a"),
+        Mount("/A", stores["/A"], prefix=ROOT + "/A", read_only=True),
+        Mount("/c", stores["/c"], prefix=ROOT + "/c"),
+    ])  # fmt: skip
+    session = sftpd.Session(username="dev", peer=sftpd.Peer("127.0.0.1", 1),
+                            permissions=PERMISSIONS)  # fmt: skip
+    requests_ = Requests(bind_backend(namespace), SessionState(session=session),
+                         telemetry.TelemetryBus(), Settings())  # fmt: skip
+    calls = request_calls(requests_, first.encode(), second.encode())
+    try:
+        result = await calls[request]()
+        if request in ("write", "create") and isinstance(result, bytes):
+            await requests_.write(result, 0, b"x")
+            await requests_.close(result)
+        if request == "list" and isinstance(result, bytes):
+            await requests_.readdir(result)
+    except SftpStatus:
+        pass
+    for mount, store in stores.items():
+        prefix = ROOT + mount
+        for operation, path in store.calls:
+            assert path == prefix or path.startswith(prefix + "/"), (request, first, mount, path)
+            client = mount + path[len(prefix) :]
+            assert PERMISSIONS.allows(operation, client)[0], (request, first, operation, client)
+            if mount == "/A":
+                assert operation not in MUTATIONS, (request, first, second, operation, path)
