@@ -298,6 +298,10 @@ class Requests:
         self._state = state
         self._session = state.session
         self._root = state.session.root
+        # Where relative paths start and realpath(".") answers: the "home" attribute.
+        self._home_dir = paths.normalize(
+            paths.decode(str(state.session.attributes.get("home", "/")))
+        )
         self._bus = bus
         self._settings = settings
         self._handles: dict[bytes, FileHandle | _DirHandle] = {}
@@ -399,8 +403,11 @@ class Requests:
         self._bus.execute(name, measurements, info, self._session)
 
     def _path(self, raw: bytes) -> str:
-        """Decode a client path and scope it into the session root."""
-        return paths.scope(self._root, paths.decode(raw))
+        """Decode a client path (relative ones from the home) and scope it into the root."""
+        text = paths.decode(raw)
+        if self._home_dir != "/" and not text.startswith("/"):
+            text = paths.normalize(text, self._home_dir)
+        return paths.scope(self._root, text)
 
     def _client(self, path: str) -> str:
         return paths.unscope(self._root, path)
@@ -1147,32 +1154,33 @@ class Requests:
         return await self._run("get_cwd", self._realpath(raw), {"path": raw})
 
     async def _realpath(self, raw: bytes) -> str:
-        return paths.normalize(paths.decode(raw))
+        return paths.normalize(paths.decode(raw), self._home_dir)
 
     async def expand_path(self, raw: bytes) -> str:
-        """expand-path: like realpath, with ``~`` and ``~/...`` taken from the home (/)."""
+        """expand-path: like realpath, with ``~`` and ``~/...`` taken from the home."""
         return await self._run("get_cwd", self._expand(raw), {"path": raw})
 
     async def _expand(self, raw: bytes) -> str:
         text = paths.decode(raw)
         if text == "~" or text.startswith("~/"):
-            text = "/" + text[2:]
+            text = self._home_dir + "/" + text[2:]
         elif text.startswith("~"):
             user = text[1:].partition("/")[0]
             if user != self._session.username:
                 raise NoSuchFile("Unknown user")
-            text = "/" + text[1 + len(user) :].lstrip("/")
-        return paths.normalize(text)
+            text = self._home_dir + "/" + text[1 + len(user) :].lstrip("/")
+        return paths.normalize(text, self._home_dir)
 
     async def home_directory(self, raw_user: bytes) -> str:
-        """home-directory: the session's top directory, for its own user only."""
+        """home-directory: the session's home (``/`` unless the ``home`` attribute says),
+        for its own user only."""
         return await self._run("get_cwd", self._home(raw_user), {"path": b"/"})
 
     async def _home(self, raw_user: bytes) -> str:
         user = raw_user.decode("utf-8", "replace")
         if user and user != self._session.username:
             raise NoSuchFile("Unknown user")
-        return "/"
+        return self._home_dir
 
     async def statvfs(self, raw: bytes) -> bytes:
         """Capacity of the storage holding a path."""

@@ -58,10 +58,12 @@ def test_logical_directories_and_policy_map_to_mounts_and_rules() -> None:
 
 
 def test_path_home_and_malformed_responses() -> None:
-    """PATH mounts the home's bucket at /<bucket>; no policy means no rules; malformed
+    """PATH mounts the home's bucket at /<bucket> and starts there; no policy means no
+    rules; malformed
     responses raise ConfigError (the login is refused)."""
     path = session_attributes({"HomeDirectory": "/uploads/home/bob"}, "bob")
-    assert path == {"mounts": [{"path": "/uploads", "backend": "uploads", "prefix": "/"}]}
+    assert path == {"mounts": [{"path": "/uploads", "backend": "uploads", "prefix": "/"}],
+                    "home": "/uploads/home/bob"}  # fmt: skip
     for bad, message in (
         ({"HomeDirectoryType": "LOGICAL"}, "needs HomeDirectoryDetails"),
         (logical([{"Entry": "/"}]), "needs Entry and Target"),
@@ -126,3 +128,22 @@ async def test_a_transfer_lambda_keeps_working_behind_sftpd(
         assert [o["Key"] for o in listed["Contents"]] == ["2026/report.txt"]
     assert events[0] == {"username": "ann", "password": "secret", "protocol": "SFTP",
                          "serverId": "sftpd", "sourceIp": "127.0.0.1"}  # fmt: skip
+
+
+async def test_a_path_home_is_where_the_session_starts(openssh: OpenSSH, tmp_path: Path) -> None:
+    """HomeDirectoryType PATH: OpenSSH starts in the home (pwd), a relative put lands
+    there, and absolute bucket paths keep working."""
+    uploads = sftpd.MemoryBackend({"/home/bob/.keep": b""})
+
+    def handler(event: Mapping[str, Any]) -> dict[str, Any]:
+        return {"HomeDirectoryType": "PATH", "HomeDirectory": "/uploads/home/${transfer:UserName}"}
+
+    namespace = MountBackend(backends={"uploads": uploads})
+    (tmp_path / "up.txt").write_text("relative\n")
+    async with running_server(backend=namespace, auth=TransferIdentity(handler)) as server:
+        result = await openssh.run(server.port, "pwd\nput up.txt\nls /uploads/home/bob\n",
+                                   user="bob", password="x", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Remote working directory: /uploads/home/bob" in result.stdout
+    session = sftpd.Session(username="t", peer=sftpd.Peer("x", 0))
+    assert await uploads.read_file("/home/bob/up.txt", session) == b"relative\n"

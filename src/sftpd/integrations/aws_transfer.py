@@ -10,15 +10,19 @@ answers each login with a response such as::
      "Policy": "{...a session policy...}",
      "PublicKeys": ["ssh-ed25519 AAAA..."]}
 
-:func:`session_attributes` turns that into sftpd session attributes: the logical
-directories become ``mounts`` of a :class:`~sftpd.backends.mounts.MountBackend` whose
-``backends`` are named by bucket; ``HomeDirectoryType: PATH`` mounts the home
-directory's bucket at ``/<bucket>``. The session policy is mapped to per-path
-permissions where the mapping is clear (S3 actions on object ARNs under a mapped
-target); ``Role`` is ignored (sftpd's S3 credentials are its own), and so is any
-statement with conditions other than ``s3:prefix``, ``NotAction`` or ``NotResource``
-(logged). :class:`TransferIdentity` wraps the function itself as an authenticator, so
-the Lambda's logic is kept as it is.
+:func:`session_attributes` turns that into sftpd session attributes:
+
+- the logical directories become ``mounts`` of a
+  :class:`~sftpd.backends.mounts.MountBackend` whose ``backends`` are named by bucket;
+- ``HomeDirectoryType: PATH`` mounts the home directory's bucket at ``/<bucket>`` and
+  starts the session in the home directory (``home``);
+- the session policy becomes per-path permissions where the mapping is clear (S3
+  actions on object ARNs under a mapped target); statements with conditions other than
+  string matches, ``NotAction`` or ``NotResource`` are ignored (and logged);
+- ``Role`` is ignored: sftpd's S3 credentials are its own.
+
+:class:`TransferIdentity` wraps the function itself as an authenticator, so the
+Lambda's logic is kept as it is.
 """
 
 from __future__ import annotations
@@ -160,6 +164,8 @@ def session_attributes(response: Mapping[str, Any], username: str) -> dict[str, 
     mounts = [{"path": entry, "backend": bucket, "prefix": prefix}
               for entry, bucket, prefix in mappings]  # fmt: skip
     attributes: dict[str, Any] = {"mounts": mounts}
+    if str(response.get("HomeDirectoryType") or "PATH").upper() == "PATH":
+        attributes["home"] = _fill(home, username, home)  # where the session starts
     rules = _policy_rules(response.get("Policy"), mappings, username, home)
     if rules is not None:
         attributes["permissions"] = rules
