@@ -109,10 +109,16 @@ def start_seaweedfs(workdir: Path) -> S3Server:
         weed_binary(), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
         "-s3.port.lance=0", f"-s3.config={config}",
+        # Every bucket is a collection with volumes of its own; by default a volume slot
+        # is 1 GiB of free disk, and the suite's buckets used them up (UploadPart then
+        # failed with InternalError). Small volumes, many slots: sparse files, so disk
+        # use is the data alone.
+        "-master.volumeSizeLimitMB=128", "-volume.max=1000",
         *(f"-{name}={port}" for name, port in ports.items()),
     ]  # fmt: skip
     (workdir / "data").mkdir(exist_ok=True)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with (workdir / "weed.log").open("ab") as log:  # read it when SeaweedFS misbehaves
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
     _wait_http(endpoint, time.monotonic() + 90, proc)
     return S3Server("seaweedfs", endpoint, proc=proc, data_dir=workdir, args=args)

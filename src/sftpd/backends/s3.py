@@ -43,6 +43,15 @@ from typing import Any, Final
 
 from .. import paths
 from .._memory import UNLIMITED
+
+try:
+    from aiohttp import ClientPayloadError as _PayloadError
+except ImportError:  # pragma: no cover - without the s3 extra the backend cannot start
+
+    class _PayloadError(Exception):  # type: ignore[no-redef]
+        """Never raised: aiohttp is not installed."""
+
+
 from .._session import Session
 from ..backend import AttrChanges, DirEntry, FileAttrs, FileType
 from ..errors import (
@@ -189,27 +198,41 @@ def _error_code(exc: BaseException) -> str:
     return code or str(status or "")
 
 
+class _Truncated(Failure):
+    """A response body ended early (the storage broke off): the request may be retried."""
+
+
+#: Ranged GETs tried at most when the storage breaks off a response body.
+BODY_ATTEMPTS = 3
+
+
 async def _read_body(body: Any, size: int, spare: bytearray | None = None) -> bytearray:
     """Read a response body of ``size`` bytes into one buffer, copying each byte once.
 
     ``spare``, if it has the right size, is filled instead of a new buffer.
+
+    Raises:
+        _Truncated: the body ended before ``size`` bytes (or the connection broke).
     """
     buffer = spare if spare is not None and len(spare) == size else bytearray(size)
     done = 0
     stream = getattr(getattr(body, "raw_stream", None), "content", None)
-    if stream is not None and hasattr(stream, "readany"):  # aiohttp: take its chunks as is
-        while done < size and (chunk := await stream.readany()):
-            end = done + len(chunk)
-            if end > size:
-                break
-            buffer[done:end] = chunk
-            done = end
-    else:
-        view = memoryview(buffer)
-        while done < size and (count := await body.readinto(view[done:])):
-            done += count
+    try:
+        if stream is not None and hasattr(stream, "readany"):  # aiohttp: its chunks as is
+            while done < size and (chunk := await stream.readany()):
+                end = done + len(chunk)
+                if end > size:
+                    break
+                buffer[done:end] = chunk
+                done = end
+        else:
+            view = memoryview(buffer)
+            while done < size and (count := await body.readinto(view[done:])):
+                done += count
+    except _PayloadError as exc:
+        raise _Truncated("Storage broke off a read; try again") from exc
     if done != size:
-        raise Failure("Storage sent a response of the wrong length")
+        raise _Truncated("Storage sent a response of the wrong length")
     return buffer
 
 
@@ -872,17 +895,24 @@ class S3Backend:
         """A ranged GET of the version ``etag``, read straight into one buffer (``spare``)."""
         client = await self.client()
         pinned = {"IfMatch": etag} if etag else {}
-        try:
-            async with self._errors("GetObject"):
-                response = await client.get_object(
-                    Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}",
-                    **pinned,
-                )  # fmt: skip
-                async with response["Body"] as body:
-                    size = int(response.get("ContentLength", length))
-                    return await _read_body(body, size, spare)
-        except InvalidParameter:
-            return bytearray()  # 416: the object got shorter
+        for attempt in range(1, BODY_ATTEMPTS + 1):
+            try:
+                async with self._errors("GetObject"):
+                    response = await client.get_object(
+                        Bucket=self.bucket, Key=key,
+                        Range=f"bytes={offset}-{offset + length - 1}", **pinned,
+                    )  # fmt: skip
+                    async with response["Body"] as body:
+                        size = int(response.get("ContentLength", length))
+                        return await _read_body(body, size, spare)
+            except InvalidParameter:
+                return bytearray()  # 416: the object got shorter
+            except _Truncated:
+                if attempt == BODY_ATTEMPTS:
+                    raise
+                log.warning("S3 GetObject of %s broke off (attempt %d of %d); trying again",
+                            key, attempt, BODY_ATTEMPTS)  # fmt: skip
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def open_reader(self, path: str, session: Session) -> S3Reader:
         """A reader with read-ahead for one open file."""
