@@ -73,9 +73,9 @@ class S3Server:
     def start_again(self) -> None:
         """Restart a stopped SeaweedFS on the same ports and data."""
         assert self.args is not None
-        self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        assert self.data_dir is not None
+        with (self.data_dir / "weed.log").open("ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
         _wait_http(self.endpoint, time.monotonic() + 60, self.proc)
 
 
