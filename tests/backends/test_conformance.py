@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,6 +45,24 @@ class TestMountBackendWithAPrefix(BackendConformance):
         from sftpd.backends.mounts import Mount, MountBackend
 
         return MountBackend([Mount("/", SyncDictBackend(), prefix="/users/{username}")])
+
+
+class TestTheGuidesBackend(BackendConformance):
+    """The complete backend docs/custom-backends.md shows (examples/dict_backend.py)."""
+
+    @pytest.fixture
+    def backend(self) -> Any:
+        from examples.dict_backend import DictBackend
+
+        return DictBackend()
+
+
+def test_the_guide_shows_the_tested_backend_unchanged() -> None:
+    """docs/custom-backends.md holds examples/dict_backend.py verbatim, so the guide's
+    backend is the one the conformance suite passes."""
+    root = Path(__file__).resolve().parents[2]
+    guide = (root / "docs" / "custom-backends.md").read_text()
+    assert "```python\n" + (root / "examples" / "dict_backend.py").read_text() + "```" in guide
 
 
 class SyncDictBackend:
