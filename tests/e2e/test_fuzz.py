@@ -15,7 +15,7 @@ async def test_seeded_packet_fuzzing_finds_nothing_and_reaches_every_corner() ->
     assert report.server_crashes == 0
     assert report.log_errors == 0, report.error_lines
     assert report.log_tracebacks == 0, report.log_exceptions
-    assert report.probe_timeouts == 0, report.error_lines
+    assert report.probe_timeouts == 0, (report.error_lines, report.stuck_batches)
     assert report.python_text_replies == 0, report.error_lines
     assert report.malformed_replies == 0
     assert report.control_checks > 10
