@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from examples.dict_backend import DictBackend
 
 import sftpd
 import sftpd.testing
-from sftpd import paths
 from sftpd.testing import BackendConformance
 
 
@@ -52,8 +51,6 @@ class TestTheGuidesBackend(BackendConformance):
 
     @pytest.fixture
     def backend(self) -> Any:
-        from examples.dict_backend import DictBackend
-
         return DictBackend()
 
 
@@ -65,85 +62,20 @@ def test_the_guide_shows_the_tested_backend_unchanged() -> None:
     assert "```python\n" + (root / "examples" / "dict_backend.py").read_text() + "```" in guide
 
 
-class SyncDictBackend:
-    """A minimal custom backend written with plain ``def`` methods (runs in threads)."""
+class SyncDictBackend(DictBackend):
+    """The guide's plain-``def`` backend, noting which threads its calls run in."""
 
     def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.dirs: set[str] = {"/"}
-        self.lock = threading.Lock()
+        super().__init__()
         self.threads: set[str] = set()
 
-    def _seen(self) -> None:
-        self.threads.add(threading.current_thread().name)
-
     def stat(self, path: str, session: sftpd.Session) -> sftpd.FileAttrs:
-        self._seen()
-        if path in self.dirs:
-            return sftpd.directory_info(0)
-        if path in self.files:
-            return sftpd.file_info(len(self.files[path]), time.time())
-        raise sftpd.NoSuchFile()
-
-    def list_dir(self, path: str, session: sftpd.Session) -> Iterator[sftpd.DirEntry]:
-        if path not in self.dirs:
-            raise sftpd.NoSuchFile()
-        for d in sorted(self.dirs):
-            if d != "/" and paths.parent(d) == path:
-                yield sftpd.DirEntry(paths.basename(d), sftpd.directory_info(0))
-        for f, data in sorted(self.files.items()):
-            if paths.parent(f) == path:
-                yield sftpd.DirEntry(paths.basename(f), sftpd.file_info(len(data), 0))
-
-    def make_dir(self, path: str, session: sftpd.Session) -> None:
-        if path in self.dirs or path in self.files:
-            raise sftpd.FileAlreadyExists()
-        if paths.parent(path) not in self.dirs:
-            raise sftpd.NoSuchFile()
-        self.dirs.add(path)
-
-    def _children(self, path: str) -> list[str]:
-        prefix = path.rstrip("/") + "/"
-        return [p for p in (*self.dirs, *self.files) if p.startswith(prefix)]
-
-    def remove_dir(self, path: str, session: sftpd.Session) -> None:
-        if path not in self.dirs:
-            raise sftpd.NoSuchFile()
-        if self._children(path):
-            raise sftpd.DirectoryNotEmpty()
-        self.dirs.discard(path)
-
-    def remove_file(self, path: str, session: sftpd.Session) -> None:
-        if path not in self.files:
-            raise sftpd.NoSuchFile()
-        del self.files[path]
-
-    def rename(self, src: str, dst: str, session: sftpd.Session, *, overwrite: bool) -> None:
-        with self.lock:
-            if src not in self.files and src not in self.dirs:
-                raise sftpd.NoSuchFile()
-            if (dst in self.files or dst in self.dirs) and not overwrite:
-                raise sftpd.FileAlreadyExists()
-            moves = [src, *self._children(src)]
-            for old in moves:
-                new = dst + old[len(src) :]
-                if old in self.files:
-                    self.files[new] = self.files.pop(old)
-                else:
-                    self.dirs.discard(old)
-                    self.dirs.add(new)
-
-    def read_file(self, path: str, session: sftpd.Session) -> bytes:
-        try:
-            return self.files[path]
-        except KeyError:
-            raise sftpd.NoSuchFile() from None
+        self.threads.add(threading.current_thread().name)
+        return super().stat(path, session)
 
     def write_file(self, path: str, data: bytes, session: sftpd.Session) -> None:
-        self._seen()
-        if paths.parent(path) not in self.dirs:
-            raise sftpd.NoSuchFile()
-        self.files[path] = data
+        self.threads.add(threading.current_thread().name)
+        super().write_file(path, data, session)
 
 
 class TestSyncCustomBackend(BackendConformance):
