@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._shared import SharedState
-from ._sizes import parse_size
+from ._sizes import parse_size, positive_number
 from .errors import ConfigError
-from .state import StateUnavailable, check_rate
+from .state import StateUnavailable
 
 __all__ = ["Bandwidth", "Shaper", "TokenBucket"]
 
@@ -84,6 +84,19 @@ class Bandwidth:
         return cls(**rates)
 
 
+def check_rate(name: str, value: object) -> float | None:
+    """A rate in bytes per second, or None for no limit.
+
+    Raises:
+        ConfigError: it is not a positive finite number.
+    """
+    if value is None:
+        return None
+    if not positive_number(value):
+        raise ConfigError(f"{name} must be a positive number of bytes per second, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 class TokenBucket:
     """Bytes per second with a burst, in this process: ``take`` says how long to wait."""
 
@@ -129,12 +142,12 @@ class Shaper:
         }
         self._local: dict[Direction, list[TokenBucket]] = {"upload": [], "download": []}
         self._fallback: dict[Direction, list[TokenBucket]] = {"upload": [], "download": []}
-        for direction, session, user, server in (
+        directions: tuple[tuple[Direction, float | None, object, float | None], ...] = (
             ("upload", limits.session_upload, user_up, limits.server_upload),
             ("download", limits.session_download, user_down, limits.server_download),
-        ):
-            key: Direction = "upload" if direction == "upload" else "download"
-            user = check_rate(f"{key}_rate", user)
+        )
+        for key, session, given, server in directions:
+            user = check_rate(f"{key}_rate", given)
             if session is not None:
                 self._local[key].append(TokenBucket(session))
             for bucket, rate in ((f"u:{key}:{username}", user), (f"server:{key}", server)):

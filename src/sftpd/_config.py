@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from ._digests import check_algorithms
 from ._memory import DEFAULT_UPLOAD_MEMORY
 from ._policy import Operation, Policy
 from ._session import check_max_file_size
+from ._sizes import positive_number
 from ._throttle import LoginLimits
 from ._upload import Upload
 from .auth import Authenticator, as_authenticator
@@ -122,16 +122,6 @@ WITHOUT_SHA1 = {
     "mac_algs": "-hmac-sha1*",
     "signature_algs": "-ssh-rsa",
 }
-
-
-def _positive_number(value: object) -> bool:
-    """True for a finite int or float above zero (a bool is not a number here)."""
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 def host_key_pairs(
@@ -355,7 +345,7 @@ class ServerConfig:
                    if getattr(self, name) is not None]  # fmt: skip
         if self.upload_memory is not None:
             counts.append("upload_memory")
-        if self.connection_rate is not None and not _positive_number(self.connection_rate):
+        if self.connection_rate is not None and not positive_number(self.connection_rate):
             raise ConfigError(
                 "connection_rate must be a positive number of connections per second, "
                 f"or None for no limit; got {self.connection_rate!r}"
@@ -369,7 +359,7 @@ class ServerConfig:
         timeouts += ["idle_timeout"] if self.idle_timeout is not None else []
         for name in timeouts:
             value = getattr(self, name)
-            if not _positive_number(value):
+            if not positive_number(value):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if isinstance(self.ciphers, str) or not self.ciphers:
             raise ConfigError("ciphers must be a non-empty list of names from sftpd.CIPHERS")

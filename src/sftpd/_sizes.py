@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 from .errors import ConfigError
 
-__all__ = ["parse_size"]
+__all__ = ["parse_size", "positive_number"]
 
 _UNITS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+
+
+def positive_number(value: object) -> bool:
+    """True for a finite int or float above zero (a bool is not a number here)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def parse_size(text: str | int, what: str = "size") -> int:

@@ -17,15 +17,12 @@ new logins and lets running transfers finish (see the deployment guide).
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
-
-from .errors import ConfigError
 
 __all__ = [
     "MemoryState",
@@ -362,25 +359,12 @@ class MemoryState:
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(burst, now)
             if len(self._buckets) > 10_000:
-                self._forget_full_buckets(now, rate)
+                self._forget_idle_buckets(now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.when) * rate) - amount
         bucket.when = now
         return max(0.0, -bucket.tokens / rate)
 
-    def _forget_full_buckets(self, now: float, rate: float) -> None:
+    def _forget_idle_buckets(self, now: float) -> None:
+        """Drop buckets unused for an hour: refilled by then, as good as new."""
         for key in [k for k, b in self._buckets.items() if now - b.when > 3600]:
             del self._buckets[key]
-
-
-def check_rate(name: str, value: object) -> float | None:
-    """A rate in bytes per second, or None for no limit.
-
-    Raises:
-        ConfigError: it is not a positive finite number.
-    """
-    if value is None:
-        return None
-    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-            or value <= 0):  # fmt: skip
-        raise ConfigError(f"{name} must be a positive number of bytes per second, got {value!r}")
-    return float(value)
