@@ -1136,17 +1136,20 @@ class Requests:
         self._refuse_root(dst, "replace")
         if self._session.permissions.own_files_only and not self._own(src):
             raise NoSuchFile()
-        may_overwrite = self._session.permissions.allows("overwrite", self._client(dst))[0]
-        if overwrite and not may_overwrite and await self._file_size(dst) is not None:
+        ledger = self._state.ledger
+        counted = ledger is not None and src != dst  # a replaced file gives its space back
+        guarded = overwrite and not self._session.permissions.allows(
+            "overwrite", self._client(dst))[0]  # fmt: skip
+        # One stat of the target serves both: the overwrite check and the quota.
+        replaced = await self._file_size(dst) if guarded or counted else None
+        if guarded and replaced is not None:
             self._check("overwrite", dst)
         await self._veto("rename", src, dst)
-        ledger = self._state.ledger
-        replaced = await self._file_size(dst) if ledger is not None and src != dst else None
         await self._backend.rename(src, dst, self._session, overwrite=overwrite)
         if src in self._state.own_files:
             self._state.own_files.discard(src)
             self._state.own_files.add(dst)
-        if ledger is not None and replaced is not None:
+        if ledger is not None and counted and replaced is not None:
             await ledger.change(-replaced, -1)
 
     async def realpath(self, raw: bytes) -> str:
