@@ -477,21 +477,18 @@ class FileHandle:
             ingest.cancel()
         if not commit or self._failed:
             await self._abort(writer)
-            await self._quota_aborted()
             if self._failed and commit:
                 why = f" ({self._failure})" if self._failure else ""
                 raise Failure(f"Upload failed{why}; nothing was stored")
             return False
         if not self._dirty:
             await self._abort(writer)
-            await self._quota_aborted()
             await self._apply_pending()
             return False
         if ingest is not None:
             refusal = await ingest.verdict()
             if refusal is not None:
                 await self._abort(writer)
-                await self._quota_aborted()
                 raise PermissionDenied(f"Upload refused: {refusal}")
         digests = await self._digests_to_keep()
         writer_keeps = hasattr(writer, "digests")  # it stores them with the file (S3)
@@ -501,11 +498,9 @@ class FileHandle:
             await within(self.close_timeout, writer.commit())
         except TimeoutError:
             await self._abort(writer)
-            await self._quota_aborted()
             raise Failure("Storing the file timed out; nothing was stored") from None
         except BaseException:
             await self._abort(writer)
-            await self._quota_aborted()
             raise
         if self._quota is not None:
             await self._quota.stored(self._size)
@@ -557,7 +552,9 @@ class FileHandle:
             await self._quota.aborted()
 
     async def _abort(self, writer: Any) -> None:
+        """Nothing is stored: the writer leaves nothing, the quota reservation goes."""
         try:
             await writer.abort()
         except Exception:
             log.warning("aborting an upload of %s failed", self.path, exc_info=True)
+        await self._quota_aborted()
