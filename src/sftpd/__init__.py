@@ -21,6 +21,7 @@ from ._server import Server, run
 from ._session import Peer, Session
 from ._throttle import LoginLimits
 from ._upload import Upload
+from ._version import __version__
 from .auth import (
     Authenticator,
     AuthorizedKeys,
@@ -61,7 +62,6 @@ from .errors import (
     Unsupported,
 )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CIPHERS",

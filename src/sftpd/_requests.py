@@ -33,7 +33,9 @@ from ._quota import QuotaLedger
 from ._session import Session
 from ._sftp import codec
 from ._sftp.codec import WireAttrs
+from ._sftp.engine import HandleInfo
 from ._upload import Upload
+from ._version import __version__
 from .backend import AttrChanges, BoundBackend, FileAttrs, FileType
 from .errors import (
     Failure,
@@ -139,15 +141,6 @@ class SessionState:
     def in_flight(self) -> bool:
         """True while any channel has a request running."""
         return any(channel.running for channel in self.channels)
-
-
-@dataclass(frozen=True, slots=True)
-class HandleInfo:
-    """What the engine needs to know of a handle to order requests on it."""
-
-    upload: bool
-    append: bool
-    concurrent_writes: bool
 
 
 class _DirHandle:
@@ -272,8 +265,6 @@ def extensions_for(backend: BoundBackend, *, quota: bool = False) -> list[tuple[
         names += [(b"statvfs@openssh.com", b"2"), (b"fstatvfs@openssh.com", b"2")]
     if "hard_links" in caps:
         names.append((b"hardlink@openssh.com", b"1"))
-    from . import __version__
-
     vendor = (
         codec.string(b"sftpd")
         + codec.string(b"sftpd")

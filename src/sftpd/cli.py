@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.panel import Panel
 
-from . import __version__
+from ._version import __version__
 from . import _sizes as sizes
 from ._admin import AdminServer
 from ._bandwidth import Bandwidth

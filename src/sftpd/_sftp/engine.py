@@ -2,7 +2,7 @@
 
 The engine frames packets, negotiates the version (v3 only, as OpenSSH), decodes each
 request in one place (:data:`_TABLE`, one row per packet type and per extension) and
-hands it to :class:`~sftpd._requests.Requests`; replies go out as they complete.
+hands it to a :class:`Handler` (:class:`~sftpd._requests.Requests`); replies go out as they complete.
 
 **Concurrency and ordering.** Requests run concurrently, up to ``concurrency`` per channel
 and the connection's :class:`ConnectionBudget` in all. Before it starts, each request
@@ -31,16 +31,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import SftpStatus, to_sftp_error
 from . import codec
-from .codec import BadMessage, OutOfRange, Parser
+from .codec import BadMessage, OutOfRange, Parser, WireAttrs
 
-if TYPE_CHECKING:
-    from .._requests import Requests
-
-__all__ = ["ConnectionBudget", "SftpEngine", "Transport"]
+__all__ = ["ConnectionBudget", "Handler", "HandleInfo", "SftpEngine", "Transport"]
 
 log = logging.getLogger("sftpd")
 
@@ -59,8 +57,10 @@ _SHARED, _WRITE, _EXCLUSIVE = 0, 1, 2
 _NS = ("ns",)
 _DATA = ("data",)
 
-Claim = tuple[tuple[Any, ...], int, int, int]  # key, start, end, mode
-Work = Coroutine[Any, Any, bytes]
+ClaimKey = tuple[str, ...] | tuple[str, bytes]  # the namespace, the data, or one handle
+Claim = tuple[ClaimKey, int, int, int]  # key, start, end, mode
+Work = Coroutine[None, None, bytes]
+_Entry = tuple[int, int, int, "asyncio.Future[None]"]  # start, end, mode, done
 _Row = Callable[["SftpEngine", int, Parser], tuple[list[Claim], Work]]
 
 
@@ -81,6 +81,71 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """End the SFTP session (after a protocol error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandleInfo:
+    """What the engine needs to know of an open file to order requests on it."""
+
+    upload: bool
+    append: bool
+    concurrent_writes: bool
+
+
+class _Named(Protocol):
+    @property
+    def username(self) -> str: ...
+
+
+class Handler(Protocol):
+    """What serves the decoded requests of one SFTP channel (``sftpd._requests``).
+
+    Paths and handles arrive as the client's bytes; attributes come back encoded. Each
+    coroutine raises what went wrong; the engine turns it into a status reply.
+    """
+
+    advertised: frozenset[bytes]
+    max_open_handles: int
+    target_first: bool
+
+    @property
+    def session(self) -> _Named: ...
+
+    def extensions(self) -> list[tuple[bytes, bytes]]: ...
+    def handle_info(self, handle: bytes) -> HandleInfo | None: ...
+    def owner_names(self, owner_id: int) -> bytes: ...
+    async def abandon(self) -> None: ...
+    async def open(self, raw: bytes, pflags: int, attrs: WireAttrs) -> bytes: ...
+    async def close(self, name: bytes) -> None: ...
+    async def read(self, name: bytes, offset: int, length: int) -> bytes: ...
+    async def write(self, name: bytes, offset: int, data: bytes) -> None: ...
+    async def fstat(self, name: bytes) -> bytes: ...
+    async def fsetstat(self, name: bytes, attrs: WireAttrs) -> None: ...
+    async def fstatvfs(self, name: bytes) -> bytes: ...
+    async def fsync(self, name: bytes) -> None: ...
+    async def copy_data(
+        self, source: bytes, offset: int, length: int, target: bytes, target_offset: int
+    ) -> None: ...
+    async def check_file(
+        self, *, handle: bytes | None, raw: bytes | None, algorithms: bytes, offset: int,
+        length: int, block_size: int,
+    ) -> bytes: ...  # fmt: skip
+    async def stat(self, raw: bytes) -> bytes: ...
+    async def lstat(self, raw: bytes) -> bytes: ...
+    async def setstat(self, raw: bytes, attrs: WireAttrs, *, link: bool = False) -> None: ...
+    async def opendir(self, raw: bytes) -> bytes: ...
+    async def readdir(self, name: bytes) -> list[tuple[bytes, bytes, bytes]]: ...
+    async def remove(self, raw: bytes) -> None: ...
+    async def mkdir(self, raw: bytes, attrs: WireAttrs) -> None: ...
+    async def rmdir(self, raw: bytes) -> None: ...
+    async def rename(self, old: bytes, new: bytes, *, overwrite: bool) -> None: ...
+    async def realpath(self, raw: bytes) -> str: ...
+    async def expand_path(self, raw: bytes) -> str: ...
+    async def home_directory(self, raw_user: bytes) -> str: ...
+    async def statvfs(self, raw: bytes) -> bytes: ...
+    async def readlink(self, raw: bytes) -> str: ...
+    async def symlink(self, raw_target: bytes, raw_link: bytes) -> None: ...
+    async def hardlink(self, raw_old: bytes, raw_new: bytes) -> None: ...
 
 
 class ConnectionBudget:
@@ -113,7 +178,7 @@ class SftpEngine:
 
     def __init__(
         self,
-        requests: Requests,
+        requests: Handler,
         transport: Transport,
         budget: ConnectionBudget,
         *,
@@ -127,7 +192,7 @@ class SftpEngine:
         self.stalled = False
         self._buffer = bytearray()
         self._running = 0
-        self._pending: dict[tuple[Any, ...], list[list[Any]]] = {}
+        self._pending: dict[ClaimKey, list[_Entry]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._idle = asyncio.Event()
@@ -228,7 +293,7 @@ class SftpEngine:
         """Register the request's claims in arrival order, then run it when it may."""
         waits: list[asyncio.Future[None]] = []
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entries: list[tuple[list[list[Any]], list[Any]]] = []
+        entries: list[tuple[list[_Entry], _Entry]] = []
         pending = self._pending
         for key, start, end, mode in claims:
             queue = pending.get(key)
@@ -243,7 +308,7 @@ class SftpEngine:
                         and other_done not in waits
                     ):
                         waits.append(other_done)
-            entry = [start, end, mode, done]
+            entry = (start, end, mode, done)
             queue.append(entry)
             entries.append((queue, entry))
         self._running += 1
@@ -261,7 +326,7 @@ class SftpEngine:
         waits: list[asyncio.Future[None]],
         work: Work,
         done: asyncio.Future[None],
-        entries: list[tuple[list[list[Any]], list[Any]]],
+        entries: list[tuple[list[_Entry], _Entry]],
     ) -> None:
         reply: bytes | None = None
         try:
@@ -323,7 +388,7 @@ class SftpEngine:
     def _handle_claim(self, handle: bytes, start: int, end: int, mode: int) -> Claim:
         return (("h", handle), start, end, mode)
 
-    async def _status_ok(self, request_id: int, call: Awaitable[Any]) -> bytes:
+    async def _status_ok(self, request_id: int, call: Awaitable[object]) -> bytes:
         await call
         return codec.status(request_id, codec.FX_OK, "")
 
@@ -342,7 +407,7 @@ class SftpEngine:
     def _open(self, request_id: int, p: Parser) -> tuple[list[Claim], Work]:
         path, pflags, attrs = p.string(), p.u32(), p.attrs()
         writes = bool(pflags & (codec.FXF_WRITE | codec.FXF_APPEND))
-        claims = [(_NS, *_FULL, _EXCLUSIVE if writes else _SHARED)]
+        claims: list[Claim] = [(_NS, *_FULL, _EXCLUSIVE if writes else _SHARED)]
         return claims, self._handle_reply(request_id, self.requests.open(path, pflags, attrs))
 
     def _close(self, request_id: int, p: Parser) -> tuple[list[Claim], Work]:
