@@ -62,7 +62,6 @@ from .errors import (
     Unsupported,
 )
 
-
 __all__ = [
     "CIPHERS",
     "DEFAULT_CIPHERS",

@@ -20,7 +20,6 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.panel import Panel
 
-from ._version import __version__
 from . import _sizes as sizes
 from ._admin import AdminServer
 from ._bandwidth import Bandwidth
@@ -31,6 +30,7 @@ from ._server import Server
 from ._session import Peer, Session
 from ._shared import SharedState
 from ._throttle import LoginLimits
+from ._version import __version__
 from ._workers import Supervision, Worker, supervise
 from .audit import AuditLog
 from .audit import reopen_all as reopen_audit_logs

@@ -2,7 +2,8 @@
 
 The engine frames packets, negotiates the version (v3 only, as OpenSSH), decodes each
 request in one place (:data:`_TABLE`, one row per packet type and per extension) and
-hands it to a :class:`Handler` (:class:`~sftpd._requests.Requests`); replies go out as they complete.
+hands it to a :class:`Handler` (:class:`~sftpd._requests.Requests`); replies go out as
+they complete.
 
 **Concurrency and ordering.** Requests run concurrently, up to ``concurrency`` per channel
 and the connection's :class:`ConnectionBudget` in all. Before it starts, each request
@@ -38,7 +39,7 @@ from ..errors import SftpStatus, to_sftp_error
 from . import codec
 from .codec import BadMessage, OutOfRange, Parser, WireAttrs
 
-__all__ = ["ConnectionBudget", "Handler", "HandleInfo", "SftpEngine", "Transport"]
+__all__ = ["ConnectionBudget", "HandleInfo", "Handler", "SftpEngine", "Transport"]
 
 log = logging.getLogger("sftpd")
 
