@@ -19,12 +19,13 @@ import tempfile
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+from ._binding import BoundBackend, BoundWriter, bind_writer
 from ._digests import DigestTap
 from ._ingest import Ingest, Inspector
 from ._quota import QuotaLedger
-from .backend import AttrChanges, BoundBackend, FileAttrs, FileType
+from .backend import AttrChanges, FileAttrs, FileType, Reader
 from .errors import (
     Failure,
     InvalidParameter,
@@ -84,6 +85,13 @@ class OpenMode:
         if self.read and self.write:
             return "read_write"
         return "write" if self.write else "read"
+
+
+async def _read_back(writer: BoundWriter, offset: int, length: int) -> bytes:
+    """Read an upload back (a handle open for reading always has a writer that can)."""
+    if writer.read is None:
+        raise PermissionDenied("File not open for reading")
+    return await writer.read(offset, length)
 
 
 class _Spool:
@@ -188,8 +196,8 @@ class FileHandle:
         self._attrs = attrs
         self._source = source  # for reads: an upload of this session still being written
         self._size = attrs.size if attrs is not None and not mode.truncate else 0
-        self._writer: Any = None
-        self._reader: Any = None
+        self._writer: BoundWriter | None = None
+        self._reader: Reader | None = None
         self._whole: bytes | None = None
         self._pending_changes: AttrChanges | None = None
         self._dirty = False
@@ -228,7 +236,7 @@ class FileHandle:
                 writer = await self.backend.open_writer(
                     self.path, self.session, keep_existing=keep, **extra
                 )
-                if mode.read and not callable(getattr(writer, "read", None)):
+                if mode.read and writer.read is None:
                     # The backend's writer cannot read back: buffer this handle instead.
                     await writer.abort()
                     writer = await self._spool(keep)
@@ -242,20 +250,19 @@ class FileHandle:
         elif self.backend.open_reader is not None:
             self._reader = await self.backend.open_reader(self.path, self.session)
 
-    async def _spool(self, keep_existing: bool) -> _Spool:
+    async def _spool(self, keep_existing: bool) -> BoundWriter:
         initial = await self.backend.read_file(self.path, self.session) if keep_existing else b""
-        return _Spool(self.backend, self.path, self.session, initial)
+        return bind_writer(_Spool(self.backend, self.path, self.session, initial))
 
     @property
     def concurrent_writes(self) -> bool:
         """True when writes of this handle may reach the backend together."""
-        return bool(getattr(self._writer, "concurrent_writes", False))
+        return self._writer is not None and self._writer.concurrent_writes
 
     @property
     def readable_upload(self) -> bool:
         """True for an upload whose content can be read back before it is committed."""
-        return (not self._closed and self._writer is not None
-                and callable(getattr(self._writer, "read", None)))  # fmt: skip
+        return not self._closed and self._writer is not None and self._writer.read is not None
 
     def set_initial_permissions(self, permissions: int) -> None:
         """Give a new file the mode the client asked for at open (applied at commit).
@@ -263,8 +270,8 @@ class FileHandle:
         A writer with a ``permissions`` attribute applies it itself as it commits;
         otherwise ``set_attrs`` follows the commit.
         """
-        if hasattr(self._writer, "permissions"):
-            self._writer.permissions = permissions
+        if self._writer is not None and self._writer.keeps_permissions:
+            self._writer.give_permissions(permissions)
             return
         previous = self._pending_changes or AttrChanges()
         self._pending_changes = AttrChanges(
@@ -289,9 +296,9 @@ class FileHandle:
             if self.backend.open_reader is not None and self._reader is None:
                 self._reader = await self.backend.open_reader(self.path, self.session)
         if self._writer is not None:
-            data: bytes = await self._writer.read(offset, length)
-        elif self._source is not None:
-            data = await self._source._writer.read(offset, length)
+            data = await _read_back(self._writer, offset, length)
+        elif self._source is not None and self._source._writer is not None:
+            data = await _read_back(self._source._writer, offset, length)
         elif self._reader is not None:
             data = await self._reader.read(offset, length)
         elif self.backend.read_range is not None:
@@ -351,7 +358,7 @@ class FileHandle:
         if self.mode.append:
             target_offset = self._size
         await self._check_limit(target_offset + end - offset)
-        copy = getattr(self._writer, "copy_from", None)
+        copy = self._writer.copy_from
         if self._ingest is not None:  # bytes the inspector would never see: copy through
             copy = None
         if copy is not None and source._writer is None and source._source is None:
@@ -433,7 +440,7 @@ class FileHandle:
                 self._ingest.broken = "it was resized"
             if self._tap is not None:
                 self._tap.broken = True
-            truncate = getattr(self._writer, "truncate", None)
+            truncate = self._writer.truncate
             if truncate is None:
                 raise InvalidParameter("This storage cannot resize an upload")
             await truncate(changes.size)
@@ -491,9 +498,9 @@ class FileHandle:
                 await self._abort(writer)
                 raise PermissionDenied(f"Upload refused: {refusal}")
         digests = await self._digests_to_keep()
-        writer_keeps = hasattr(writer, "digests")  # it stores them with the file (S3)
+        writer_keeps = writer.keeps_digests  # it stores them with the file (S3)
         if writer_keeps and digests:
-            writer.digests = digests
+            writer.give_digests(digests)
         try:
             await within(self.close_timeout, writer.commit())
         except TimeoutError:
@@ -551,7 +558,7 @@ class FileHandle:
         if self._quota is not None:
             await self._quota.aborted()
 
-    async def _abort(self, writer: Any) -> None:
+    async def _abort(self, writer: BoundWriter) -> None:
         """Nothing is stored: the writer leaves nothing, the quota reservation goes."""
         try:
             await writer.abort()

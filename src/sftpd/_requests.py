@@ -25,6 +25,7 @@ from typing import Any, TypeVar, cast
 
 from . import paths
 from ._bandwidth import Shaper
+from ._binding import BoundBackend
 from ._digests import ALGORITHMS, HashCommand, choose_algorithm, hash_range
 from ._handles import FileHandle, OpenMode, within
 from ._ingest import Inspector
@@ -36,7 +37,7 @@ from ._sftp.codec import WireAttrs
 from ._sftp.engine import HandleInfo
 from ._upload import Upload
 from ._version import __version__
-from .backend import AttrChanges, BoundBackend, FileAttrs, FileType
+from .backend import AttrChanges, FileAttrs, FileType
 from .errors import (
     Failure,
     FileAlreadyExists,

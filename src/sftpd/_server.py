@@ -12,7 +12,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -22,6 +22,7 @@ from asyncssh.public_key import CERT_TYPE_USER, SSHOpenSSHCertificate
 
 from ._authorized_keys import serves_sftp
 from ._bandwidth import Shaper
+from ._binding import BoundBackend, bind_backend, start_backend, stop_backend
 from ._certificates import (
     CertificateInfo,
     allowed_principals,
@@ -51,7 +52,6 @@ from .auth import (
     fingerprint,
     source_allowed,
 )
-from .backend import BoundBackend, bind_backend, start_backend, stop_backend
 from .errors import ConfigError
 from .state import StateStore, StateUnavailable
 from .telemetry import TelemetryBus
@@ -79,7 +79,7 @@ class ServerContext:
     bus: TelemetryBus
     connections: set[_Connection] = field(default_factory=set)
     active_sessions: int = 0
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    tasks: set[asyncio.Future[object]] = field(default_factory=set)
     settings: Settings = field(init=False)
     throttle: LoginThrottle = field(init=False)
     rate: ConnectionRate | None = field(init=False)
@@ -111,12 +111,12 @@ class ServerContext:
             upload_digests=tuple(config.upload_digests),
         )
 
-    def spawn(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+    def spawn(self, work: Awaitable[object], what: str) -> None:
         """Run background work, holding a reference until it ends; a failure is logged."""
-        task = asyncio.get_running_loop().create_task(work)
+        task = asyncio.ensure_future(work)
         self.tasks.add(task)
 
-        def finished(done: asyncio.Task[Any]) -> None:
+        def finished(done: asyncio.Future[object]) -> None:
             self.tasks.discard(done)
             if not done.cancelled() and done.exception() is not None:
                 log.error("%s failed", what, exc_info=done.exception())

@@ -131,3 +131,8 @@ class Session:
             certificate=certificate,
             quota=Quota.from_attributes(username, attrs),
         )
+
+
+def make_session(username: str = "tester", **attributes: Any) -> Session:
+    """A session for calling backend methods directly in tests (``sftpd.testing``)."""
+    return Session(username=username, peer=Peer("127.0.0.1", 0), attributes=attributes)

@@ -16,13 +16,13 @@ import time
 from typing import IO, Any
 
 from ._bandwidth import Bandwidth, Shaper
+from ._binding import BoundBackend, start_backend, stop_backend
 from ._coalesce import CoalescingTransport
 from ._quota import QuotaLedger, count_usage
 from ._requests import Requests, SessionState, Settings
 from ._session import Peer, Session
 from ._sftp.engine import ConnectionBudget, SftpEngine
 from ._shared import SharedState
-from .backend import BoundBackend, start_backend, stop_backend
 from .state import MemoryState
 from .telemetry import TelemetryBus
 

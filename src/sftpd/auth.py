@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import asyncssh
 
 from ._authorized_keys import KEY_TOKEN, KeyLine, parse_key_line
+from ._binding import asyncify
 from ._certificates import CertificateInfo
 from ._interactive import Ask
 from ._passwords import EXTRA as PASSWORDS_EXTRA
 from ._passwords import StoredPassword, hash_password
-from .backend import asyncify
 from .errors import ConfigError
 
 log = logging.getLogger("sftpd")

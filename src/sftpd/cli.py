@@ -23,6 +23,7 @@ from rich.panel import Panel
 from . import _sizes as sizes
 from ._admin import AdminServer
 from ._bandwidth import Bandwidth
+from ._binding import bind_backend, start_backend, stop_backend
 from ._config import HOST_KEY_GLOB, ServerConfig, load_host_keys, state_from_url
 from ._config_file import FileConfig, UserTable, load_config_file
 from ._quota import Quota, count_usage
@@ -35,7 +36,6 @@ from ._workers import Supervision, Worker, supervise
 from .audit import AuditLog
 from .audit import reopen_all as reopen_audit_logs
 from .auth import fingerprint
-from .backend import bind_backend, start_backend, stop_backend
 from .backends.local import LocalBackend
 from .backends.memory import MemoryBackend
 from .errors import ConfigError
@@ -545,11 +545,11 @@ def stdio(config_file: Path | None, backend_spec: str | None, user: str | None,
     In sshd_config: Subsystem sftp /path/to/sftpd stdio --backend local:/srv/sftp
     (sshd authenticates; this serves the user it names with sftpd's engine and backends).
     """
+    from ._binding import bind_backend
     from ._memory import DEFAULT_UPLOAD_MEMORY, UploadMemory
     from ._requests import Settings
     from ._session import Session
     from ._stdio import peer_from_environment, serve_stdio
-    from .backend import bind_backend
     from .telemetry import bus
 
     handler: logging.Handler = (

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 import sftpd
 from sftpd import telemetry
+from sftpd._binding import bind_backend
 from sftpd._permissions import OPERATIONS
 from sftpd._requests import Requests, SessionState, Settings
 from sftpd._sftp import codec
 from sftpd._sftp.codec import WireAttrs
 from sftpd.audit import AuditLog
 from sftpd.auth import StaticPasswords
-from sftpd.backend import bind_backend
 from sftpd.errors import SftpStatus
 from sftpd.paths import unscope
 from sftpd.testing import running_server

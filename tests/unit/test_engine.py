@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 import sftpd
 from sftpd import telemetry
+from sftpd._binding import bind_backend
 from sftpd._requests import Requests, SessionState, Settings
 from sftpd._session import Peer
 from sftpd._sftp import codec
 from sftpd._sftp.engine import EXTENSION_NAMES, MAX_PACKET, ConnectionBudget, SftpEngine
-from sftpd.backend import bind_backend
 
 
 @dataclass

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 import sftpd
-from sftpd import backend as backend_module
-from sftpd.backend import BATCH, Offload, _AsyncReader, _AsyncWriter, bind_backend
+from sftpd import _binding as backend_module
+from sftpd._binding import BATCH, Offload, _AsyncReader, _AsyncWriter, bind_backend
 from sftpd.backends.local import file_system_of
+from sftpd.testing import make_session
 
 KiB = 1 << 10
 
@@ -301,11 +302,12 @@ async def test_pool_calls_and_whole_file_calls_never_run_inline() -> None:
     pool_calls and the whole-file read_file/write_file run in the pool."""
     backend = ThreadNoting()
     bound = bind_backend(backend)
-    await bound.stat("/a", None)
-    await bound.make_dir("/d", None)
-    await bound.remove_file("/a", None)
-    await bound.read_file("/a", None)
-    await bound.write_file("/a", b"", None)
+    session = make_session()
+    await bound.stat("/a", session)
+    await bound.make_dir("/d", session)
+    await bound.remove_file("/a", session)
+    await bound.read_file("/a", session)
+    await bound.write_file("/a", b"", session)
     loop_thread = threading.current_thread().name
     assert backend.threads["stat"] == loop_thread
     assert backend.threads["make_dir"] == loop_thread

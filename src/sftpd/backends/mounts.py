@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import string
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -36,18 +37,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import paths
-from .._session import Session
-from ..backend import (
-    AttrChanges,
+from .._binding import (
     BoundBackend,
-    DirEntry,
-    FileAttrs,
-    SpaceInfo,
+    BoundWriter,
     bind_backend,
-    directory_info,
+    bind_writer,
     start_backend,
     stop_backend,
 )
+from .._session import Session
+from ..backend import AttrChanges, DirEntry, FileAttrs, Reader, SpaceInfo, directory_info
 from ..errors import ConfigError, FileAlreadyExists, NoSuchFile, PermissionDenied, Unsupported
 
 __all__ = ["Mount", "MountBackend"]
@@ -303,7 +302,7 @@ class MountBackend:
         place = await self._creating(path, session)
         await place.bound.write_file(place.inner, data, session)  # type: ignore[union-attr]
 
-    async def open_reader(self, path: str, session: Session) -> Any:
+    async def open_reader(self, path: str, session: Session) -> Reader:
         place = self._mounted(path, session, change=False)
         bound = place.bound
         assert bound is not None
@@ -313,17 +312,19 @@ class MountBackend:
 
     async def open_writer(
         self, path: str, session: Session, *, keep_existing: bool, exclusive: bool = False
-    ) -> Any:
+    ) -> BoundWriter:
         place = await self._creating(path, session)
         bound = place.bound
         assert bound is not None
         if bound.open_writer is None:
             initial = await bound.read_file(place.inner, session) if keep_existing else b""
-            return _BufferedWriter(bound, place.inner, session, initial, exclusive=exclusive)
+            return bind_writer(
+                _BufferedWriter(bound, place.inner, session, initial, exclusive=exclusive)
+            )
         native = exclusive and "exclusive_writes" in bound.capabilities
         extra = {"exclusive": True} if native else {}
         writer = await bound.open_writer(place.inner, session, keep_existing=keep_existing, **extra)
-        return _MountedWriter(writer, self, place, session, exclusive and not native)
+        return _mounted_writer(writer, self, place, session, exclusive and not native)
 
     async def set_attrs(self, path: str, changes: AttrChanges, session: Session) -> None:
         place = self._changing(path, session)
@@ -515,40 +516,29 @@ class _BufferedWriter:
         self._file.close()
 
 
-class _MountedWriter:
-    """A mount's own writer, with storage-side copies (copy-data) kept inside it."""
+def _mounted_writer(
+    writer: BoundWriter, namespace: MountBackend, place: _Place, session: Session,
+    check_exclusive: bool,
+) -> BoundWriter:  # fmt: skip
+    """A mount's own writer, with storage-side copies (copy-data) kept inside its mount
+    and, where its backend cannot, the exclusive create checked just before the commit."""
+    commit, copy = writer.commit, writer.copy_from
 
-    def __init__(
-        self, writer: Any, namespace: MountBackend, place: _Place, session: Session,
-        check_exclusive: bool,
-    ) -> None:  # fmt: skip
-        object.__setattr__(self, "_writer", writer)
-        object.__setattr__(self, "_namespace", namespace)
-        object.__setattr__(self, "_place", place)
-        object.__setattr__(self, "_session", session)
-        object.__setattr__(self, "_check_exclusive", check_exclusive)
+    async def commit_checked() -> None:
+        bound = place.bound
+        assert bound is not None
+        await _refuse_if_there(bound, place.inner, session)
+        await commit()
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "copy_from" and not callable(getattr(self._writer, "copy_from", None)):
-            raise AttributeError(name)
-        if name == "copy_from":
-            return self._copy_from
-        if name == "commit":
-            return self._commit
-        return getattr(self._writer, name)
-
-    async def _commit(self) -> None:
-        if self._check_exclusive:  # the mount's backend cannot: checked just before
-            bound = self._place.bound
-            assert bound is not None
-            await _refuse_if_there(bound, self._place.inner, self._session)
-        await self._writer.commit()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._writer, name, value)  # permissions, digests: the writer's own
-
-    async def _copy_from(self, path: str, offset: int, length: int, target_offset: int) -> None:
-        source = self._namespace._place(path, self._session)
-        if source.mount is not self._place.mount:
+    async def copy_within(path: str, offset: int, length: int, target_offset: int) -> None:
+        source = namespace._place(path, session)
+        if source.mount is not place.mount:
             raise Unsupported("copy between mounts")  # copied through reads and writes
-        await self._writer.copy_from(source.inner, offset, length, target_offset)
+        assert copy is not None
+        await copy(source.inner, offset, length, target_offset)
+
+    return dataclasses.replace(
+        writer,
+        commit=commit_checked if check_exclusive else commit,
+        copy_from=None if copy is None else copy_within,
+    )
