@@ -18,6 +18,7 @@ import sftpd
 from sftpd import telemetry
 from sftpd.backends import s3 as s3_module
 from sftpd.backends.s3 import S3Backend, SessionPrefix
+from sftpd.backends.s3 import objects as s3_objects
 from sftpd.testing import running_server
 from tests.conftest import (
     OpenSSH,
@@ -202,7 +203,7 @@ async def test_resume_and_rename_of_objects_over_one_copy_part(
     copy parts. Split as 12 MiB + 1 MiB, the appended upload would fail to complete with
     EntityTooSmall on moto (and on AWS), because a 1 MiB part would be followed by others.
     """
-    monkeypatch.setattr(s3_module, "MAX_COPY_PART", 12 * MiB)
+    monkeypatch.setattr(s3_objects, "MAX_COPY_PART", 12 * MiB)
     stored, tail = os.urandom(13 * MiB), os.urandom(6 * MiB)
     await s3_client.put_object(Bucket=bucket, Key="big.bin", Body=stored)
     async with running_server(backend=s3_backend) as server:
@@ -262,7 +263,7 @@ async def test_object_args_reach_every_object_written(
 
     The copy-part limit is scaled to 6 MiB so that renaming 12 MiB copies it in parts.
     """
-    monkeypatch.setattr(s3_module, "MAX_COPY_PART", 6 * MiB)
+    monkeypatch.setattr(s3_objects, "MAX_COPY_PART", 6 * MiB)
     client, bucket = aws_bucket
     backend = S3Backend(
         bucket, client=client, part_size=5 * MiB, read_chunk=MiB, object_args=OBJECT_ARGS
@@ -339,7 +340,7 @@ async def test_content_types_off_leaves_s3_default(aws_bucket: tuple[Any, str]) 
 @pytest.mark.parametrize("size", [5 * MiB, 5 << 30, (5 << 30) + 1, (10 << 30) + 5, 5 << 40])
 def test_copy_ranges_cover_the_object_within_s3_limits(size: int) -> None:
     """Copy ranges at S3's real limits are contiguous, at most 5 GiB, at least 5 MiB, few."""
-    ranges = s3_module._copy_ranges(size)
+    ranges = s3_objects.copy_ranges(size)
     assert ranges[0][0] == 0
     assert ranges[-1][1] == size - 1
     assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(ranges))
@@ -664,13 +665,13 @@ async def test_copy_data_copies_inside_the_storage(
     both are exact."""
     data = os.urandom(6 * MiB + 3)
     gets: list[int] = []
-    get_chunk = s3_backend._get_chunk
+    get_chunk = s3_backend.store.get_chunk
 
     async def counted(*args: Any, **kwargs: Any) -> Any:
         gets.append(1)
         return await get_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(s3_backend, "_get_chunk", counted)
+    monkeypatch.setattr(s3_backend.store, "get_chunk", counted)
     async with running_server(backend=s3_backend) as server:
         async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
             async with sftp.open("/src.bin", "wb") as f:

@@ -54,7 +54,7 @@ async def test_a_broken_off_body_is_fetched_again() -> None:
     """Two broken-off bodies, then a whole one: the read returns the bytes (3 GETs)."""
     client = _FlakyClient(b"x" * 1000, breaks=2)
     backend = S3Backend("bucket", client=client)
-    assert await backend._get_range("key", 0, 1000) == b"x" * 1000
+    assert await backend.store.get_range("key", 0, 1000) == b"x" * 1000
     assert client.calls == 3
 
 
@@ -63,5 +63,5 @@ async def test_a_storage_that_keeps_breaking_off_fails_the_read_with_a_reason() 
     client = _FlakyClient(b"x" * 1000, breaks=10)
     backend = S3Backend("bucket", client=client)
     with pytest.raises(Failure, match="Storage broke off a read"):
-        await backend._get_range("key", 0, 1000)
+        await backend.store.get_range("key", 0, 1000)
     assert client.calls == s3_module.BODY_ATTEMPTS
