@@ -10,6 +10,7 @@ import pytest
 
 import sftpd
 from sftpd._coalesce import CoalescingTransport
+from sftpd._connection import Connection
 from sftpd.testing import running_server
 from tests.conftest import OpenSSH, connect, refused_at_key_exchange
 
@@ -65,6 +66,7 @@ async def test_server_connections_coalesce_their_writes() -> None:
             await sftp.listdir("/")
             assert server._ctx is not None
             [served] = server._ctx.connections
+            assert isinstance(served, Connection)
             transport = getattr(served._conn, "_transport", None)
             assert isinstance(transport, CoalescingTransport)
             assert transport.get_extra_info("peername")[0] == "127.0.0.1"

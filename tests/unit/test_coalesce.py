@@ -10,6 +10,7 @@ import pytest
 
 import sftpd
 from sftpd._coalesce import BATCH, CoalescingTransport, supported
+from sftpd._connection import Connection
 from sftpd.testing import running_server
 from tests.conftest import connect
 
@@ -147,6 +148,7 @@ async def test_asyncssh_keeps_its_transport_where_the_swap_expects(
             context = server._ctx
             assert context is not None
             [connection] = list(context.connections)
+            assert isinstance(connection, Connection)
             assert isinstance(connection._conn._transport, CoalescingTransport)  # type: ignore[union-attr]
             monkeypatch.setattr(CoalescingTransport, "write", spy)
             await sftp.listdir("/")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import sftpd
-from sftpd._server import ServerContext
+from sftpd._context import ServerContext
 from sftpd._session import Peer
 from sftpd._shared import SharedState
 from sftpd._throttle import ConnectionRate
