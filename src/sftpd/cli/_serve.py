@@ -1,4 +1,4 @@
-"""``sftpd serve``: run a server from the command line; ``sftpd stdio``: serve under sshd."""
+"""``sftpd serve``: run a server (and its workers and admin port) from the command line."""
 
 from __future__ import annotations
 
@@ -15,208 +15,41 @@ from typing import Any
 
 import asyncssh
 import click
-from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 from rich.panel import Panel
 
-from . import _sizes as sizes
-from ._admin import AdminServer
-from ._bandwidth import Bandwidth
-from ._binding import bind_backend, start_backend, stop_backend
-from ._config import HOST_KEY_GLOB, ServerConfig, load_host_keys, state_from_url
-from ._config_file import FileConfig, UserTable, load_config_file
-from ._quota import Quota, count_usage
-from ._server import Server
-from ._session import Peer, Session
-from ._shared import SharedState
-from ._throttle import LoginLimits
-from ._version import __version__
-from ._workers import Supervision, Worker, supervise
-from .audit import AuditLog
-from .audit import reopen_all as reopen_audit_logs
-from .auth import fingerprint
-from .backends.local import LocalBackend
-from .backends.memory import MemoryBackend
-from .errors import ConfigError
-from .state import MemoryState, StateUnavailable
-
-__all__ = ["main"]
-
-DEFAULT_KEY_DIR = Path(".sftpd") / "host_keys"
-
-console = Console(stderr=True)
-log = logging.getLogger("sftpd")
-
-
-def parse_size(text: str, option: str = "--max-file-size") -> int:
-    """``"100M"`` -> 104857600: bytes, or a number with K, M, G or T (powers of 1024)."""
-    try:
-        return sizes.parse_size(text, option)
-    except ConfigError:
-        raise click.BadParameter(
-            f"{text!r} is not a size such as 1048576, 512K, 100M or 2G",
-            param_hint=option,
-        ) from None
-
-
-def _parse_object_args(values: tuple[str, ...]) -> dict[str, Any]:
-    """``--s3-object-arg`` values: ``KEY=VALUE``, ``Metadata.NAME=VALUE``, booleans as words."""
-    args: dict[str, Any] = {}
-    for value in values:
-        key, sep, text = value.partition("=")
-        if not sep or not key or not text:
-            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="--s3-object-arg")
-        if key.startswith("Metadata."):
-            args.setdefault("Metadata", {})[key.removeprefix("Metadata.")] = text
-        elif key == "BucketKeyEnabled":
-            if text.lower() not in ("true", "false"):
-                raise click.BadParameter(
-                    "BucketKeyEnabled is true or false", param_hint="--s3-object-arg"
-                )
-            args[key] = text.lower() == "true"
-        else:
-            args[key] = text
-    return args
-
-
-def _merge_object_args(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """The config file's object_args with the flags' over them (metadata name by name)."""
-    merged = {**base, **flags}
-    if "Metadata" in base and "Metadata" in flags:
-        merged["Metadata"] = {**base["Metadata"], **flags["Metadata"]}
-    return merged
-
-
-def _parse_user(value: str) -> tuple[str, str]:
-    name, sep, password = value.partition(":")
-    if not sep or not name or not password:
-        raise click.BadParameter(f"{value!r} is not NAME:PASSWORD", param_hint="--user")
-    return name, password
-
-
-def make_backend(spec: str, s3_options: dict[str, Any] | None = None) -> Any:
-    """Build a backend from its command-line form (``memory``, ``local:/path``, ``s3://...``).
-
-    ``s3_options`` are further :class:`~sftpd.backends.s3.S3Backend` options (the config
-    file's ``[s3]`` section, ``--s3-object-arg``); they need an ``s3://`` backend.
-    """
-    kind, _, rest = spec.partition(":")
-    kind = kind.lower()
-    if s3_options and kind != "s3":
-        raise ConfigError(
-            "[s3] settings and --s3-object-arg are for the S3 backend; "
-            "use --backend s3://BUCKET/PREFIX (or backend = 's3://...' in [server])"
-        )
-    if kind == "memory" and not rest:
-        return MemoryBackend()
-    if kind == "local":
-        if not rest:
-            raise click.BadParameter(
-                "local needs a folder: local:/srv/sftp", param_hint="--backend"
-            )
-        return LocalBackend(rest)
-    if kind == "s3":
-        bucket, _, prefix = rest.removeprefix("//").partition("/")
-        if not bucket:
-            raise click.BadParameter(
-                "s3 needs a bucket: s3://BUCKET/PREFIX", param_hint="--backend"
-            )
-        from .backends.s3 import S3Backend
-
-        return S3Backend(bucket, prefix=prefix, **(s3_options or {}))
-    raise click.BadParameter(
-        f"unknown backend {spec!r}; choose: memory, local:/path, s3://BUCKET/PREFIX",
-        param_hint="--backend",
-    )
-
-
-#: The host keys generated for a directory that has none: ed25519 for current clients, RSA
-#: 3072 for the oldest (signing with SHA-2 where asked). ECDSA (NIST P-256, which ssh-audit
-#: fails) only with ``--legacy``: JSch 0.1.x, still common in Java systems, knows neither
-#: ed25519 nor SHA-2 RSA signatures.
-GENERATED_HOST_KEYS: tuple[tuple[str, str, dict[str, int]], ...] = (
-    ("ed25519", "ssh-ed25519", {}),
-    ("rsa", "ssh-rsa", {"key_size": 3072}),
-)
-LEGACY_HOST_KEYS: tuple[tuple[str, str, dict[str, int]], ...] = (
-    ("ecdsa", "ecdsa-sha2-nistp256", {}),
+from .._admin import AdminServer
+from .._config import HOST_KEY_GLOB, ServerConfig, load_host_keys, state_from_url
+from .._config_file import load_config_file
+from .._server import Server
+from .._throttle import LoginLimits
+from .._version import __version__
+from .._workers import Supervision, Worker, supervise
+from ..audit import AuditLog
+from ..audit import reopen_all as reopen_audit_logs
+from ..auth import fingerprint
+from ..backends.memory import MemoryBackend
+from ..errors import ConfigError
+from ..state import StateUnavailable
+from ._common import (
+    DEFAULT_KEY_DIR,
+    _bandwidth,
+    _merge_object_args,
+    _parse_object_args,
+    _print_error,
+    _serve_backend,
+    _user_table,
+    _webhooks,
+    console,
+    ensure_host_keys,
+    log,
+    parse_size,
 )
 
-
-def ensure_host_keys(directory: Path, *, legacy: bool = False) -> list[Path]:
-    """Create ed25519 and RSA host keys (and ECDSA if ``legacy``) in ``directory``, unless
-    it has a key already.
-
-    Returns:
-        The new keys' paths; empty when the directory had a key (it is left as it is).
-    """
-    if directory.is_dir() and any(directory.glob(HOST_KEY_GLOB)):
-        return []
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    created = []
-    for name, algorithm, options in GENERATED_HOST_KEYS + (LEGACY_HOST_KEYS if legacy else ()):
-        path = directory / f"ssh_host_{name}_key"
-        key = asyncssh.generate_private_key(algorithm, comment="sftpd host key", **options)
-        key.write_private_key(str(path))
-        os.chmod(path, 0o600)
-        key.write_public_key(str(path) + ".pub")
-        created.append(path)
-    return created
+__all__ = ["serve"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="sftpd")
-def main() -> None:
-    """sftpd: an embeddable SFTP server with pluggable storage."""
-
-
-@main.group("s3")
-def s3_group() -> None:
-    """Maintenance of a bucket sftpd serves."""
-
-
-@s3_group.command("cleanup")
-@click.argument("target", metavar="s3://BUCKET/PREFIX")
-@click.option("--older-than", default=86400.0, show_default=True, type=click.FloatRange(0),
-              help="Abort multipart uploads under the prefix started more than this many "
-                   "seconds ago.")  # fmt: skip
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML file whose [s3] section (endpoint_url...) applies.")  # fmt: skip
-def s3_cleanup(target: str, older_than: float, config_file: Path | None) -> None:
-    """Abort the multipart uploads nobody finished (what `sftpd serve` does at start-up and
-    hourly), once, and list them. Uploads younger than --older-than, a live server's
-    included, are left alone."""
-    try:
-        if not target.startswith("s3://"):
-            raise ConfigError(f"{target!r} is not s3://BUCKET/PREFIX")
-        loaded = load_config_file(config_file) if config_file is not None else None
-        backend = make_backend(target, loaded.s3 if loaded else {})
-        from .backends.s3 import S3Backend
-
-        assert isinstance(backend, S3Backend)
-
-        async def clean() -> list[str]:
-            try:
-                return await backend.abort_stale_uploads(older_than)
-            finally:
-                await backend.aclose()
-
-        try:
-            aborted = asyncio.run(clean())
-        except ConfigError:
-            raise
-        except Exception as exc:
-            raise ConfigError(f"cleaning {target} failed: {exc}") from exc
-    except ConfigError as exc:
-        _print_error(exc)
-        sys.exit(2)
-    for key in aborted:
-        console.print(f"aborted  {key}")
-    console.print(f"{len(aborted)} stale multipart upload(s) aborted")
-
-
-@main.command()
+@click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file with [server] options and [users.NAME] sections; "
                    "command-line options win over it.")  # fmt: skip
@@ -500,288 +333,6 @@ def serve(ctx: click.Context, /, config_file: Path | None, users: tuple[str, ...
         sys.exit(2)
 
 
-@main.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="TOML config file: its [server] backend, its [s3] section "
-                                 "and the user's [users.NAME] root, permissions and "
-                                 "max_file_size apply.")  # fmt: skip
-@click.option("--backend", "backend_spec", default=None,
-              help="memory, local:/path or s3://BUCKET/PREFIX (default: the config's, "
-                   "else memory).")  # fmt: skip
-@click.option(
-    "--user", default=None, help="The session's user name (default: $USER, as sshd sets it)."
-)
-@click.option("--root", default=None, help="Confine the session to this directory.")
-@click.option("--read-only", is_flag=True, help="Refuse every change.")
-@click.option("--max-open-files", default=32, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--audit-log",
-    type=str,
-    default=None,
-    metavar="FILE",
-    help="Append one JSON line per operation to FILE.",
-)
-@click.option(
-    "--log-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the log here (default: standard error, which sshd passes on).",
-)
-@click.option(
-    "--log-level",
-    default="warning",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
-@click.option("--state", "state_url", default=None, metavar="URL",
-              help="The state store for the user's quota and bandwidth limits (default: the "
-                   "config's [server] state, else this process: the quota is then counted "
-                   "afresh for each session).")  # fmt: skip
-def stdio(config_file: Path | None, backend_spec: str | None, user: str | None,
-          root: str | None, read_only: bool, max_open_files: int, audit_log: str | None,
-          log_file: Path | None, log_level: str, state_url: str | None) -> None:  # fmt: skip
-    """Serve one SFTP session on standard input and output, for OpenSSH's sshd.
-
-    In sshd_config: Subsystem sftp /path/to/sftpd stdio --backend local:/srv/sftp
-    (sshd authenticates; this serves the user it names with sftpd's engine and backends).
-    """
-    from ._binding import bind_backend
-    from ._memory import DEFAULT_UPLOAD_MEMORY, UploadMemory
-    from ._requests import Settings
-    from ._session import Session
-    from ._stdio import peer_from_environment, serve_stdio
-    from .telemetry import bus
-
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file is not None else logging.StreamHandler()
-    )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=log_level.upper(), handlers=[handler])
-    try:
-        loaded = load_config_file(config_file) if config_file is not None else None
-        spec = backend_spec or (loaded.server.get("backend") if loaded else None) or "memory"
-        name = user or os.environ.get("USER") or os.environ.get("LOGNAME") or "sftp"
-        attributes: dict[str, Any] = dict(loaded.users.attributes.get(name, {})) if loaded else {}
-        if root is not None:
-            attributes["root"] = root
-        if read_only:
-            attributes["permissions"] = "read-only"
-        session = Session.from_attributes(
-            username=name, peer=peer_from_environment(), auth_method="sshd",
-            attributes=attributes, upload_memory=UploadMemory(DEFAULT_UPLOAD_MEMORY),
-        )  # fmt: skip
-        backend = bind_backend(make_backend(spec, loaded.s3 if loaded else {}))
-        section = loaded.state if loaded else {}
-        store = state_from_url(state_url or section.get("url", "memory"),
-                               prefix=section.get("prefix", "sftpd:"))  # fmt: skip
-        if audit_log is not None:
-            AuditLog(audit_log).attach()
-        asyncio.run(serve_stdio(
-            backend, session, bus=bus,
-            settings=Settings(max_open_handles=max_open_files),
-            stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
-            shared=SharedState(store, section.get("ttl", 60.0)),
-            bandwidth=_bandwidth((), loaded.bandwidth if loaded else {}),
-        ))  # fmt: skip
-    except ConfigError as exc:
-        log.error("sftpd stdio: %s", exc)
-        sys.exit(2)
-
-
-@main.group("quota")
-def quota_group() -> None:
-    """Storage quotas kept in the state store."""
-
-
-def _quota_setup(
-    config_file: Path, state_url: str | None, users: tuple[str, ...]
-) -> tuple[Any, Any, dict[str, list[tuple[str, Any]]]]:
-    """The backend, the store and ``{quota key: [(user, quota)]}`` a config file names."""
-    loaded = load_config_file(config_file)
-    server = loaded.server
-    backend = make_backend(server.get("backend", "memory"), loaded.s3)
-    url = state_url or loaded.state.get("url", "memory")
-    store = state_from_url(url, prefix=loaded.state.get("prefix", "sftpd:"))
-    keys: dict[str, list[tuple[str, Any]]] = {}
-    for name in loaded.users.names:
-        attrs = loaded.users.attributes.get(name, {})
-        quota = Quota.from_attributes(name, attrs)
-        if quota is not None and (not users or name in users):
-            keys.setdefault(quota.key, []).append((name, attrs))
-    missing = [u for u in users if not any(u == n for group in keys.values() for n, _ in group)]
-    if missing:
-        raise ConfigError(f"no quota for user(s) {', '.join(missing)} in {config_file}")
-    return backend, store, keys
-
-
-def _quota_options(command: Callable[..., None]) -> Callable[..., None]:
-    """The options of every `sftpd quota` command."""
-    for option in reversed([
-        click.option("--config", "config_file", required=True,
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="The config file of `sftpd serve`: its backend, [state] and users."),
-        click.option("--state", "state_url", default=None, metavar="URL",
-                     help="The state store (default: the config file's [state] url)."),
-        click.argument("users", nargs=-1),
-    ]):  # fmt: skip
-        command = option(command)
-    return command
-
-
-@quota_group.command("scan")
-@_quota_options
-def quota_scan(config_file: Path, state_url: str | None, users: tuple[str, ...]) -> None:
-    """Count what the users with a quota hold (every file under their roots) and record it
-    as their usage, replacing what the store had. USERS: only these (default: all)."""
-    try:
-        backend, store, keys = _quota_setup(config_file, state_url, users)
-        if isinstance(store, MemoryState):
-            raise ConfigError("a scan recorded in memory is lost at exit: give --state "
-                              "redis://... (or [server] state) of the running servers")  # fmt: skip
-        counted = asyncio.run(_scan_quotas(backend, store, keys))
-    except ConfigError as exc:
-        _print_error(exc)
-        sys.exit(2)
-    for key, (nbytes, files) in sorted(counted.items()):
-        console.print(f"{key}: {nbytes} bytes in {files} files")
-
-
-async def _scan_quotas(
-    backend: object, store: Any, keys: dict[str, list[tuple[str, Any]]]
-) -> dict[str, tuple[int, int]]:
-    bound = bind_backend(backend)
-    await store.start()
-    await start_backend(bound)
-    counted: dict[str, tuple[int, int]] = {}
-    try:
-        for key, members in keys.items():
-            total_bytes = total_files = 0
-            name, attrs = members[0]
-            for root in sorted({str(a.get("root", "/")) for _, a in members}):
-                session = Session.from_attributes(
-                    username=name, peer=Peer("sftpd-quota", 0), auth_method="none",
-                    attributes={**attrs, "root": root},
-                )  # fmt: skip
-                nbytes, files = await count_usage(
-                    lambda d, s=session: bound.list_dir(d, s),  # type: ignore[misc]
-                    session.root,
-                )
-                total_bytes, total_files = total_bytes + nbytes, total_files + files
-            await store.set_usage(key, total_bytes, total_files)
-            counted[key] = (total_bytes, total_files)
-    except StateUnavailable as exc:
-        raise ConfigError(str(exc)) from exc
-    finally:
-        await stop_backend(bound)
-        await store.close()
-    return counted
-
-
-@quota_group.command("show")
-@_quota_options
-def quota_show(config_file: Path, state_url: str | None, users: tuple[str, ...]) -> None:
-    """Print each quota's limits and what the store counts: committed and reserved."""
-    try:
-        _backend, store, keys = _quota_setup(config_file, state_url, users)
-
-        async def show() -> list[str]:
-            await store.start()
-            try:
-                lines = []
-                for key, members in sorted(keys.items()):
-                    quota = Quota.from_attributes(members[0][0], members[0][1])
-                    assert quota is not None
-                    usage = await store.usage(key)
-                    held = ("unknown (counted at the next login)" if usage is None else
-                            f"{usage.bytes} bytes in {usage.files} files, "
-                            f"{usage.reserved_bytes} bytes reserved")  # fmt: skip
-                    limit = (f"{quota.max_bytes if quota.max_bytes is not None else 'any'} "
-                             f"bytes, {quota.max_files if quota.max_files is not None else 'any'}"
-                             " files")  # fmt: skip
-                    users_of = ", ".join(name for name, _ in members)
-                    lines.append(f"{key} ({users_of}): {held}; limit {limit}")
-                return lines
-            except StateUnavailable as exc:
-                raise ConfigError(str(exc)) from exc
-            finally:
-                await store.close()
-
-        for line in asyncio.run(show()):
-            console.print(line)
-    except ConfigError as exc:
-        _print_error(exc)
-        sys.exit(2)
-
-
-@main.command("hash-password")
-@click.option("--scheme", type=click.Choice(["argon2id", "bcrypt", "sha512-crypt"]),
-              default="argon2id", show_default=True,
-              help="argon2id (recommended), bcrypt, or SHA-512-crypt for old systems.")  # fmt: skip
-@click.option("--stdin", "from_stdin", is_flag=True,
-              help="Read the password from the first line of standard input.")  # fmt: skip
-def hash_password_command(scheme: str, from_stdin: bool) -> None:
-    """Print a password hash for a config file's [users.NAME] password = "...".
-
-    Needs the passwords extra: pip install 'pysftpd[passwords]'.
-    """
-    from ._passwords import hash_password
-
-    if from_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    try:
-        click.echo(hash_password(password, scheme))
-    except (ConfigError, ValueError) as exc:
-        _print_error(ConfigError(str(exc)))
-        sys.exit(2)
-
-
-def _webhooks(urls: Any, secret_env: str | None) -> Any:
-    """The --webhook (or [server] webhooks) notifier, checked; None without URLs."""
-    if not urls:
-        return None
-    from .webhooks import Webhooks
-
-    secret = None
-    if secret_env is not None:
-        secret = os.environ.get(secret_env)
-        if not secret:
-            raise ConfigError(f"--webhook-secret-env: {secret_env} is not set")
-    return Webhooks(list(urls), secret=secret)
-
-
-def _serve_backend(spec: str, s3_options: dict[str, Any], loaded: FileConfig | None) -> Any:
-    """The backend: ``--backend``/[server] backend, or the namespace of [[mounts]]."""
-    if loaded is None or not (loaded.mounts or loaded.backends):
-        return make_backend(spec, s3_options)
-    from .backends.mounts import Mount, MountBackend
-
-    def build(text: str) -> Any:
-        is_s3 = text.lower().startswith("s3:")
-        return make_backend(text, s3_options if is_s3 else {})
-
-    named = {name: build(text) for name, text in loaded.backends.items()}
-    mounts = []
-    for table in loaded.mounts:
-        name = table["backend"]
-        backend = name if name in named else build(name)
-        mounts.append(Mount(table["path"], backend, table.get("prefix", "/"),
-                            bool(table.get("read_only", False))))  # fmt: skip
-    return MountBackend(mounts, backends=named)
-
-
-def _bandwidth(flags: tuple[str, ...], section: dict[str, Any]) -> Bandwidth:
-    """The rates of ``--bandwidth NAME=RATE`` flags over the config file's [bandwidth]."""
-    rates = {name: sizes.parse_size(value, f"[bandwidth] {name}")
-             for name, value in section.items()}  # fmt: skip
-    if flags:
-        given = Bandwidth.parse(",".join(flags))
-        rates.update({name: getattr(given, name) for name in Bandwidth.__dataclass_fields__
-                      if getattr(given, name) is not None})  # fmt: skip
-    return Bandwidth(**rates)
-
-
 def _nothing(_pid: int) -> None:
     """What to do when a worker exits, without metrics."""
 
@@ -847,7 +398,7 @@ def _print_admin(admin: AdminServer, metrics: bool, whose: str) -> None:
 def _metrics_page() -> Callable[[], bytes] | None:
     """Attach Prometheus metrics and return what makes their page (None: not installed)."""
     try:
-        from .integrations import prometheus
+        from ..integrations import prometheus
     except ImportError:
         log.info("no /metrics: prometheus-client is not installed (pysftpd[metrics])")
         return None
@@ -896,7 +447,7 @@ def _worker_admin(
         page: Callable[[], bytes] | None = None
         on_exit: Callable[[int], None] = _nothing
         try:
-            from .integrations import prometheus
+            from ..integrations import prometheus
         except ImportError:
             log.info("no /metrics: prometheus-client is not installed (pysftpd[metrics])")
         else:
@@ -911,28 +462,6 @@ def _worker_admin(
         stack.callback(admin.close)
         _print_admin(admin, page is not None, " (all workers)")
         yield on_exit
-
-
-def _print_error(exc: ConfigError) -> None:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}")
-
-
-def _user_table(
-    loaded: FileConfig | None, users: tuple[str, ...], key_files: tuple[str, ...]
-) -> UserTable:
-    """Users from the config file, then --user and --authorized-keys; dev:dev if none."""
-    table = loaded.users if loaded is not None else UserTable()
-    for spec in users:
-        name, password = _parse_user(spec)
-        table.passwords[name] = password
-    for spec in key_files:
-        name, sep, file = spec.partition(":")
-        if not sep or not name or not file:
-            raise click.BadParameter(f"{spec!r} is not NAME:FILE", param_hint="--authorized-keys")
-        table.keys[name] = file
-    if not table.names:
-        table.passwords["dev"] = "dev"
-    return table
 
 
 def _run_worker(config: ServerConfig, worker: Worker, reload_users: Callable[[], Any]) -> int:
