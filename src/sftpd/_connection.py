@@ -15,7 +15,8 @@ from ._coalesce import coalesce_writes, refuse_before_banner, skip_ignore_packet
 from ._digests import parse_hash_command
 from ._requests import Requests, SessionState
 from ._session import Peer, Session
-from ._sftp.engine import ConnectionBudget, SftpEngine, Transport
+from ._sftp.engine import ConnectionBudget, SftpEngine
+from ._sftp.handler import Transport
 from ._sftp.ssh import SftpChannel
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ their wire forms). :class:`Requests` is all of them, for one channel.
 
 from __future__ import annotations
 
-from .._sftp.engine import HandleInfo
+from .._sftp.handler import HandleInfo
 from .base import DirHandle, SessionState, Settings, log
 from .files import FileRequests, close_meta
 from .tree import TreeRequests

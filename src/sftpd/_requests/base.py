@@ -17,7 +17,7 @@ from .._policy import Operation, Policy, consult
 from .._quota import QuotaLedger
 from .._session import Session
 from .._sftp import codec
-from .._sftp.engine import HandleInfo
+from .._sftp.handler import HandleInfo
 from .._upload import Upload
 from ..backend import AttrChanges, FileAttrs, FileType
 from ..errors import (

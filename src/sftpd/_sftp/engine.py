@@ -32,12 +32,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Protocol
 
 from ..errors import SftpStatus, to_sftp_error
 from . import codec
-from .codec import BadMessage, OutOfRange, Parser, WireAttrs
+from .codec import BadMessage, OutOfRange, Parser
+from .handler import HandleInfo, Handler, Transport
 
 __all__ = ["ConnectionBudget", "HandleInfo", "Handler", "SftpEngine", "Transport"]
 
@@ -63,90 +62,6 @@ Claim = tuple[ClaimKey, int, int, int]  # key, start, end, mode
 Work = Coroutine[None, None, bytes]
 _Entry = tuple[int, int, int, "asyncio.Future[None]"]  # start, end, mode, done
 _Row = Callable[["SftpEngine", int, Parser], tuple[list[Claim], Work]]
-
-
-class Transport(Protocol):
-    """Where an engine's replies go, and how it slows its client down."""
-
-    def write(self, data: bytes) -> None:
-        """Send reply bytes."""
-
-    def backlog(self) -> int:
-        """Reply bytes sent but not yet taken by the client."""
-
-    def pause_reading(self) -> None:
-        """Stop delivering client bytes for now."""
-
-    def resume_reading(self) -> None:
-        """Deliver client bytes again."""
-
-    def close(self) -> None:
-        """End the SFTP session (after a protocol error)."""
-
-
-@dataclass(frozen=True, slots=True)
-class HandleInfo:
-    """What the engine needs to know of an open file to order requests on it."""
-
-    upload: bool
-    append: bool
-    concurrent_writes: bool
-
-
-class _Named(Protocol):
-    @property
-    def username(self) -> str: ...
-
-
-class Handler(Protocol):
-    """What serves the decoded requests of one SFTP channel (``sftpd._requests``).
-
-    Paths and handles arrive as the client's bytes; attributes come back encoded. Each
-    coroutine raises what went wrong; the engine turns it into a status reply.
-    """
-
-    advertised: frozenset[bytes]
-    max_open_handles: int
-    target_first: bool
-
-    @property
-    def session(self) -> _Named: ...
-
-    def extensions(self) -> list[tuple[bytes, bytes]]: ...
-    def handle_info(self, handle: bytes) -> HandleInfo | None: ...
-    def owner_names(self, owner_id: int) -> bytes: ...
-    async def abandon(self) -> None: ...
-    async def open(self, raw: bytes, pflags: int, attrs: WireAttrs) -> bytes: ...
-    async def close(self, name: bytes) -> None: ...
-    async def read(self, name: bytes, offset: int, length: int) -> bytes: ...
-    async def write(self, name: bytes, offset: int, data: bytes) -> None: ...
-    async def fstat(self, name: bytes) -> bytes: ...
-    async def fsetstat(self, name: bytes, attrs: WireAttrs) -> None: ...
-    async def fstatvfs(self, name: bytes) -> bytes: ...
-    async def fsync(self, name: bytes) -> None: ...
-    async def copy_data(
-        self, source: bytes, offset: int, length: int, target: bytes, target_offset: int
-    ) -> None: ...
-    async def check_file(
-        self, *, handle: bytes | None, raw: bytes | None, algorithms: bytes, offset: int,
-        length: int, block_size: int,
-    ) -> bytes: ...  # fmt: skip
-    async def stat(self, raw: bytes) -> bytes: ...
-    async def lstat(self, raw: bytes) -> bytes: ...
-    async def setstat(self, raw: bytes, attrs: WireAttrs, *, link: bool = False) -> None: ...
-    async def opendir(self, raw: bytes) -> bytes: ...
-    async def readdir(self, name: bytes) -> list[tuple[bytes, bytes, bytes]]: ...
-    async def remove(self, raw: bytes) -> None: ...
-    async def mkdir(self, raw: bytes, attrs: WireAttrs) -> None: ...
-    async def rmdir(self, raw: bytes) -> None: ...
-    async def rename(self, old: bytes, new: bytes, *, overwrite: bool) -> None: ...
-    async def realpath(self, raw: bytes) -> str: ...
-    async def expand_path(self, raw: bytes) -> str: ...
-    async def home_directory(self, raw_user: bytes) -> str: ...
-    async def statvfs(self, raw: bytes) -> bytes: ...
-    async def readlink(self, raw: bytes) -> str: ...
-    async def symlink(self, raw_target: bytes, raw_link: bytes) -> None: ...
-    async def hardlink(self, raw_old: bytes, raw_new: bytes) -> None: ...
 
 
 class ConnectionBudget:

@@ -15,7 +15,8 @@ from typing import Any
 import asyncssh
 
 from .._authorized_keys import serves_sftp
-from .engine import SftpEngine, Transport
+from .engine import SftpEngine
+from .handler import Transport
 
 __all__ = ["ChannelTransport", "SftpChannel"]
 
