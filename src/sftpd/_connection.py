@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 from ._context import ServerContext
 from ._login import Login
+from .telemetry import SESSION_CLOSE, SESSION_OPEN
 
 __all__ = ["Connection", "serve_proxied"]
 
@@ -88,7 +89,7 @@ class Connection(Login):
         session, state = self.session, self.state
         if session is not None and state is not None:
             self._ctx.bus.execute(
-                ("sftpd", "session", "close"),
+                SESSION_CLOSE,
                 {
                     "duration": int((time.time() - session.started) * 1e9),
                     "bytes_in": state.bytes_in,
@@ -138,7 +139,7 @@ class Connection(Login):
             ledger=self._ledger, shaper=shaper if shaper.limited else None,
         )  # fmt: skip
         self._ctx.bus.execute(
-            ("sftpd", "session", "open"),
+            SESSION_OPEN,
             {"duration": 0},
             {"username": session.username, "peer": str(self.peer),
              "auth_method": session.auth_method},

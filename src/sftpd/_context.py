@@ -24,7 +24,7 @@ from ._upload import Upload
 from .auth import (
     BoundAuthenticator,
 )
-from .telemetry import TelemetryBus
+from .telemetry import CONNECTION_REFUSED, TelemetryBus
 
 if TYPE_CHECKING:
     pass
@@ -139,7 +139,7 @@ class ServerContext:
         else:
             self._refusals[key] = (logged_at, quiet + 1)
         self.bus.execute(
-            ("sftpd", "connection", "refused"),
+            CONNECTION_REFUSED,
             {"duration": 0},
             {"peer": str(peer), "reason": limit},
         )

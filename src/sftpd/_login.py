@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     pass
 
 from ._context import ServerContext
+from .telemetry import AUTH_FAILURE, AUTH_SUCCESS
 
 __all__ = ["Login"]
 
@@ -346,7 +347,7 @@ class Login(asyncssh.SSHServer):
     def _auth_event(
         self, outcome: str, method: str, username: str, started: int, reason: str | None = None
     ) -> None:
-        name = ("sftpd", "auth", outcome)
+        name = AUTH_SUCCESS if outcome == "success" else AUTH_FAILURE
         if self._ctx.bus.listening(name):
             meta: dict[str, Any] = {"method": method, "username": username, "peer": str(self.peer)}
             if reason is not None:

@@ -31,6 +31,7 @@ from .auth import (
 )
 from .errors import ConfigError
 from .state import StateStore, StateUnavailable
+from .telemetry import SERVER_START, SERVER_STOP
 from .telemetry import bus as default_bus
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class Server:
             )
         log.info("sftpd listening on %s:%d (%s)", config.host, self._port, ctx.backend.name)
         ctx.bus.execute(
-            ("sftpd", "server", "start"),
+            SERVER_START,
             {"duration": 0},
             {"host": config.host, "port": self._port, "max_sessions": config.max_sessions,
              "backend": ctx.backend.name, "backend_kind": ctx.backend.kind, "result": "ok",
@@ -312,7 +313,7 @@ class Server:
         self._closed.set()
         log.info("sftpd stopped")
         ctx.bus.execute(
-            ("sftpd", "server", "stop"),
+            SERVER_STOP,
             {"duration": 0},
             {"server_ref": self, "port": self._port, "result": "ok",
              "backend": ctx.backend.name, "backend_kind": ctx.backend.kind},

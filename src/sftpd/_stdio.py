@@ -24,7 +24,7 @@ from ._session import Peer, Session
 from ._sftp.engine import ConnectionBudget, SftpEngine
 from ._shared import SharedState
 from .state import MemoryState
-from .telemetry import TelemetryBus
+from .telemetry import SESSION_CLOSE, SESSION_OPEN, TelemetryBus
 
 __all__ = ["peer_from_environment", "serve_stdio"]
 
@@ -134,7 +134,7 @@ async def serve_stdio(
         shaper = Shaper(shared, bandwidth or Bandwidth(), session.username, session.attributes)
         state = SessionState(session=session, last_active=loop.time(), ledger=ledger,
                              shaper=shaper if shaper.limited else None)  # fmt: skip
-        bus.execute(("sftpd", "session", "open"), {"duration": 0},
+        bus.execute(SESSION_OPEN, {"duration": 0},
                     {"username": session.username, "peer": str(session.peer),
                      "auth_method": session.auth_method}, session)  # fmt: skip
         protocol = _Input()
@@ -154,7 +154,7 @@ async def serve_stdio(
         transport.flush()
         await _drain(write_transport)
         write_transport.close()
-        bus.execute(("sftpd", "session", "close"),
+        bus.execute(SESSION_CLOSE,
                     {"duration": int((time.time() - session.started) * 1e9),
                      "bytes_in": state.bytes_in, "bytes_out": state.bytes_out},
                     {"username": session.username, "peer": str(session.peer),

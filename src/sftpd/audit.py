@@ -26,7 +26,7 @@ import weakref
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from .telemetry import Event, EventName, Listener
+from .telemetry import CONNECTION_REFUSED, SESSION_CLOSE, SFTP_EVENTS, Event, EventName, Listener
 
 __all__ = ["AuditLog", "audit_record", "reopen_all"]
 
@@ -58,11 +58,11 @@ class AuditLog(Listener):
     """
 
     events: tuple[EventName, ...] = (
-        ("sftpd", "sftp", "close"),
+        SFTP_EVENTS["close"],
         ("sftpd", "auth"),
-        ("sftpd", "session", "close"),
-        ("sftpd", "connection", "refused"),
-        *(("sftpd", "sftp", op) for op in _SIMPLE),
+        SESSION_CLOSE,
+        CONNECTION_REFUSED,
+        *(SFTP_EVENTS[op] for op in _SIMPLE),
     )
 
     def __init__(self, target: str | os.PathLike[str] | IO[str]) -> None:

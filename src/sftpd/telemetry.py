@@ -11,12 +11,11 @@ Attach a handler to one event or many, by name or by prefix::
     telemetry.attach("everything", ("sftpd",), audit)        # a prefix matches all below it
     telemetry.detach("read-logger")
 
-Events (see docs/telemetry.md for every field):
+Events: :data:`CATALOG` lists every one with the metadata it carries (docs/telemetry.md
+shows the same table; a test holds them equal):
 
 - ``("sftpd", "server", "start" | "stop")``
-- ``("sftpd", "sftp", OPERATION)`` for open, close, read, write, list_dir, read_file_info,
-  read_link_info, read_link, rename, delete, make_dir, del_dir, get_cwd, make_symlink,
-  make_link, copy_data, write_file_info, disk_usage
+- ``("sftpd", "sftp", OPERATION)``, one per request (:data:`SFTP_OPERATIONS`)
 - ``("sftpd", "auth", "success" | "failure")``
 - ``("sftpd", "session", "open" | "close")``
 - ``("sftpd", "connection", "refused")`` (a limit such as ``max_sessions`` was reached)
@@ -40,8 +39,20 @@ if TYPE_CHECKING:
     from ._session import Session
 
 __all__ = [
+    "AUTH_FAILURE",
+    "AUTH_SUCCESS",
+    "CATALOG",
+    "CONNECTION_REFUSED",
+    "SERVER_START",
+    "SERVER_STOP",
+    "SESSION_CLOSE",
+    "SESSION_OPEN",
+    "SFTP_COMMON",
+    "SFTP_EVENTS",
+    "SFTP_OPERATIONS",
     "Event",
     "EventName",
+    "EventSpec",
     "Handler",
     "Listener",
     "TelemetryBus",
@@ -55,6 +66,162 @@ __all__ = [
 log = logging.getLogger("sftpd.telemetry")
 
 EventName = tuple[str, ...]
+
+SERVER_START: EventName = ("sftpd", "server", "start")
+SERVER_STOP: EventName = ("sftpd", "server", "stop")
+AUTH_SUCCESS: EventName = ("sftpd", "auth", "success")
+AUTH_FAILURE: EventName = ("sftpd", "auth", "failure")
+SESSION_OPEN: EventName = ("sftpd", "session", "open")
+SESSION_CLOSE: EventName = ("sftpd", "session", "close")
+CONNECTION_REFUSED: EventName = ("sftpd", "connection", "refused")
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """One row of the catalog: events, the metadata keys they carry, and their docs.
+
+    Attributes:
+        names: The events of the row (``auth`` success and failure share one).
+        keys: Every metadata key they may carry (``sftp`` events add :data:`SFTP_COMMON`).
+        fields: The row's metadata column in docs/telemetry.md (markdown).
+        measurements: Their measurements.
+    """
+
+    names: tuple[EventName, ...]
+    keys: tuple[str, ...]
+    fields: str
+    measurements: tuple[str, ...] = ("duration",)
+
+    @property
+    def row(self) -> str:
+        """The row as docs/telemetry.md shows it."""
+        head = self.names[0][:-1]
+        parts = " \\| ".join(f'"{name[-1]}"' for name in self.names)
+        event = "(" + ", ".join(f'"{p}"' for p in head) + f", {parts})"
+        return f"| `{event}` | {self.fields} |"
+
+
+def _sftp(operation: str, keys: tuple[str, ...], fields: str, *more: str) -> EventSpec:
+    return EventSpec((("sftpd", "sftp", operation),), keys, fields, ("duration", *more))
+
+
+#: What every ``sftp`` event carries besides its own keys.
+SFTP_COMMON = ("backend", "backend_kind", "result", "reason", "code", "kind", "rule")
+
+_AUTH_REASONS = ("rejected", "timeout", "error", "locked out", "disconnected",
+                 "source network", "max_sessions_per_user", "max_sessions_total",
+                 "state store unreachable")  # fmt: skip
+_LIMITS = ("max_sessions", "max_sessions_per_user", "max_sessions_total",
+           "max_unauthenticated", "max_unauthenticated_per_address", "connection_rate",
+           "state_store_unreachable")  # fmt: skip
+
+
+def _ticks(words: Iterable[str]) -> str:
+    return ", ".join(f"`{word}`" for word in words)
+
+
+#: Every event sftpd emits, with the metadata it carries.
+CATALOG: tuple[EventSpec, ...] = (
+    EventSpec(
+        (SERVER_START,),
+        ("host", "port", "max_sessions", "backend", "backend_kind", "result", "server_ref"),
+        "`host`, `port`, `max_sessions`, `backend`, `backend_kind`, `result`, `server_ref`",
+    ),
+    EventSpec(
+        (SERVER_STOP,),
+        ("port", "backend", "backend_kind", "result", "server_ref"),
+        "`port`, `backend`, `backend_kind`, `result`, `server_ref`",
+    ),
+    EventSpec(
+        (AUTH_SUCCESS, AUTH_FAILURE),
+        ("method", "username", "peer", "reason"),
+        f"`method`, `username`, `peer`, `reason` (failures: {_ticks(_AUTH_REASONS)}); "
+        "never the password",
+    ),
+    EventSpec(
+        (SESSION_OPEN,), ("username", "peer", "auth_method"), "`username`, `peer`, `auth_method`"
+    ),
+    EventSpec(
+        (SESSION_CLOSE,),
+        ("username", "peer", "reason"),
+        "`username`, `peer`, `reason`; measurements `duration`, `bytes_in`, `bytes_out`",
+        ("duration", "bytes_in", "bytes_out"),
+    ),
+    EventSpec(
+        (CONNECTION_REFUSED,),
+        ("peer", "reason"),
+        f"`peer`, `reason`: the limit reached ({_ticks(_LIMITS)}); no session",
+    ),
+    _sftp(
+        "open",
+        ("path", "requested_modes", "mode", "open_timeout", "handle"),
+        "`path`, `requested_modes` (`read`, `write`, `append`, `create`, `truncate`, "
+        "`exclusive`), `mode` (`read`, `write`, `read_write`), `open_timeout`, `handle`",
+    ),
+    _sftp(
+        "close",
+        (
+            "handle",
+            "path",
+            "mode",
+            "close_timeout",
+            "abandoned",
+            "stored",
+            "bytes_read",
+            "bytes_written",
+            "open_for",
+        ),
+        "`handle`, `path`, `mode`, `close_timeout`, `abandoned`, `stored`, `bytes_read`, "
+        "`bytes_written`, `open_for` (ns)",
+    ),
+    _sftp(
+        "read",
+        ("handle", "offset", "bytes_requested"),
+        "`handle`, `offset`, `bytes_requested`; `bytes`; result `eof` at end of file",
+        "bytes",
+    ),
+    _sftp("write", ("handle", "offset"), "`handle`, `offset`; `bytes`", "bytes"),
+    _sftp(
+        "list_dir",
+        ("path", "entries"),
+        "`path`, `entries`; one event per listing, at its end (a failed OPENDIR or READDIR "
+        "reports the error)",
+    ),
+    _sftp("read_file_info", ("path",), "`path` (stat)"),
+    _sftp("read_link_info", ("path",), "`path` (lstat)"),
+    _sftp("read_link", ("path",), "`path`"),
+    _sftp(
+        "make_symlink",
+        ("src_path", "dst_path"),
+        "`src_path` (the target), `dst_path` (the new link)",
+    ),
+    _sftp("make_link", ("src_path", "dst_path"), "`src_path`, `dst_path` (hard link)"),
+    _sftp(
+        "copy_data",
+        ("handle", "src_path", "dst_path"),
+        "`handle` (the target's), `src_path`, `dst_path`",
+    ),
+    _sftp(
+        "check_file",
+        ("path", "offset", "length", "algorithm", "command"),
+        "`path`, `offset`, `length`, `algorithm` (check-file and rclone's hash commands, "
+        "which add `command`: `md5sum` or `sha1sum`)",
+    ),
+    _sftp("write_file_info", ("path", "handle"), "`path` (setstat; fsetstat adds `handle`)"),
+    _sftp("rename", ("src_path", "dst_path", "overwrite"), "`src_path`, `dst_path`, `overwrite`"),
+    _sftp("delete", ("path",), "`path`"),
+    _sftp("make_dir", ("path",), "`path`"),
+    _sftp("del_dir", ("path",), "`path`"),
+    _sftp("get_cwd", ("path",), "`path` (realpath, expand-path, home-directory)"),
+    _sftp("disk_usage", ("path",), "`path` (statvfs)"),
+)
+
+#: The name of each SFTP operation's event (``SFTP_EVENTS["read"]``).
+SFTP_EVENTS: Mapping[str, EventName] = {
+    spec.names[0][2]: spec.names[0] for spec in CATALOG if spec.names[0][1] == "sftp"
+}
+#: The operations the request layer reports, one event each.
+SFTP_OPERATIONS: frozenset[str] = frozenset(SFTP_EVENTS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -234,3 +234,70 @@ async def test_openssh_transfer_events(
     read = sum(e.measurements["bytes"] for e in rec.named("sftpd", "sftp", "read"))
     assert written == read == 300_000
     assert rec.named("sftpd", "sftp", "get_cwd")[0].metadata["result"] == "ok"
+
+
+DOCS = Path(__file__).parents[2] / "docs" / "telemetry.md"
+
+
+def test_the_docs_catalog_is_the_catalog_in_code() -> None:
+    """docs/telemetry.md's catalog table is exactly telemetry.CATALOG, row for row."""
+    text = DOCS.read_text()
+    table = text[text.index("| event | metadata |") :].split("\n\n", 1)[0].splitlines()[2:]
+    assert table == [spec.row for spec in telemetry.CATALOG]
+    for spec in telemetry.CATALOG:  # every key a row names is in its documentation
+        for key in spec.keys:
+            assert f"`{key}`" in spec.fields, (spec.names, key)
+
+
+async def test_a_session_emits_only_what_the_catalog_lists(
+    bus: telemetry.TelemetryBus, tmp_path: Path
+) -> None:
+    """Every event of a session doing each kind of request (and failing some) is in the
+    catalog, with no metadata key or measurement the catalog does not name."""
+    rec = Recorder()
+    bus.attach("rec", ("sftpd",), rec)
+    backend = sftpd.LocalBackend(tmp_path)
+    async with running_server(backend=backend, telemetry=bus) as server:
+        with pytest.raises(asyncssh.PermissionDenied):
+            async with connect(server.port, password="wrong"):
+                pass
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/a.txt", "w") as f:
+                await f.write("hello")
+            async with sftp.open("/a.txt", "r") as f:
+                await f.read()
+            await sftp.stat("/a.txt")
+            await sftp.lstat("/a.txt")
+            await sftp.chmod("/a.txt", 0o600)
+            await sftp.mkdir("/d")
+            await sftp.listdir("/")
+            await sftp.rename("/a.txt", "/d/b.txt")
+            await sftp.posix_rename("/d/b.txt", "/d/c.txt")
+            await sftp.copy("/d/c.txt", "/d/e.txt")
+            await sftp.symlink("/d/c.txt", "/l")
+            await sftp.readlink("/l")
+            await sftp.link("/d/c.txt", "/d/h.txt")
+            await sftp.statvfs("/")
+            await sftp.realpath(".")
+            with pytest.raises(asyncssh.SFTPNoSuchFile):
+                await sftp.stat("/missing")
+            for name in ("/d/c.txt", "/d/e.txt", "/d/h.txt", "/l"):
+                await sftp.remove(name)
+            await sftp.rmdir("/d")
+            assert await sftp.exists("/")
+    specs = {name: spec for spec in telemetry.CATALOG for name in spec.names}
+    seen = set()
+    for event in rec.events:
+        spec = specs.get(event.name)
+        assert spec is not None, event.name
+        seen.add(event.name)
+        allowed = set(spec.keys)
+        if event.name[1] == "sftp":
+            allowed |= set(telemetry.SFTP_COMMON)
+        assert set(event.metadata) <= allowed, (event.name, set(event.metadata) - allowed)
+        assert set(event.measurements) <= set(spec.measurements), event.name
+    wanted = {telemetry.SERVER_START, telemetry.SERVER_STOP, telemetry.AUTH_SUCCESS,
+              telemetry.AUTH_FAILURE, telemetry.SESSION_OPEN, telemetry.SESSION_CLOSE,
+              *(telemetry.SFTP_EVENTS[op] for op in telemetry.SFTP_OPERATIONS
+                if op != "check_file")}  # fmt: skip
+    assert wanted <= seen, wanted - seen

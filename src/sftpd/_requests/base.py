@@ -30,7 +30,7 @@ from ..errors import (
     to_sftp_error,
 )
 from ..state import StateUnavailable
-from ..telemetry import TelemetryBus
+from ..telemetry import SFTP_EVENTS, TelemetryBus
 from .wire import extensions_for
 
 __all__ = ["REFUSALS", "DirHandle", "Refused", "RequestBase", "SessionState", "Settings"]
@@ -196,7 +196,7 @@ class RequestBase:
         """
         self.running += 1
         self._state.last_active = time.monotonic()
-        name = ("sftpd", "sftp", operation)
+        name = SFTP_EVENTS[operation]
         listening = self._bus.listening(name)
         start = time.monotonic_ns() if listening else 0
         try:
@@ -239,7 +239,7 @@ class RequestBase:
                 meta.update(result="error", reason=mapped.reason, code=mapped.code)
             else:
                 meta.update(result="exception", kind=type(exc).__name__, reason=str(exc))
-            self._emit(("sftpd", "sftp", operation), start, meta)
+            self._emit(SFTP_EVENTS[operation], start, meta)
         return mapped
 
     def _emit(self, name: tuple[str, ...], start: int, info: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from ..errors import (
     PermissionDenied,
     Unsupported,
 )
+from ..telemetry import SFTP_EVENTS
 from .base import READDIR_BATCH, UMASK, DirHandle, RequestBase
 from .wire import longname, wire_attrs
 
@@ -86,7 +87,7 @@ class TreeRequests(RequestBase):
         batch = await self._run("list_dir", self._readdir(found, meta), meta, report=False)
         if found.entries is None and not found.reported:
             found.reported = True
-            event = ("sftpd", "sftp", "list_dir")
+            event = SFTP_EVENTS["list_dir"]
             if self._bus.listening(event):
                 meta["result"] = "ok"
                 self._emit(event, found.started, meta)
