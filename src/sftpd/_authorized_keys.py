@@ -76,7 +76,8 @@ class KeyLine:
         *, now: float | None = None,
     ) -> bool:  # fmt: skip
         """Whether this line lets ``key`` in from ``address`` (with a certificate's
-        ``principals`` for a CA line) at ``now``."""
+        ``principals`` for a CA line) at ``now``.
+        """
         if key.public_data != self.key.public_data:
             return False
         if self.expires is not None and (time.time() if now is None else now) >= self.expires:

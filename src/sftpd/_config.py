@@ -495,10 +495,11 @@ def load_host_keys(config: ServerConfig) -> list[asyncssh.SSHKey]:
                 f"host key directory {directory} has no ssh_host_*_key files; create one with "
                 f"ssh-keygen -t ed25519 -N '' -f {directory}/ssh_host_ed25519_key"
             )
-        for file in files:
-            keys.append(_read_key(file))
-    for key in config.host_keys:
-        keys.append(key if isinstance(key, asyncssh.SSHKey) else _read_key(Path(key)))
+        keys.extend(_read_key(file) for file in files)
+    keys.extend(
+        key if isinstance(key, asyncssh.SSHKey) else _read_key(Path(key))
+        for key in config.host_keys
+    )
     return keys
 
 

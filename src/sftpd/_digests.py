@@ -187,7 +187,8 @@ class DigestTap:
 
     def result(self, size: int) -> dict[str, str] | None:
         """Hex digests of a stored file of ``size`` bytes, or None if not all were seen.
-        Call :meth:`settle` first."""
+        Call :meth:`settle` first.
+        """
         if self.broken or self._early or self._next != size or not self._idle.is_set():
             return None
         return {name: digest.hexdigest() for name, digest in self._hashes.items()}
@@ -223,9 +224,10 @@ _SAFE = re.compile(r"[A-Za-z0-9_.,:/@\x80-\U0010ffff-]")
 
 
 def parse_hash_command(command: str) -> HashCommand | None:
-    """rclone's probe, ``md5sum``/``sha1sum``, or one of them with one path escaped as
+    r"""rclone's probe, ``md5sum``/``sha1sum``, or one of them with one path escaped as
     rclone escapes it for a Unix shell (a backslash before each special character, a
-    newline as ``'\\n'``); None for anything else, which is then refused."""
+    newline as ``'\n'``); None for anything else, which is then refused.
+    """
     if command == SHELL_PROBE:
         return HashCommand("probe")
     match = _COMMAND.fullmatch(command)

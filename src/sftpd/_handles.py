@@ -397,7 +397,8 @@ class FileHandle:
 
     async def _check_limit(self, size: int) -> None:
         """Refuse to grow the file past the session's limits (its largest file, its
-        quota, which reserves the room); the upload then stores nothing."""
+        quota, which reserves the room); the upload then stores nothing.
+        """
         limit = self.session.max_file_size
         if limit is not None and size > limit:
             error = QuotaExceeded(f"Files may be at most {limit} bytes")
@@ -532,7 +533,8 @@ class FileHandle:
 
     async def _keep_digests(self, digests: Mapping[str, str] | None) -> None:
         """Store the upload's digests (else forget stale ones). The file is stored
-        already: a failure here is logged, never the client's."""
+        already: a failure here is logged, never the client's.
+        """
         store = self.backend.store_digests
         if store is None:
             return

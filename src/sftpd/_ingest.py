@@ -32,7 +32,8 @@ QUEUE_LIMIT = 16 << 20
 
 class Inspector(Protocol):
     """What an inspector has: ``feed`` (the next bytes, sync or async) and ``verdict``
-    (None or True: publish; False or a reason: refuse; sync or async)."""
+    (None or True: publish; False or a reason: refuse; sync or async).
+    """
 
     def feed(self, data: bytes) -> Any: ...
 

@@ -30,7 +30,8 @@ class Ask(Protocol):
 
 class Conversation:
     """One keyboard-interactive login in progress: the authenticator's questions out,
-    the client's answers in."""
+    the client's answers in.
+    """
 
     def __init__(self) -> None:
         self._asks: asyncio.Queue[Challenge] = asyncio.Queue()
@@ -47,7 +48,8 @@ class Conversation:
         self, answers: Sequence[str] | None, finished: asyncio.Task[bool]
     ) -> Challenge | bool:
         """Hand over the client's ``answers`` (None at the start); then the next challenge,
-        or the login's outcome once ``finished`` (the authenticator's task) is done."""
+        or the login's outcome once ``finished`` (the authenticator's task) is done.
+        """
         if answers is not None and self._answers is not None and not self._answers.done():
             self._answers.set_result(list(answers))
         asked = asyncio.ensure_future(self._asks.get())

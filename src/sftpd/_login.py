@@ -103,7 +103,8 @@ class Login(asyncssh.SSHServer):
 
     def _chain_step(self, username: str, method: str) -> bool:
         """A method succeeded: True if that completes a chain (or none are required);
-        False for a partial success, the next step still to come."""
+        False for a partial success, the next step still to come.
+        """
         chains = self._ctx.config.method_chains
         if not chains:
             return True
@@ -438,7 +439,8 @@ class Login(asyncssh.SSHServer):
 
     async def _take_lease(self, session: Session, method: str) -> str | None:
         """Take the session's place under the fleet's session caps and know its quota
-        usage; the reason if the login is refused."""
+        usage; the reason if the login is refused.
+        """
         ctx = self._ctx
         store = ctx.shared.store
         per_user = session.attributes.get("max_sessions", ctx.config.max_sessions_per_user)

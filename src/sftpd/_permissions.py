@@ -170,7 +170,8 @@ class Permissions:
 
     def allows(self, operation: str, path: str) -> tuple[bool, str]:
         """Whether ``operation`` is allowed at ``path``, and what decided: the rule's path,
-        or ``"session"`` for the session-wide flags."""
+        or ``"session"`` for the session-wide flags.
+        """
         rule = self.rule_for(path)
         if rule is None:
             return operation in self._base, "session"

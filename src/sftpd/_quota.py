@@ -213,7 +213,8 @@ class QuotaLedger:
 
     async def settle(self, reservation: str, nbytes: int, files: int) -> None:
         """Turn ``reservation`` into committed usage of ``nbytes``/``files`` (either may be
-        negative). A store that does not answer gets the change later; never raises."""
+        negative). A store that does not answer gets the change later; never raises.
+        """
         key, store = self.quota.key, self.shared.store
         self.shared.reservations.discard((key, reservation))
         try:

@@ -188,13 +188,15 @@ class Server:
     @property
     def ready(self) -> bool:
         """True while new logins can succeed: serving, and the state store answering
-        (what a load balancer's readiness check asks; ``/readyz`` reports it)."""
+        (what a load balancer's readiness check asks; ``/readyz`` reports it).
+        """
         return self.is_serving and self._ctx is not None and self._ctx.shared.available
 
     async def readiness(self) -> str | None:
         """None while new logins can succeed; else why not: ``"starting"``,
         ``"draining"`` (after :meth:`close`), ``"state store unreachable"``. The store is
-        asked now. For a web app's readiness route; ``/readyz`` of ``--admin-port``."""
+        asked now. For a web app's readiness route; ``/readyz`` of ``--admin-port``.
+        """
         ctx = self._ctx
         if ctx is None or self._acceptor is None:
             return "draining" if self._closing is not None else "starting"

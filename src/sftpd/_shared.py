@@ -98,7 +98,8 @@ class SharedState:
     ) -> None:
         """Remember a usage change the store could not take, to replay it onto the count
         it was made against (``generation``); a count made since (a store that lost its
-        data and was counted again) already holds it."""
+        data and was counted again) already holds it.
+        """
         if len(self._replay) >= MAX_REPLAY:
             self._replay.popleft()
             self._dropped += 1

@@ -244,7 +244,8 @@ def check_source_networks(value: object, user: str) -> list[str]:
 
 class SecondFactor:
     """A user's TOTP secret (RFC 6238: SHA-1, 6 digits, 30 s steps; pyotp), each code
-    accepted once."""
+    accepted once.
+    """
 
     def __init__(self, user: str, secret: str) -> None:
         try:
@@ -316,7 +317,8 @@ class AuthorizedKeys:
     ) -> Attributes | None:
         """Accept a listed user's certificate signed by a server-trusted CA, or by a CA on
         a ``cert-authority`` line of the user's (its ``from=``, ``principals=`` and
-        ``expiry-time=`` hold)."""
+        ``expiry-time=`` hold).
+        """
         lines = self.keys.get(username)
         if lines is None or certificate.ca_key is None:
             return None

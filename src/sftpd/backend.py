@@ -425,7 +425,8 @@ class Digests(Protocol):
 
     async def store_digests(self, path: str, digests: Mapping[str, str], session: Session) -> None:
         """Keep ``digests`` for the file at ``path`` (empty: forget any kept), until its
-        content changes."""
+        content changes.
+        """
 
     async def read_digests(self, path: str, session: Session) -> Mapping[str, str] | None:
         """The digests kept for ``path`` if they still describe its content, else None."""

@@ -93,7 +93,8 @@ class StateStore(Protocol):
 
     async def record_failure(self, keys: Sequence[str], window: float) -> list[int]:
         """Count a failure under each key; return each key's failures in the last
-        ``window`` seconds, this one included."""
+        ``window`` seconds, this one included.
+        """
 
     async def failure_counts(self, keys: Sequence[str], window: float) -> list[int]:
         """Each key's failures in the last ``window`` seconds."""
@@ -117,7 +118,8 @@ class StateStore(Protocol):
 
     async def refresh_sessions(self, leases: Sequence[tuple[str, str]], ttl: float) -> None:
         """Renew ``(lease, user)`` leases for another ``ttl`` seconds (re-taking any the
-        store lost)."""
+        store lost).
+        """
 
     async def session_count(self, user: str | None = None) -> int:
         """Live leases of ``user``, or of everyone."""
@@ -131,7 +133,8 @@ class StateStore(Protocol):
         self, key: str, nbytes: int, files: int, *, if_unknown: bool = False
     ) -> bool:
         """Set ``key``'s committed usage (after a scan), as a new generation; with
-        ``if_unknown``, only if none is known. Returns whether it was set."""
+        ``if_unknown``, only if none is known. Returns whether it was set.
+        """
 
     async def reserve(
         self,
@@ -145,13 +148,15 @@ class StateStore(Protocol):
         ttl: float,
     ) -> QuotaAnswer:
         """Add ``nbytes`` and ``files`` to ``reservation`` if committed usage plus every
-        live reservation stays within the limits; renew it for ``ttl`` seconds."""
+        live reservation stays within the limits; renew it for ``ttl`` seconds.
+        """
 
     async def settle(
         self, key: str, reservation: str, nbytes: int, files: int, *, generation: str = ""
     ) -> None:
         """Drop ``reservation`` and add ``nbytes``/``files`` (may be negative) to the
-        committed usage, if it is known (and, given a ``generation``, still that one)."""
+        committed usage, if it is known (and, given a ``generation``, still that one).
+        """
 
     async def release(self, key: str, reservation: str) -> None:
         """Drop ``reservation`` (an aborted upload)."""
@@ -166,7 +171,8 @@ class StateStore(Protocol):
     async def take(self, key: str, amount: int, rate: float, burst: float) -> float:
         """Take ``amount`` tokens from the bucket ``key`` (refilled at ``rate`` per second
         up to ``burst``), going into debt if need be; return the seconds to wait before
-        the caller's bytes may go."""
+        the caller's bytes may go.
+        """
 
 
 @dataclass

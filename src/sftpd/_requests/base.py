@@ -65,7 +65,8 @@ REFUSALS = {
 
 class Refused(PermissionDenied):
     """A request the session's permissions refuse; ``rule`` is what decided (telemetry
-    and the audit log record it): a rule's path, ``"session"``, or a denied name."""
+    and the audit log record it): a rule's path, ``"session"``, or a denied name.
+    """
 
     def __init__(self, reason: str, rule: str) -> None:
         super().__init__(reason)
@@ -294,7 +295,8 @@ class RequestBase:
     def _may_see(self, path: str, attrs: FileAttrs) -> None:
         """Stat of a file needs ``list`` or ``download`` there, or that the session
         uploaded it; a directory's always answers (clients need it to cd and upload).
-        A drop box sees only its own files."""
+        A drop box sees only its own files.
+        """
         if attrs.is_dir or self._own(path):
             return
         permissions = self._session.permissions
@@ -449,7 +451,8 @@ class RequestBase:
 
     def _check_setstat(self, path: str, changes: AttrChanges, size: int, upload: bool) -> None:
         """A size change is an overwrite; times and modes are ``setstat``, or part of the
-        upload for a file this session is uploading or uploaded."""
+        upload for a file this session is uploading or uploaded.
+        """
         own_upload = self._own(path) and self._session.permissions.allows(
             "upload", self._client(path))[0]  # fmt: skip
         resized = changes.size is not None and (changes.size != size or not upload)

@@ -272,7 +272,8 @@ class FileRequests(RequestBase):
         length: int, block_size: int,
     ) -> bytes:  # fmt: skip
         """check-file-handle / check-file-name: digests of a range of a file, as the
-        extended reply's body (``check-file``, the algorithm used, the digests)."""
+        extended reply's body (``check-file``, the algorithm used, the digests).
+        """
         meta: dict[str, Any] = {"offset": offset, "length": length, "path": raw}
 
         async def check() -> bytes:  # inside the request: every failure is a status
@@ -328,7 +329,8 @@ class FileRequests(RequestBase):
 
     async def hash_command(self, command: HashCommand) -> tuple[bytes, bytes, int]:
         """Answer one of rclone's exec commands: stdout, stderr and exit status, as the
-        real command would print them."""
+        real command would print them.
+        """
         if command.kind == "probe":
             return b"%ComSpec%\n", b"", 0  # what a POSIX sh prints: no Windows here
         tool = "md5sum" if command.algorithm == "md5" else "sha1sum"

@@ -124,7 +124,8 @@ class TreeRequests(RequestBase):
 
     def _listed(self, directory: str, name: str, attrs: FileAttrs) -> bool:
         """Whether a listing shows this entry: not a hidden name, and for a drop box
-        only directories and the session's own files."""
+        only directories and the session's own files.
+        """
         permissions = self._session.permissions
         if permissions.hidden_names and permissions.hides(name):
             return False
@@ -234,7 +235,8 @@ class TreeRequests(RequestBase):
 
     async def home_directory(self, raw_user: bytes) -> str:
         """home-directory: the session's home (``/`` unless the ``home`` attribute says),
-        for its own user only."""
+        for its own user only.
+        """
         return await self._run("get_cwd", self._home(raw_user), {"path": b"/"})
 
     async def _home(self, raw_user: bytes) -> str:

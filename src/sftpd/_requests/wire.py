@@ -92,7 +92,8 @@ def longname(name: str, attrs: FileAttrs, owner: str) -> str:
 
 def extensions_for(backend: BoundBackend, *, quota: bool = False) -> list[tuple[bytes, bytes]]:
     """The extensions a server on ``backend`` advertises, each one it really serves
-    (statvfs with a quota even where the storage has no capacity to tell)."""
+    (statvfs with a quota even where the storage has no capacity to tell).
+    """
     caps = backend.capabilities
     names: list[tuple[bytes, bytes]] = [
         (b"posix-rename@openssh.com", b"1"),

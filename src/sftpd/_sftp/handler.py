@@ -1,5 +1,6 @@
 """The engine's two edges: where replies go (:class:`Transport`) and what serves the
-decoded requests (:class:`Handler`, :class:`~sftpd._requests.Requests`)."""
+decoded requests (:class:`Handler`, :class:`~sftpd._requests.Requests`).
+"""
 
 from __future__ import annotations
 

@@ -363,7 +363,8 @@ class LocalBackend:
     def store_digests(self, path: str, digests: Mapping[str, str], session: Session) -> None:
         """Keep digests in an extended attribute (``user.sftpd.digests``) with the size and
         mtime they describe; where the file system has no extended attributes, nothing is
-        kept and digests are computed when asked for."""
+        kept and digests are computed when asked for.
+        """
         with self._parent(path) as (dirfd, name):
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
         try:
@@ -376,7 +377,8 @@ class LocalBackend:
 
     def read_digests(self, path: str, session: Session) -> Mapping[str, str] | None:
         """The kept digests, if the file's size and mtime are still those they describe
-        (a file changed behind sftpd's back has none)."""
+        (a file changed behind sftpd's back has none).
+        """
         with self._parent(path) as (dirfd, name):
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)

@@ -197,11 +197,13 @@ class MountBackend:
     def _virtual_children(self, path: str, session: Session) -> list[str]:
         """The names of mount points (or directories above them) right below ``path``."""
         base = path.rstrip("/") + "/"
-        names = []
-        for mount in self._mounts_of(session):
-            if mount.path != path and mount.path.startswith(base):
-                names.append(mount.path[len(base) :].split("/", 1)[0])
-        return sorted(set(names))
+        return sorted(
+            {
+                mount.path[len(base) :].split("/", 1)[0]
+                for mount in self._mounts_of(session)
+                if mount.path != path and mount.path.startswith(base)
+            }
+        )
 
     def _mounted(self, path: str, session: Session, *, change: bool = True) -> _Place:
         """The mount holding ``path``, for an operation on it (a change unless told)."""
@@ -228,7 +230,8 @@ class MountBackend:
 
     async def _creating(self, path: str, session: Session) -> _Place:
         """A place something is created at; the mount's prefix directory is made first
-        (a user's folder that does not exist yet), once."""
+        (a user's folder that does not exist yet), once.
+        """
         place = self._changing(path, session)
         mount, bound = place.mount, place.bound
         assert mount is not None
@@ -483,7 +486,8 @@ class _Reader:
 
 class _BufferedWriter:
     """An upload for a mount whose backend has no streaming writes: kept in a temporary
-    file (memory first), stored whole with ``write_file`` at commit."""
+    file (memory first), stored whole with ``write_file`` at commit.
+    """
 
     def __init__(
         self, bound: BoundBackend, path: str, session: Session, initial: bytes, *, exclusive: bool
@@ -521,7 +525,8 @@ def _mounted_writer(
     check_exclusive: bool,
 ) -> BoundWriter:  # fmt: skip
     """A mount's own writer, with storage-side copies (copy-data) kept inside its mount
-    and, where its backend cannot, the exclusive create checked just before the commit."""
+    and, where its backend cannot, the exclusive create checked just before the commit.
+    """
     commit, copy = writer.commit, writer.copy_from
 
     async def commit_checked() -> None:

@@ -409,7 +409,8 @@ def _metrics_page() -> Callable[[], bytes] | None:
 
 def _store_probe(url: str, prefix: str) -> Callable[[], str | None]:
     """For the supervisor of --workers: whether the state store answers (a fresh client
-    each time, as the workers' own are theirs)."""
+    each time, as the workers' own are theirs).
+    """
     if url == "memory":
         return lambda: None
 
@@ -519,7 +520,8 @@ async def _serve(
 
     def on_hangup() -> None:
         """Reopen the audit log files (logrotate), reload the users (on any error keep the
-        current ones)."""
+        current ones).
+        """
         if reopen_audit_logs():
             log.info("audit log reopened")
         try:

@@ -47,7 +47,8 @@ def s3_group() -> None:
 def s3_cleanup(target: str, older_than: float, config_file: Path | None) -> None:
     """Abort the multipart uploads nobody finished (what `sftpd serve` does at start-up and
     hourly), once, and list them. Uploads younger than --older-than, a live server's
-    included, are left alone."""
+    included, are left alone.
+    """
     try:
         if not target.startswith("s3://"):
             raise ConfigError(f"{target!r} is not s3://BUCKET/PREFIX")
@@ -209,7 +210,8 @@ def _quota_options(command: Callable[..., None]) -> Callable[..., None]:
 @_quota_options
 def quota_scan(config_file: Path, state_url: str | None, users: tuple[str, ...]) -> None:
     """Count what the users with a quota hold (every file under their roots) and record it
-    as their usage, replacing what the store had. USERS: only these (default: all)."""
+    as their usage, replacing what the store had. USERS: only these (default: all).
+    """
     try:
         backend, store, keys = _quota_setup(config_file, state_url, users)
         if isinstance(store, MemoryState):

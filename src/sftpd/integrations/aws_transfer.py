@@ -1,12 +1,12 @@
-"""AWS Transfer Family compatibility: keep the identity provider, serve it with sftpd.
+r"""AWS Transfer Family compatibility: keep the identity provider, serve it with sftpd.
 
 A Transfer Family custom identity provider (a Lambda function or an API Gateway method)
 answers each login with a response such as::
 
     {"Role": "arn:aws:iam::123456789012:role/sftp-access",
      "HomeDirectoryType": "LOGICAL",
-     "HomeDirectoryDetails": "[{\\"Entry\\": \\"/\\", \\"Target\\":
-                              \\"/uploads/home/${transfer:UserName}\\"}]",
+     "HomeDirectoryDetails": "[{\"Entry\": \"/\", \"Target\":
+                              \"/uploads/home/${transfer:UserName}\"}]",
      "Policy": "{...a session policy...}",
      "PublicKeys": ["ssh-ed25519 AAAA..."]}
 
@@ -141,7 +141,8 @@ def _policy_rules(
 
 def _covers(resource: str, bucket: str, prefix: str, operations: set[str]) -> bool:
     """Whether a policy resource covers a whole mapped target (its objects, or the bucket
-    for listing)."""
+    for listing).
+    """
     if resource in ("*", "arn:aws:s3:::*"):
         return True
     base = resource.removeprefix("arn:aws:s3:::")

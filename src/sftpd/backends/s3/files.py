@@ -176,7 +176,8 @@ class S3Backend:
 
     async def shutdown(self) -> None:
         """Stop the janitor; close a client this backend created (a server calls this when
-        it stops)."""
+        it stops).
+        """
         janitor, self._janitor = self._janitor, None
         if janitor is not None:
             janitor.cancel()
@@ -452,14 +453,16 @@ class S3Backend:
 
     async def store_digests(self, path: str, digests: Mapping[str, str], session: Session) -> None:
         """Put digests into the object's metadata: a CopyObject of the object onto itself
-        (inside the storage, no byte through sftpd; objects over 5 GiB are left alone)."""
+        (inside the storage, no byte through sftpd; objects over 5 GiB are left alone).
+        """
         with contextlib.suppress(NoSuchFile):
             await self.store.rewrite_metadata(self.key(path, session), digest_metadata(digests),
                                               replacing=is_digest_key)  # fmt: skip
 
     async def set_attrs(self, path: str, changes: AttrChanges, session: Session) -> None:
         """Keep a new mtime in the metadata (``setstat="keep"``), or accept and ignore (or
-        refuse) times and modes; objects cannot be resized."""
+        refuse) times and modes; objects cannot be resized.
+        """
         attrs = await self.stat(path, session)
         if changes.size is not None and changes.size != attrs.size:
             raise Unsupported("Objects cannot be resized")

@@ -30,6 +30,7 @@ def digest_metadata(digests: Mapping[str, str]) -> dict[str, str]:
 
 
 def is_digest_key(name: str) -> bool:
+    """Whether an object metadata key holds a digest sftpd keeps."""
     return name.startswith(DIGEST_PREFIX) or name == RCLONE_MD5
 
 

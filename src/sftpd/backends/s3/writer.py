@@ -338,7 +338,8 @@ class S3Writer:
 
     async def _keep_digests(self) -> None:
         """A completed multipart upload gets its digests by a copy onto itself; if that
-        fails the object stays as stored, and digests are computed when asked for."""
+        fails the object stays as stored, and digests are computed when asked for.
+        """
         assert self.digests is not None
         try:
             await self._bucket.rewrite_metadata(self._key, digest_metadata(self.digests))
