@@ -13,8 +13,9 @@ import asyncssh
 
 from ._bandwidth import Bandwidth
 from ._digests import check_algorithms
+from ._ingest import MakeInspector
 from ._memory import DEFAULT_UPLOAD_MEMORY
-from ._policy import Operation, Policy
+from ._policy import Policy
 from ._session import check_max_file_size
 from ._sizes import positive_number
 from ._throttle import LoginLimits
@@ -314,7 +315,7 @@ class ServerConfig:
     authorized_principals: Mapping[str, Sequence[str]] | None = None
     revoked_keys: str | os.PathLike[str] | None = None
     policy: Policy | None = None
-    inspector: Callable[[Operation], Any] | None = None
+    inspector: MakeInspector | None = None
     upload_digests: Sequence[str] = ("md5", "sha256")
     hash_commands: bool = False
     authentication_methods: Sequence[str] = ()

@@ -19,13 +19,24 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from .errors import InvalidParameter, Unsupported
 
 __all__ = ["ALGORITHMS", "DigestTap", "HashCommand", "hash_range", "parse_hash_command"]
 
-ALGORITHMS: dict[str, Callable[[], Any]] = {
+
+class Hasher(Protocol):
+    """A running digest (what ``hashlib.md5()`` returns)."""
+
+    @property
+    def digest_size(self) -> int: ...
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+    def hexdigest(self) -> str: ...
+
+
+ALGORITHMS: dict[str, Callable[[], Hasher]] = {
     "md5": hashlib.md5,
     "sha1": hashlib.sha1,
     "sha224": hashlib.sha224,

@@ -18,11 +18,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, Union
 
 from .errors import PermissionDenied, SftpdError
 
-__all__ = ["Ingest", "Inspector"]
+if TYPE_CHECKING:
+    from ._policy import Operation
+
+__all__ = ["Ingest", "Inspector", "MakeInspector", "Verdict"]
 
 log = logging.getLogger("sftpd")
 
@@ -30,14 +34,22 @@ REORDER_LIMIT = 16 << 20
 QUEUE_LIMIT = 16 << 20
 
 
+#: An inspector's verdict: None or True publish; False or a reason refuse.
+Verdict = Union[bool, str, None]  # noqa: UP007 (evaluated at run time on 3.10)
+
+
 class Inspector(Protocol):
     """What an inspector has: ``feed`` (the next bytes, sync or async) and ``verdict``
     (None or True: publish; False or a reason: refuse; sync or async).
     """
 
-    def feed(self, data: bytes) -> Any: ...
+    def feed(self, data: bytes) -> Awaitable[None] | None: ...
 
-    def verdict(self) -> Any: ...
+    def verdict(self) -> Verdict | Awaitable[Verdict]: ...
+
+
+#: What the server calls at each open for writing: an inspector, or None to let it be.
+MakeInspector = Callable[["Operation"], "Inspector | Awaitable[Inspector | None] | None"]
 
 
 class Ingest:

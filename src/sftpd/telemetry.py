@@ -55,6 +55,7 @@ __all__ = [
     "EventSpec",
     "Handler",
     "Listener",
+    "Meta",
     "TelemetryBus",
     "attach",
     "bus",
@@ -66,6 +67,8 @@ __all__ = [
 log = logging.getLogger("sftpd.telemetry")
 
 EventName = tuple[str, ...]
+#: An event's metadata as an emitter builds it (names from :data:`CATALOG`).
+Meta = dict[str, object]
 
 SERVER_START: EventName = ("sftpd", "server", "start")
 SERVER_STOP: EventName = ("sftpd", "server", "stop")

@@ -7,19 +7,20 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .. import paths
 from .._bandwidth import Shaper
 from .._binding import BoundBackend
 from .._handles import FileHandle
+from .._ingest import MakeInspector
 from .._policy import Operation, Policy, consult
 from .._quota import QuotaLedger
 from .._session import Session
 from .._sftp import codec
 from .._sftp.handler import HandleInfo
 from .._upload import Upload
-from ..backend import AttrChanges, FileAttrs, FileType
+from ..backend import AttrChanges, DirEntry, FileAttrs, FileType
 from ..errors import (
     Failure,
     NoSuchFile,
@@ -30,7 +31,7 @@ from ..errors import (
     to_sftp_error,
 )
 from ..state import StateUnavailable
-from ..telemetry import SFTP_EVENTS, TelemetryBus
+from ..telemetry import SFTP_EVENTS, Meta, TelemetryBus
 from .wire import extensions_for
 
 __all__ = ["REFUSALS", "DirHandle", "Refused", "RequestBase", "SessionState", "Settings"]
@@ -82,7 +83,7 @@ class Settings:
     max_open_handles: int = 32
     on_upload: Callable[[Upload], None] | None = None
     policy: Policy | None = None
-    inspector: Callable[[Operation], Any] | None = None
+    inspector: MakeInspector | None = None
     upload_digests: tuple[str, ...] = ()
 
 
@@ -127,12 +128,18 @@ class SessionState:
 class DirHandle:
     """An open directory: its listing, streamed from the backend batch by batch."""
 
-    def __init__(self, path: str, client_path: str, head: list[tuple[str, FileAttrs]],
-                 entries: AsyncIterator[Any], uploads: dict[str, FileHandle]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str,
+        client_path: str,
+        head: list[tuple[str, FileAttrs]],
+        entries: AsyncIterator[DirEntry],
+        uploads: dict[str, FileHandle],
+    ) -> None:
         self.path = path
         self.client_path = client_path
         self.head = head
-        self.entries: AsyncIterator[Any] | None = entries
+        self.entries: AsyncIterator[DirEntry] | None = entries
         self.uploads = uploads  # own uploads in this directory not yet listed
         self.count = 0
         self.started = time.monotonic_ns()
@@ -185,7 +192,7 @@ class RequestBase:
         return self._extensions
 
     async def _run(
-        self, operation: str, call: Awaitable[T], meta: dict[str, Any], *, report: bool = True
+        self, operation: str, call: Awaitable[T], meta: Meta, *, report: bool = True
     ) -> T:
         """Run one request: count it, emit its event, translate what it raises.
 
@@ -208,8 +215,8 @@ class RequestBase:
             raise self._failed(operation, exc, start if listening else None, meta) from exc
         else:
             if listening and report:
-                if operation == "read":
-                    meta["bytes"] = len(result)  # type: ignore[arg-type]
+                if operation == "read" and isinstance(result, bytes):  # its size; the end?
+                    meta["bytes"] = len(result)
                     meta["result"] = "ok" if result else "eof"
                 else:
                     meta["result"] = "ok"
@@ -218,9 +225,7 @@ class RequestBase:
         finally:
             self.running -= 1
 
-    def _failed(
-        self, operation: str, exc: Exception, start: int | None, meta: dict[str, Any]
-    ) -> SftpStatus:
+    def _failed(self, operation: str, exc: Exception, start: int | None, meta: Meta) -> SftpStatus:
         """Log a failed request, emit its event (when ``start`` is given), map it."""
         expected = is_expected(exc)
         if expected:
@@ -243,10 +248,11 @@ class RequestBase:
             self._emit(SFTP_EVENTS[operation], start, meta)
         return mapped
 
-    def _emit(self, name: tuple[str, ...], start: int, info: dict[str, Any]) -> None:
+    def _emit(self, name: tuple[str, ...], start: int, info: Meta) -> None:
         measurements: dict[str, float] = {"duration": time.monotonic_ns() - start}
-        if "bytes" in info:
-            measurements["bytes"] = info.pop("bytes")
+        moved = info.pop("bytes", None)
+        if isinstance(moved, int):
+            measurements["bytes"] = moved
         for key in ("path", "src_path", "dst_path"):
             value = info.get(key)
             if isinstance(value, bytes):
@@ -435,7 +441,7 @@ class RequestBase:
             if not uploads:
                 del self._state.uploads[handle.path]
 
-    async def _close_file(self, handle: FileHandle, commit: bool, meta: dict[str, Any]) -> bool:
+    async def _close_file(self, handle: FileHandle, commit: bool, meta: Meta) -> bool:
         stored = await handle.close(commit=commit)
         meta["stored"] = stored
         return stored

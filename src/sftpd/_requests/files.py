@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any, cast
 
 from .._digests import ALGORITHMS, HashCommand, choose_algorithm, hash_range
 from .._handles import FileHandle, OpenMode, within
@@ -22,13 +21,14 @@ from ..errors import (
     SftpStatus,
     Unsupported,
 )
+from ..telemetry import Meta
 from .base import UMASK, DirHandle, Refused, RequestBase
 from .wire import flag_names, open_mode, to_changes, wire_attrs
 
 __all__ = ["FileRequests"]
 
 
-def close_meta(handle: FileHandle, *, abandoned: bool) -> dict[str, Any]:
+def close_meta(handle: FileHandle, *, abandoned: bool) -> Meta:
     return {
         "handle": handle.id,
         "path": handle.client_path,
@@ -47,10 +47,10 @@ class FileRequests(RequestBase):
 
     async def open(self, raw: bytes, pflags: int, attrs: WireAttrs) -> bytes:
         """Open a file (SFTP v3 flags); returns the handle."""
-        meta: dict[str, Any] = {"path": raw, "requested_modes": flag_names(pflags)}
+        meta: Meta = {"path": raw, "requested_modes": flag_names(pflags)}
         return await self._run("open", self._open(raw, pflags, attrs, meta), meta)
 
-    async def _open(self, raw: bytes, pflags: int, attrs: WireAttrs, meta: dict[str, Any]) -> bytes:
+    async def _open(self, raw: bytes, pflags: int, attrs: WireAttrs, meta: Meta) -> bytes:
         mode = open_mode(pflags)
         meta["mode"] = mode.label
         meta["open_timeout"] = self._settings.open_timeout
@@ -176,7 +176,7 @@ class FileRequests(RequestBase):
         if existing is not None and not mode.truncate and existing.size:
             raise PermissionDenied("Uploads here are inspected whole: appending to or "
                                    "resuming a stored file is not allowed")  # fmt: skip
-        return cast(Inspector, inspector)
+        return inspector
 
     async def close(self, name: bytes) -> None:
         """Close a handle; an upload is committed, and a failed commit fails the close."""
@@ -211,7 +211,7 @@ class FileRequests(RequestBase):
     async def read(self, name: bytes, offset: int, length: int) -> bytes:
         """Read from an open file; ``b""`` at the end."""
         handle = self._file(name)
-        meta = {"handle": handle.id, "offset": offset, "bytes_requested": length}
+        meta: Meta = {"handle": handle.id, "offset": offset, "bytes_requested": length}
         data = await self._run("read", handle.read(offset, length), meta)
         self._state.bytes_out += len(data)
         if self._state.shaper is not None:
@@ -221,7 +221,7 @@ class FileRequests(RequestBase):
     async def write(self, name: bytes, offset: int, data: bytes) -> None:
         """Write to an open file."""
         handle = self._file(name)
-        meta = {"handle": handle.id, "offset": offset, "bytes": len(data)}
+        meta: Meta = {"handle": handle.id, "offset": offset, "bytes": len(data)}
         await self._run("write", handle.write(offset, data), meta)
         self._state.bytes_in += len(data)
         if self._state.shaper is not None:
@@ -231,7 +231,7 @@ class FileRequests(RequestBase):
         """Attributes of an open file, including what was written so far."""
         found = self._handles.get(name)
         if isinstance(found, DirHandle):  # the directory may be gone: a status, not a crash
-            meta = {"path": found.client_path.encode("utf-8")}
+            meta: Meta = {"path": found.client_path.encode("utf-8")}
             return wire_attrs(await self._run("read_link_info", self._lstat(found.path), meta))
         return wire_attrs(self._file(name).attrs())
 
@@ -242,7 +242,7 @@ class FileRequests(RequestBase):
             await self.setstat(found.client_path.encode("utf-8"), attrs)
             return
         handle = self._file(name)
-        meta = {"handle": handle.id, "path": handle.client_path}
+        meta: Meta = {"handle": handle.id, "path": handle.client_path}
         await self._run("write_file_info", self._fsetstat(handle, attrs), meta)
 
     async def _fsetstat(self, handle: FileHandle, attrs: WireAttrs) -> None:
@@ -256,7 +256,7 @@ class FileRequests(RequestBase):
         found = self._handles.get(name)  # a file or a directory
         if found is None:
             raise SftpStatus(codec.FX_FAILURE, "Invalid handle")
-        meta = {"path": found.client_path}
+        meta: Meta = {"path": found.client_path}
         return await self._run("disk_usage", self._statvfs(found.path), meta)
 
     async def copy_data(
@@ -264,7 +264,7 @@ class FileRequests(RequestBase):
     ) -> None:
         """copy-data: copy a range of one open file into another, on the server."""
         src, dst = self._file(source), self._file(target)
-        meta = {"handle": dst.id, "src_path": src.client_path, "dst_path": dst.client_path}
+        meta: Meta = {"handle": dst.id, "src_path": src.client_path, "dst_path": dst.client_path}
         await self._run("copy_data", dst.copy_from(src, offset, length, target_offset), meta)
 
     async def check_file(
@@ -274,7 +274,7 @@ class FileRequests(RequestBase):
         """check-file-handle / check-file-name: digests of a range of a file, as the
         extended reply's body (``check-file``, the algorithm used, the digests).
         """
-        meta: dict[str, Any] = {"offset": offset, "length": length, "path": raw}
+        meta: Meta = {"offset": offset, "length": length, "path": raw}
 
         async def check() -> bytes:  # inside the request: every failure is a status
             algorithm = meta["algorithm"] = choose_algorithm(algorithms)
@@ -335,11 +335,11 @@ class FileRequests(RequestBase):
             return b"%ComSpec%\n", b"", 0  # what a POSIX sh prints: no Windows here
         tool = "md5sum" if command.algorithm == "md5" else "sha1sum"
         if command.kind == "empty":
-            digest = ALGORITHMS[command.algorithm]().hexdigest()
-            return f"{digest}  -\n".encode(), b"", 0
+            empty = ALGORITHMS[command.algorithm]().hexdigest()
+            return f"{empty}  -\n".encode(), b"", 0
         name = command.path.decode("utf-8", "replace")
         try:
-            meta = {"path": command.path, "algorithm": command.algorithm, "command": tool}
+            meta: Meta = {"path": command.path, "algorithm": command.algorithm, "command": tool}
             work = self._hash_path(command.path, command.algorithm)
             digest = await self._run("check_file", work, meta)
         except SftpStatus as status:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from .. import paths
 from .._sftp.codec import WireAttrs
@@ -16,7 +15,7 @@ from ..errors import (
     PermissionDenied,
     Unsupported,
 )
-from ..telemetry import SFTP_EVENTS
+from ..telemetry import SFTP_EVENTS, Meta
 from .base import READDIR_BATCH, UMASK, DirHandle, RequestBase
 from .wire import longname, wire_attrs
 
@@ -49,7 +48,7 @@ class TreeRequests(RequestBase):
 
     async def opendir(self, raw: bytes) -> bytes:
         """Open a directory for listing; fails here if it is missing or a file."""
-        meta: dict[str, Any] = {"path": raw, "entries": 0}
+        meta: Meta = {"path": raw, "entries": 0}
         return await self._run("list_dir", self._opendir(raw), meta, report=False)
 
     async def _opendir(self, raw: bytes) -> bytes:
@@ -83,7 +82,7 @@ class TreeRequests(RequestBase):
     async def readdir(self, name: bytes) -> list[tuple[bytes, bytes, bytes]]:
         """The next batch of a listing; empty at the end."""
         found = self._get(name, DirHandle)
-        meta: dict[str, Any] = {"path": found.client_path, "entries": found.count}
+        meta: Meta = {"path": found.client_path, "entries": found.count}
         batch = await self._run("list_dir", self._readdir(found, meta), meta, report=False)
         if found.entries is None and not found.reported:
             found.reported = True
@@ -93,9 +92,7 @@ class TreeRequests(RequestBase):
                 self._emit(event, found.started, meta)
         return batch
 
-    async def _readdir(
-        self, directory: DirHandle, meta: dict[str, Any]
-    ) -> list[tuple[bytes, bytes, bytes]]:
+    async def _readdir(self, directory: DirHandle, meta: Meta) -> list[tuple[bytes, bytes, bytes]]:
         batch: list[tuple[str, FileAttrs]] = directory.head
         directory.head = []
         entries = directory.entries
@@ -181,7 +178,7 @@ class TreeRequests(RequestBase):
 
     async def rename(self, old: bytes, new: bytes, *, overwrite: bool) -> None:
         """Rename; ``overwrite`` (posix-rename) replaces an existing target."""
-        meta = {"src_path": old, "dst_path": new, "overwrite": overwrite}
+        meta: Meta = {"src_path": old, "dst_path": new, "overwrite": overwrite}
         await self._run("rename", self._rename(old, new, overwrite), meta)
 
     async def _rename(self, raw_src: bytes, raw_dst: bytes, overwrite: bool) -> None:
@@ -265,7 +262,7 @@ class TreeRequests(RequestBase):
 
     async def symlink(self, raw_target: bytes, raw_link: bytes) -> None:
         """Create a symbolic link at ``raw_link`` that points to ``raw_target``."""
-        meta = {"src_path": raw_target, "dst_path": raw_link}
+        meta: Meta = {"src_path": raw_target, "dst_path": raw_link}
         await self._run("make_symlink", self._symlink(raw_target, raw_link), meta)
 
     async def _symlink(self, raw_target: bytes, raw_link: bytes) -> None:
@@ -284,7 +281,7 @@ class TreeRequests(RequestBase):
 
     async def hardlink(self, raw_old: bytes, raw_new: bytes) -> None:
         """hardlink@openssh.com: a second name for an existing file."""
-        meta = {"src_path": raw_old, "dst_path": raw_new}
+        meta: Meta = {"src_path": raw_old, "dst_path": raw_new}
         await self._run("make_link", self._hardlink(raw_old, raw_new), meta)
 
     async def _hardlink(self, raw_old: bytes, raw_new: bytes) -> None:

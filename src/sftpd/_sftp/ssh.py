@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 import asyncssh
 
@@ -110,7 +109,7 @@ class SftpChannel(asyncssh.SSHServerSession[bytes]):
         self,
         make_engine: Callable[[Transport], SftpEngine],
         finished: Callable[[SftpChannel], None],
-        spawn: Callable[[Any, str], None],
+        spawn: Callable[[Awaitable[object], str], None],
         grace: float,
         commands: tuple[Callable[[str], bool],
                         Callable[[str], Awaitable[tuple[bytes, bytes, int]]]] | None = None,
@@ -129,7 +128,9 @@ class SftpChannel(asyncssh.SSHServerSession[bytes]):
         self._chan = chan
         self._transport = ChannelTransport(chan)
 
-    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
+    ) -> bool:
         return False
 
     def shell_requested(self) -> bool:
