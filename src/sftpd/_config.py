@@ -7,7 +7,6 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 
@@ -280,7 +279,7 @@ class ServerConfig:
             address. Empty: from anywhere.
     """
 
-    backend: Any
+    backend: object
     auth: Authenticator | Mapping[str, str]
     system_dir: str | os.PathLike[str] | None = None
     host_keys: Sequence[str | os.PathLike[str] | asyncssh.SSHKey] = ()
@@ -322,13 +321,19 @@ class ServerConfig:
     max_channels: int = 10
     max_requests_per_channel: int = 64
     max_requests_per_session: int = 256
-    state: StateStore | str = "memory"
+    state: StateStore | str = "memory"  # a URL becomes its StateStore at construction
     state_ttl: float = 60.0
     max_sessions_per_user: int | None = None
     max_sessions_total: int | None = None
     bandwidth: Bandwidth = field(default_factory=Bandwidth)
     authenticator: Authenticator = field(init=False, repr=False)
     method_chains: tuple[tuple[str, ...], ...] = field(init=False, repr=False)
+
+    @property
+    def store(self) -> StateStore:
+        """The state store (``state`` after construction, which turned a URL into one)."""
+        assert not isinstance(self.state, str)  # __post_init__ replaced it
+        return self.state
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or isinstance(self.port, bool):

@@ -14,8 +14,8 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import asyncssh
 from asyncssh.public_key import CERT_TYPE_USER, SSHOpenSSHCertificate
@@ -42,9 +42,13 @@ if TYPE_CHECKING:
     pass
 
 from ._context import ServerContext
-from .telemetry import AUTH_FAILURE, AUTH_SUCCESS
+from .telemetry import AUTH_FAILURE, AUTH_SUCCESS, Meta
 
 __all__ = ["Login"]
+
+C = TypeVar("C")
+#: An authenticator's check: (user name, credential, peer) -> attributes, True or None.
+Check = Callable[[str, C, Peer], Awaitable[object]]
 
 log = logging.getLogger("sftpd")
 
@@ -350,7 +354,7 @@ class Login(asyncssh.SSHServer):
     ) -> None:
         name = AUTH_SUCCESS if outcome == "success" else AUTH_FAILURE
         if self._ctx.bus.listening(name):
-            meta: dict[str, Any] = {"method": method, "username": username, "peer": str(self.peer)}
+            meta: Meta = {"method": method, "username": username, "peer": str(self.peer)}
             if reason is not None:
                 meta["reason"] = reason
             duration = time.monotonic_ns() - started if started else 0
@@ -361,8 +365,8 @@ class Login(asyncssh.SSHServer):
         username: str,
         method: str,
         key_fingerprint: str | None,
-        check: Any,
-        credential: Any,
+        check: Check[C],
+        credential: C,
         *,
         certificate: CertificateInfo | None = None,
         timeout: float | None = None,
@@ -384,8 +388,8 @@ class Login(asyncssh.SSHServer):
         username: str,
         method: str,
         key_fingerprint: str | None,
-        check: Any,
-        credential: Any,
+        check: Check[C],
+        credential: C,
         certificate: CertificateInfo | None,
         timeout: float,
     ) -> tuple[bool, str]:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
@@ -84,7 +84,7 @@ class Server:
             config=config,
             backend=bind_backend(config.backend),
             auth=BoundAuthenticator(config.authenticator),
-            shared=SharedState(cast(StateStore, config.state), config.state_ttl),
+            shared=SharedState(config.store, config.state_ttl),
             bus=config.telemetry if config.telemetry is not None else default_bus,
         )
         ctx = self._ctx
@@ -211,7 +211,7 @@ class Server:
     @property
     def state(self) -> StateStore:
         """The state store: failed logins, session leases, quota usage, bandwidth."""
-        return cast(StateStore, self.config.state)
+        return self.config.store
 
     async def check(self, *, host_keys: bool = True) -> list[asyncssh.SSHKey]:
         """Check what :meth:`start` would, without listening: for deploy pipelines.
@@ -227,7 +227,7 @@ class Server:
             ConfigError: with what to fix.
         """
         keys = load_host_keys(self.config) if host_keys else []
-        store = cast(StateStore, self.config.state)
+        store = self.config.store
         await store.start()
         await store.close()
         backend = bind_backend(self.config.backend)
