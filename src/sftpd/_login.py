@@ -143,9 +143,13 @@ class Login(asyncssh.SSHServer):
         if not await self._may_attempt(username, "password"):
             return self._attempt_failed()
         accepted = await self._accept(username, "password", None, check, password)
+        return await self._concluded(username, "password", accepted)
+
+    async def _concluded(self, username: str, method: str, accepted: bool) -> bool:
+        """A password or keyboard-interactive login was decided: the answer to give."""
         if accepted:
             await self._login_succeeded(username)
-            return self._chain_step(username, "password")
+            return self._chain_step(username, method)
         self._had_failures = True
         await asyncio.sleep(await self._login_failed(username))
         return self._attempt_failed()
@@ -241,12 +245,7 @@ class Login(asyncssh.SSHServer):
         if not isinstance(result, bool):
             return result  # the next prompts
         self._interactive = None
-        if result:
-            await self._login_succeeded(username)
-            return self._chain_step(username, "keyboard-interactive")
-        self._had_failures = True
-        await asyncio.sleep(await self._login_failed(username))
-        return self._attempt_failed()
+        return await self._concluded(username, "keyboard-interactive", result)
 
     def public_key_auth_supported(self) -> bool:
         auth = self._ctx.auth

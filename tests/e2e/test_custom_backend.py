@@ -74,3 +74,34 @@ async def test_backend_startup_runs_before_listening_and_can_stop_the_start() ->
     with pytest.raises(sftpd.ConfigError, match=r"^set DATABASE_URL$"):
         async with running_server(backend=explained):
             pytest.fail("the server started")
+
+
+class _RenameCounting(sftpd.MemoryBackend):
+    """The memory backend, counting the renames that reach it."""
+
+    renames = 0
+
+    async def rename(self, src: str, dst: str, session: sftpd.Session, *, overwrite: bool) -> None:
+        self.renames += 1
+        await super().rename(src, dst, session, overwrite=overwrite)
+
+
+async def test_rename_onto_itself_and_into_itself_are_settled_above_the_backend() -> None:
+    """A rename onto itself succeeds (a missing source still fails) and a directory moved
+    into itself is refused, both without calling the backend's rename."""
+    backend = _RenameCounting()
+    async with running_server(backend=backend) as server:
+        async with connect(server.port) as conn, conn.start_sftp_client() as sftp:
+            await sftp.mkdir("/d")
+            async with sftp.open("/d/a.txt", "w") as f:
+                await f.write("a")
+            await sftp.posix_rename("/d/a.txt", "/d/a.txt")
+            await sftp.rename("/d", "/d")
+            with pytest.raises(asyncssh.SFTPNoSuchFile):
+                await sftp.rename("/missing", "/missing")
+            with pytest.raises(asyncssh.SFTPError, match="into itself"):
+                await sftp.rename("/d", "/d/inner")
+            assert backend.renames == 0
+            await sftp.rename("/d/a.txt", "/d/b.txt")
+            assert backend.renames == 1
+            assert sorted(await sftp.listdir("/d")) == [".", "..", "b.txt"]

@@ -201,6 +201,13 @@ class TreeRequests(RequestBase):
         if guarded and replaced is not None:
             self._check("overwrite", dst)
         await self._veto("rename", src, dst)
+        # Settled here for every backend: onto itself nothing moves (if it is there, as
+        # rename(2)); a directory cannot move into itself.
+        if src == dst:
+            await self._lstat(src)
+            return
+        if dst.startswith(src + "/") and (await self._lstat(src)).is_dir:
+            raise InvalidParameter("Cannot move a directory into itself")
         await self._backend.rename(src, dst, self._session, overwrite=overwrite)
         if src in self._state.own_files:
             self._state.own_files.discard(src)
