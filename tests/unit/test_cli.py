@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -483,3 +484,32 @@ async def test_hashed_passwords_from_hash_password_log_in_and_plaintext_is_warne
             pass
     finally:
         assert await stop_cli(proc) == 0
+
+
+def test_serve_flags_config_keys_and_server_config_agree() -> None:
+    """Every [server] key is a serve flag (or named as file-only), every serve flag that
+    is a ServerConfig field is a [server] key (or has its own section) and takes that
+    field's default, sizes and lists included."""
+    import dataclasses
+
+    from sftpd import ServerConfig
+    from sftpd._config_file import SERVER_KEYS
+    from sftpd.cli._serve import serve
+
+    fields = {f.name: f for f in dataclasses.fields(ServerConfig)}
+    flags = {p.name: p for p in serve.params}
+    file_only = {"authorized_principals"}  # a table: no flag could spell it
+    own_section = {"bandwidth"}  # [bandwidth]
+    assert set(SERVER_KEYS) - {"backend"} - file_only <= set(flags)
+    assert (set(flags) & set(fields)) - own_section <= set(SERVER_KEYS)
+    converted: dict[str, Callable[[object], object]] = {
+        "upload_memory": lambda text: parse_size(str(text), "--upload-memory"),
+        "upload_digests": lambda text: tuple(str(text).split(",")),
+    }
+    for name in set(flags) & set(fields) - own_section:
+        default = flags[name].default
+        if default is None or type(default).__name__ == "Sentinel":  # flags and repeats
+            continue
+        expected = fields[name].default
+        convert = converted.get(name)
+        assert (default if convert is None else convert(default)) == expected, name

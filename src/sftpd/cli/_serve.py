@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -48,13 +49,25 @@ from ._common import (
 
 __all__ = ["serve"]
 
+_FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
+
+
+def _field(name: str) -> dict[str, Any]:
+    """A flag's default: ServerConfig's for field ``name``, so it is written once, there."""
+    default = _FIELDS[name].default
+    assert default is not dataclasses.MISSING, name
+    return {"default": default, "show_default": True}
+
+
+_DIGESTS = ",".join(_FIELDS["upload_digests"].default)  # type: ignore[arg-type]
+
 
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file with [server] options and [users.NAME] sections; "
                    "command-line options win over it.")  # fmt: skip
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=2222, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--host", **_field("host"), help="Address to listen on.")
+@click.option("--port", **_field("port"), type=click.IntRange(0, 65535),
               help="TCP port (0 picks a free one).")  # fmt: skip
 @click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD",
               help="A user that may log in with a password (repeatable). "
@@ -86,41 +99,41 @@ __all__ = ["serve"]
               help="Upload bytes held in memory at most, over all sessions (per worker): "
                    "S3 parts, spooled and batched uploads. Beyond it uploads wait or "
                    "spill to temporary files; none fails. 0: no limit.")  # fmt: skip
-@click.option("--max-unauthenticated", default=100, show_default=True,
+@click.option("--max-unauthenticated", **_field("max_unauthenticated"),
               type=click.IntRange(1),
               help="Connections not logged in yet, at most (as OpenSSH's MaxStartups); "
                    "more are dropped.")  # fmt: skip
-@click.option("--max-unauthenticated-per-address", default=32, show_default=True,
+@click.option("--max-unauthenticated-per-address", **_field("max_unauthenticated_per_address"),
               type=click.IntRange(1),
               help="The same, from one client address.")  # fmt: skip
-@click.option("--connection-rate", default=5.0, show_default=True,
+@click.option("--connection-rate", **_field("connection_rate"),
               type=click.FloatRange(0, min_open=True),
               help="New connections per second from one address, after --connection-burst; "
                    "more are closed before the SSH banner (DHEat protection).")  # fmt: skip
-@click.option("--connection-burst", default=20, show_default=True, type=click.IntRange(1),
+@click.option("--connection-burst", **_field("connection_burst"), type=click.IntRange(1),
               help="New connections from one address allowed at once.")  # fmt: skip
-@click.option("--max-open-files", default=32, show_default=True, type=click.IntRange(1),
+@click.option("--max-open-files", **_field("max_open_files"), type=click.IntRange(1),
               help="Files and directories one session may have open at once.")  # fmt: skip
-@click.option("--max-channels", default=10, show_default=True, type=click.IntRange(1),
+@click.option("--max-channels", **_field("max_channels"), type=click.IntRange(1),
               help="SFTP channels one connection may open at once.")  # fmt: skip
-@click.option("--max-requests-per-channel", default=64, show_default=True,
+@click.option("--max-requests-per-channel", **_field("max_requests_per_channel"),
               type=click.IntRange(1),
               help="SFTP requests of one channel served at once.")  # fmt: skip
-@click.option("--max-requests-per-session", default=256, show_default=True,
+@click.option("--max-requests-per-session", **_field("max_requests_per_session"),
               type=click.IntRange(1),
               help="SFTP requests of one connection served at once.")  # fmt: skip
-@click.option("--max-sessions", default=10, show_default=True, type=click.IntRange(1),
+@click.option("--max-sessions", **_field("max_sessions"), type=click.IntRange(1),
               help="Most sessions at once; more are refused at login.")  # fmt: skip
-@click.option("--open-timeout", default=30.0, show_default=True, type=click.FloatRange(0.001),
+@click.option("--open-timeout", **_field("open_timeout"), type=click.FloatRange(0.001),
               help="Seconds a file open may take.")  # fmt: skip
-@click.option("--close-timeout", default=30.0, show_default=True, type=click.FloatRange(0.001),
+@click.option("--close-timeout", **_field("close_timeout"), type=click.FloatRange(0.001),
               help="Seconds storing an upload at close may take.")  # fmt: skip
-@click.option("--shutdown-grace", default=10.0, show_default=True,
+@click.option("--shutdown-grace", **_field("shutdown_grace"),
               type=click.FloatRange(0.001),
               help="Seconds a stop waits for open files before disconnecting.")  # fmt: skip
-@click.option("--idle-timeout", default=900.0, show_default=True, type=click.FloatRange(0.001),
+@click.option("--idle-timeout", **_field("idle_timeout"), type=click.FloatRange(0.001),
               help="Seconds without requests after which a session is closed.")  # fmt: skip
-@click.option("--login-timeout", default=120.0, show_default=True,
+@click.option("--login-timeout", **_field("login_timeout"),
               type=click.FloatRange(0.001),
               help="Seconds a client has to log in.")  # fmt: skip
 @click.option("--ciphers", default=None, metavar="LIST",
@@ -136,7 +149,7 @@ __all__ = ["serve"]
               help="Also offer NIST-curve and Diffie-Hellman key exchanges, non-etm MACs and "
                    "zlib, and generate an ECDSA host key: for JSch 0.1.x and other old "
                    "clients (ssh-audit flags them; off by default).")  # fmt: skip
-@click.option("--upload-digests", default="md5,sha256", show_default=True, metavar="LIST",
+@click.option("--upload-digests", default=_DIGESTS, show_default=True, metavar="LIST",
               help="Digests computed as uploads stream in and kept with the files, for "
                    "check-file and --hash-commands (none: off).")  # fmt: skip
 @click.option("--hash-commands", is_flag=True,
