@@ -371,10 +371,10 @@ class Login(asyncssh.SSHServer):
         timeout: float | None = None,
     ) -> bool:
         started = time.monotonic_ns()
-        accepted, reason = await self._verdict(
-            username, method, key_fingerprint, check, credential, certificate,
-            self._ctx.config.auth_timeout if timeout is None else timeout,
-        )  # fmt: skip
+        limit = self._ctx.config.auth_timeout if timeout is None else timeout
+        answer = asyncio.wait_for(check(username, credential, self.peer), limit)
+        accepted, reason = await self._verdict(username, method, key_fingerprint, certificate,
+                                               answer)  # fmt: skip
         if accepted:
             self._auth_event("success", method, username, started)
         else:
@@ -383,17 +383,12 @@ class Login(asyncssh.SSHServer):
         return accepted
 
     async def _verdict(
-        self,
-        username: str,
-        method: str,
-        key_fingerprint: str | None,
-        check: Check[C],
-        credential: C,
-        certificate: CertificateInfo | None,
-        timeout: float,
-    ) -> tuple[bool, str]:
+        self, username: str, method: str, key_fingerprint: str | None,
+        certificate: CertificateInfo | None, answer: Awaitable[object],
+    ) -> tuple[bool, str]:  # fmt: skip
+        """Whether the authenticator's ``answer`` lets the login in, and why not."""
         try:
-            attributes = await asyncio.wait_for(check(username, credential, self.peer), timeout)
+            attributes = await answer
         except Disconnect as exc:
             self._refuse(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, exc.reason)
             return False, "disconnected"

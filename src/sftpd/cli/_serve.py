@@ -62,6 +62,50 @@ def _field(name: str) -> dict[str, Any]:
 _DIGESTS = ",".join(_FIELDS["upload_digests"].default)  # type: ignore[arg-type]
 
 
+#: Limits and timeouts: a ServerConfig field each, with its flag's range and help; the
+#: default is the field's.
+_LIMITS: tuple[tuple[str, click.ParamType[Any], str], ...] = (
+    ("max_unauthenticated", click.IntRange(1),
+        "Connections not logged in yet, at most (as OpenSSH's MaxStartups); "
+        "more are dropped."),
+    ("max_unauthenticated_per_address", click.IntRange(1),
+        "The same, from one client address."),
+    ("connection_rate", click.FloatRange(0, min_open=True),
+        "New connections per second from one address, after --connection-burst; "
+        "more are closed before the SSH banner (DHEat protection)."),
+    ("connection_burst", click.IntRange(1),
+        "New connections from one address allowed at once."),
+    ("max_open_files", click.IntRange(1),
+        "Files and directories one session may have open at once."),
+    ("max_channels", click.IntRange(1),
+        "SFTP channels one connection may open at once."),
+    ("max_requests_per_channel", click.IntRange(1),
+        "SFTP requests of one channel served at once."),
+    ("max_requests_per_session", click.IntRange(1),
+        "SFTP requests of one connection served at once."),
+    ("max_sessions", click.IntRange(1),
+        "Most sessions at once; more are refused at login."),
+    ("open_timeout", click.FloatRange(0.001),
+        "Seconds a file open may take."),
+    ("close_timeout", click.FloatRange(0.001),
+        "Seconds storing an upload at close may take."),
+    ("shutdown_grace", click.FloatRange(0.001),
+        "Seconds a stop waits for open files before disconnecting."),
+    ("idle_timeout", click.FloatRange(0.001),
+        "Seconds without requests after which a session is closed."),
+    ("login_timeout", click.FloatRange(0.001),
+        "Seconds a client has to log in."),
+)  # fmt: skip
+
+
+def _limit_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The ``_LIMITS`` flags, in their order."""
+    for name, kind, text in reversed(_LIMITS):
+        flag = "--" + name.replace("_", "-")
+        command = click.option(flag, **_field(name), type=kind, help=text)(command)
+    return command
+
+
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file with [server] options and [users.NAME] sections; "
@@ -99,43 +143,7 @@ _DIGESTS = ",".join(_FIELDS["upload_digests"].default)  # type: ignore[arg-type]
               help="Upload bytes held in memory at most, over all sessions (per worker): "
                    "S3 parts, spooled and batched uploads. Beyond it uploads wait or "
                    "spill to temporary files; none fails. 0: no limit.")  # fmt: skip
-@click.option("--max-unauthenticated", **_field("max_unauthenticated"),
-              type=click.IntRange(1),
-              help="Connections not logged in yet, at most (as OpenSSH's MaxStartups); "
-                   "more are dropped.")  # fmt: skip
-@click.option("--max-unauthenticated-per-address", **_field("max_unauthenticated_per_address"),
-              type=click.IntRange(1),
-              help="The same, from one client address.")  # fmt: skip
-@click.option("--connection-rate", **_field("connection_rate"),
-              type=click.FloatRange(0, min_open=True),
-              help="New connections per second from one address, after --connection-burst; "
-                   "more are closed before the SSH banner (DHEat protection).")  # fmt: skip
-@click.option("--connection-burst", **_field("connection_burst"), type=click.IntRange(1),
-              help="New connections from one address allowed at once.")  # fmt: skip
-@click.option("--max-open-files", **_field("max_open_files"), type=click.IntRange(1),
-              help="Files and directories one session may have open at once.")  # fmt: skip
-@click.option("--max-channels", **_field("max_channels"), type=click.IntRange(1),
-              help="SFTP channels one connection may open at once.")  # fmt: skip
-@click.option("--max-requests-per-channel", **_field("max_requests_per_channel"),
-              type=click.IntRange(1),
-              help="SFTP requests of one channel served at once.")  # fmt: skip
-@click.option("--max-requests-per-session", **_field("max_requests_per_session"),
-              type=click.IntRange(1),
-              help="SFTP requests of one connection served at once.")  # fmt: skip
-@click.option("--max-sessions", **_field("max_sessions"), type=click.IntRange(1),
-              help="Most sessions at once; more are refused at login.")  # fmt: skip
-@click.option("--open-timeout", **_field("open_timeout"), type=click.FloatRange(0.001),
-              help="Seconds a file open may take.")  # fmt: skip
-@click.option("--close-timeout", **_field("close_timeout"), type=click.FloatRange(0.001),
-              help="Seconds storing an upload at close may take.")  # fmt: skip
-@click.option("--shutdown-grace", **_field("shutdown_grace"),
-              type=click.FloatRange(0.001),
-              help="Seconds a stop waits for open files before disconnecting.")  # fmt: skip
-@click.option("--idle-timeout", **_field("idle_timeout"), type=click.FloatRange(0.001),
-              help="Seconds without requests after which a session is closed.")  # fmt: skip
-@click.option("--login-timeout", **_field("login_timeout"),
-              type=click.FloatRange(0.001),
-              help="Seconds a client has to log in.")  # fmt: skip
+@_limit_options
 @click.option("--ciphers", default=None, metavar="LIST",
               help="Comma-separated SSH ciphers to offer. Default: AES-GCM and AES-CTR; "
                    "add chacha20-poly1305@openssh.com to offer it too (slower here).")  # fmt: skip
