@@ -19,15 +19,6 @@ from .errors import DirectoryNotEmpty, FileAlreadyExists
 
 T = TypeVar("T")
 
-__all__ = [
-    "BackendConformance",
-    "BasicConformance",
-    "ExclusiveWriteConformance",
-    "RangeReadConformance",
-    "SetAttrsConformance",
-    "StreamingWriteConformance",
-]
-
 
 async def _names(bound: BoundBackend, path: str, session: Session) -> dict[str, DirEntry]:
     return {e.name: e async for e in bound.list_dir(path, session)}
