@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._memory import UNLIMITED, UploadMemory
 from .backend import (
@@ -50,6 +50,26 @@ __all__ = [
 ]
 
 _log = logging.getLogger("sftpd")
+
+R = TypeVar("R")
+
+
+class SyncWriter(Protocol):
+    """A plain (sync) backend's writer; ``read``, ``truncate``, ``copy_from``,
+    ``write_many``, ``permissions``, ``digests`` and ``quick_commit`` are optional.
+    """
+
+    def write(self, offset: int, data: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class SyncReader(Protocol):
+    """A plain (sync) backend's reader."""
+
+    def read(self, offset: int, length: int) -> bytes: ...
+    def close(self) -> None: ...
+
 
 # The bound forms of the contract's methods (see sftpd.backend for what each means).
 PathCall = Callable[[str, "Session"], Awaitable[None]]
@@ -209,12 +229,12 @@ class Offload:
         self.inline = inline
         self._pool_until = 0.0
 
-    def pool(self, func: Callable[..., Any], *args: object) -> asyncio.Future[Any]:
+    def pool(self, func: Callable[..., R], *args: object) -> asyncio.Future[R]:
         """Run ``func`` in the pool."""
         executor = self.executor.get() if isinstance(self.executor, _Pool) else self.executor
         return asyncio.get_running_loop().run_in_executor(executor, func, *args)
 
-    async def call(self, func: Callable[..., Any], *args: object) -> Any:
+    async def call(self, func: Callable[..., R], *args: object) -> R:
         """Run a small call: inline if the backend's calls are quick and lately were."""
         if not self.inline or time.monotonic() < self._pool_until:
             return await self.pool(func, *args)
@@ -319,7 +339,9 @@ class _AsyncWriter:
     false: the local backend's, when it replaces a large file whose pages it frees).
     """
 
-    def __init__(self, writer: Any, offload: Offload, memory: UploadMemory = UNLIMITED) -> None:
+    def __init__(
+        self, writer: SyncWriter, offload: Offload, memory: UploadMemory = UNLIMITED
+    ) -> None:
         self._writer = writer
         self._offload = offload
         self._memory = memory
@@ -328,7 +350,10 @@ class _AsyncWriter:
         self._pending_size = 0
         self._pending_at = 0
         self._written = 0
-        self._write_many = getattr(writer, "write_many", None)
+        self._write_many: Callable[[int, list[bytes]], None] | None = _method(writer, "write_many")
+        self._read: Callable[[int, int], bytes] | None = _method(writer, "read")
+        self._truncate: Callable[[int], None] | None = _method(writer, "truncate")
+        self._copy_from: Callable[[str, int, int, int], None] | None = _method(writer, "copy_from")
         self._flushing = asyncio.Lock()  # flushes in order: a rewrite never overtakes
         self.concurrent_writes = bool(getattr(writer, "concurrent_writes", False))
         if hasattr(writer, "permissions"):
@@ -338,21 +363,20 @@ class _AsyncWriter:
 
     def bound(self) -> BoundWriter:
         """This writer as the request layer sees it (only the parts the sync one has)."""
-        has = {name: callable(getattr(self._writer, name, None)) for name in _WRITER_EXTRAS}
         return BoundWriter(
             write=self.write,
             commit=self.commit,
             abort=self.abort,
-            read=self.read if has["read"] else None,
-            truncate=self.truncate if has["truncate"] else None,
-            copy_from=self.copy_from if has["copy_from"] else None,
+            read=self.read if self._read is not None else None,
+            truncate=self.truncate if self._truncate is not None else None,
+            copy_from=self.copy_from if self._copy_from is not None else None,
             concurrent_writes=self.concurrent_writes,
             keeps_permissions=hasattr(self, "permissions"),
             keeps_digests=hasattr(self, "digests"),
             target=self,
         )
 
-    def _call(self, method: Callable[..., Any], *args: object) -> asyncio.Future[Any]:
+    def _call(self, method: Callable[..., R], *args: object) -> asyncio.Future[R]:
         return self._offload.pool(method, *args)
 
     def _take(self) -> tuple[int, list[bytes], int]:
@@ -411,9 +435,9 @@ class _AsyncWriter:
         """Write the last batch and commit, in one pool call (inline for a small file)."""
         async with self._flushing:
             if hasattr(self, "permissions"):
-                self._writer.permissions = self.permissions
+                setattr(self._writer, "permissions", self.permissions)  # noqa: B010
             if hasattr(self, "digests"):
-                self._writer.digests = self.digests
+                setattr(self._writer, "digests", self.digests)  # noqa: B010
             offset, chunks, held = self._take()
             quick = getattr(self._writer, "quick_commit", True)
             try:
@@ -437,21 +461,20 @@ class _AsyncWriter:
     async def read(self, offset: int, length: int) -> bytes:
         """Read back what the upload holds (pending writes first)."""
         await self._flush()
-        data: bytes = await self._call(self._writer.read, offset, length)
-        return data
+        assert self._read is not None  # offered only when the writer has it (bound())
+        return await self._call(self._read, offset, length)
 
     async def truncate(self, size: int) -> None:
         """Resize the upload."""
         await self._flush()
-        await self._call(self._writer.truncate, size)
+        assert self._truncate is not None
+        await self._call(self._truncate, size)
 
     async def copy_from(self, path: str, offset: int, length: int, target_offset: int) -> None:
         """Copy a range of a stored file into the upload, on the storage side."""
         await self._flush()
-        await self._call(self._writer.copy_from, path, offset, length, target_offset)
-
-
-_WRITER_EXTRAS = ("read", "truncate", "copy_from")
+        assert self._copy_from is not None
+        await self._call(self._copy_from, path, offset, length, target_offset)
 
 
 class _AsyncReader:
@@ -463,7 +486,7 @@ class _AsyncReader:
     a little out of order.
     """
 
-    def __init__(self, reader: Any, offload: Offload) -> None:
+    def __init__(self, reader: SyncReader, offload: Offload) -> None:
         self._reader = reader
         self._offload = offload
         self._windows: list[tuple[int, asyncio.Future[bytes]]] = []
