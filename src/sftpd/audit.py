@@ -119,8 +119,8 @@ class AuditLog(Listener):
 
 def audit_record(event: Event) -> dict[str, Any] | None:
     """The audit line of one telemetry event, as a dict (None: not an audited event)."""
-    meta, measure = event.metadata, event.measurements
-    kind = event.name[1:]
+    meta = event.metadata
+    kind = (event.area, event.action)
     record: dict[str, Any] = {
         "time": datetime.fromtimestamp(event.time, timezone.utc)
         .isoformat(timespec="milliseconds")
@@ -150,17 +150,17 @@ def audit_record(event: Event) -> dict[str, Any] | None:
             event="logout",
             user=meta.get("username"),
             peer=meta.get("peer"),
-            bytes_in=measure.get("bytes_in", 0),
-            bytes_out=measure.get("bytes_out", 0),
-            duration_ms=round(measure.get("duration", 0) / 1e6, 3),
+            bytes_in=int(event.amount("bytes_in")),
+            bytes_out=int(event.amount("bytes_out")),
+            duration_ms=round(event.amount("duration") / 1e6, 3),
             result="ok",
         )
     elif kind == ("sftp", "close"):
-        if meta.get("abandoned"):
-            name = "upload_abandoned" if meta.get("mode") != "read" else "download"
-        elif meta.get("mode") == "read":
+        if event.flag("abandoned"):
+            name = "upload_abandoned" if event.text("mode") != "read" else "download"
+        elif event.text("mode") == "read":
             name = "download"
-        elif meta.get("stored") or meta.get("result") != "ok":
+        elif event.flag("stored") or event.result != "ok":
             name = "upload"
         else:
             return None  # a write handle closed without changes
@@ -169,14 +169,14 @@ def audit_record(event: Event) -> dict[str, Any] | None:
             event=name,
             path=meta.get("path"),
             bytes=moved,
-            duration_ms=round(meta.get("open_for", measure.get("duration", 0)) / 1e6, 3),
+            duration_ms=round(meta.get("open_for", event.amount("duration")) / 1e6, 3),
             result=meta.get("result"),
         )
     elif kind[0] == "sftp" and kind[1] in _SIMPLE:
         record.update(
             event=_SIMPLE[kind[1]],
             path=meta.get("src_path", meta.get("path")),
-            duration_ms=round(measure.get("duration", 0) / 1e6, 3),
+            duration_ms=round(event.amount("duration") / 1e6, 3),
             result=meta.get("result"),
         )
         if kind[1] == "rename":

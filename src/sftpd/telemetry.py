@@ -245,6 +245,34 @@ class Event:
     session: Session | None = None
     time: float = field(default_factory=time.time)
 
+    @property
+    def area(self) -> str:
+        """The event's family: ``sftp``, ``session``, ``auth``, ``connection``, ``server``."""
+        return self.name[1] if len(self.name) > 1 else ""
+
+    @property
+    def action(self) -> str:
+        """What happened in that family: the operation (``read``), ``open``, ``success``..."""
+        return self.name[2] if len(self.name) > 2 else ""
+
+    @property
+    def result(self) -> str:
+        """``ok``, ``eof``, ``error`` or ``exception`` (``ok`` for events without one)."""
+        return str(self.metadata.get("result", "ok"))
+
+    def text(self, key: str, default: str = "") -> str:
+        """A metadata value as text (``default`` where the event has none)."""
+        value = self.metadata.get(key)
+        return default if value is None else str(value)
+
+    def flag(self, key: str) -> bool:
+        """A metadata value as a yes or no (``stored``, ``abandoned``...)."""
+        return bool(self.metadata.get(key, False))
+
+    def amount(self, key: str) -> float:
+        """A measurement (``duration`` in ns, ``bytes``...), 0 where the event has none."""
+        return float(self.measurements.get(key, 0))
+
 
 Handler = Callable[[Event], None]
 

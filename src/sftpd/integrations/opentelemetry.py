@@ -54,10 +54,10 @@ class OpenTelemetryBridge(Listener):
 
     def handle(self, event: Event) -> None:
         """Record one event."""
-        name, meta, measure = event.name, event.metadata, event.measurements
+        meta, measure = event.metadata, event.measurements
         session = event.session
-        if name[1] == "session" and session is not None:
-            if name[2] == "open":
+        if event.area == "session" and session is not None:
+            if event.action == "open":
                 span = self.tracer.start_span(
                     "sftp.session",
                     kind=SpanKind.SERVER,
@@ -72,19 +72,19 @@ class OpenTelemetryBridge(Listener):
                 )
                 self._sessions[session.id] = span
                 self.active.add(1)
-            elif name[2] == "close":
+            elif event.action == "close":
                 span = self._sessions.pop(session.id, None)
                 if span is not None:
-                    span.set_attribute("sftp.bytes_in", int(measure.get("bytes_in", 0)))
-                    span.set_attribute("sftp.bytes_out", int(measure.get("bytes_out", 0)))
+                    span.set_attribute("sftp.bytes_in", int(event.amount("bytes_in")))
+                    span.set_attribute("sftp.bytes_out", int(event.amount("bytes_out")))
                     span.end(end_time=int(event.time * 1e9))
                 self.active.add(-1)
             return
-        if name[1] != "sftp":
+        if event.area != "sftp":
             return
-        operation = name[2]
+        operation = event.action
         labels = {"sftp.operation": operation}
-        duration_ns = int(measure.get("duration", 0))
+        duration_ns = int(event.amount("duration"))
         end = int(event.time * 1e9)
         parent = self._sessions.get(session.id) if session is not None else None
         context = trace.set_span_in_context(parent) if parent is not None else None
@@ -98,17 +98,17 @@ class OpenTelemetryBridge(Listener):
                 span.set_attribute(f"sftp.{key}", value)
         if "bytes" in measure:
             span.set_attribute("sftp.bytes", int(measure["bytes"]))
-        result = meta.get("result")
+        result = event.result
         if result in ("error", "exception"):
-            span.set_status(Status(StatusCode.ERROR, str(meta.get("reason", ""))))
+            span.set_status(Status(StatusCode.ERROR, event.text("reason")))
             self.errors.add(1, labels)
         span.end(end_time=end)
         self.operations.add(1, labels)
         self.duration.record(duration_ns / 1e9, labels)
         if operation == "write" and result == "ok":
-            self.bytes_in.add(int(measure.get("bytes", 0)))
+            self.bytes_in.add(int(event.amount("bytes")))
         elif operation == "read":
-            self.bytes_out.add(int(measure.get("bytes", 0)))
+            self.bytes_out.add(int(event.amount("bytes")))
 
 
 def instrument(

@@ -93,30 +93,29 @@ class PrometheusMetrics(Listener):
 
     def handle(self, event: Event) -> None:
         """Update the metrics for one event."""
-        name, meta, measure = event.name, event.metadata, event.measurements
-        if name[1] == "sftp":
-            operation = name[2]
-            self.operations.labels(operation, meta.get("result", "ok")).inc()
-            self.durations.labels(operation).observe(measure.get("duration", 0) / 1e9)
-            if operation == "write" and meta.get("result") == "ok":
-                self.bytes_in.inc(measure.get("bytes", 0))
-            elif operation == "read":
-                self.bytes_out.inc(measure.get("bytes", 0))
-            elif operation == "close" and meta.get("mode") != "read":
-                if meta.get("stored"):
+        area, action = event.area, event.action
+        if area == "sftp":
+            self.operations.labels(action, event.result).inc()
+            self.durations.labels(action).observe(event.amount("duration") / 1e9)
+            if action == "write" and event.result == "ok":
+                self.bytes_in.inc(event.amount("bytes"))
+            elif action == "read":
+                self.bytes_out.inc(event.amount("bytes"))
+            elif action == "close" and event.text("mode") != "read":
+                if event.flag("stored"):
                     self.uploads.labels("ok").inc()
-                elif meta.get("result") != "ok" or meta.get("abandoned"):
-                    self.uploads.labels("abandoned" if meta.get("abandoned") else "error").inc()
-        elif name[1] == "session":
-            if name[2] == "open":
+                elif event.result != "ok" or event.flag("abandoned"):
+                    self.uploads.labels("abandoned" if event.flag("abandoned") else "error").inc()
+        elif area == "session":
+            if action == "open":
                 self.sessions_active.inc()
                 self.sessions.inc()
-            elif name[2] == "close":
+            elif action == "close":
                 self.sessions_active.dec()
-        elif name[1] == "auth":
-            self.logins.labels(meta.get("method", "unknown"), name[2]).inc()
-        elif name[1:] == ("connection", "refused"):
-            self.refused.labels(meta.get("reason", "unknown")).inc()
+        elif area == "auth":
+            self.logins.labels(event.text("method", "unknown"), action).inc()
+        elif (area, action) == ("connection", "refused"):
+            self.refused.labels(event.text("reason", "unknown")).inc()
 
 
 def _start(port: int, host: str, registry: prom.CollectorRegistry) -> Any:
