@@ -46,6 +46,13 @@ class _Fixtures:
         """A session for direct calls."""
         return make_session()
 
+    @pytest.fixture
+    def open_writer(self, bound: BoundBackend) -> Callable[..., Any]:
+        """The backend's ``open_writer``; tests using it skip backends without one."""
+        if bound.open_writer is None:
+            pytest.skip("backend has no streaming writes")
+        return bound.open_writer
+
     @pytest.fixture(autouse=True)
     def _has_capability(self, request: pytest.FixtureRequest, bound: BoundBackend) -> None:
         wanted: Capability | None = getattr(request.function, "sftpd_needs", None)
@@ -200,13 +207,6 @@ class RangeReadConformance(_Fixtures):
 @_needs(Capability.STREAMING_WRITES)
 class StreamingWriteConformance(_Fixtures):
     """``open_writer`` and its writers (:attr:`Capability.STREAMING_WRITES`)."""
-
-    @pytest.fixture
-    def open_writer(self, bound: BoundBackend) -> Callable[..., Any]:
-        """The backend's ``open_writer``; tests using it skip backends without one."""
-        if bound.open_writer is None:
-            pytest.skip("backend has no streaming writes")
-        return bound.open_writer
 
     async def test_streaming_write_commit(
         self, bound: BoundBackend, session: Session, open_writer: Callable[..., Any]

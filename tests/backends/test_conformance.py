@@ -23,6 +23,14 @@ class TestMemoryBackend(BackendConformance):
         return sftpd.MemoryBackend()
 
 
+class TestExclusiveWritesAlone(sftpd.testing.ExclusiveWriteConformance):
+    """One capability's mixin used on its own has every fixture its tests need."""
+
+    @pytest.fixture
+    def backend(self) -> Any:
+        return sftpd.MemoryBackend()
+
+
 class TestMountBackendAtTheTop(BackendConformance):
     """A namespace with a single mount at /: the mount is the whole tree."""
 
