@@ -549,7 +549,8 @@ def bind_backend(backend: object, *, max_threads: int = 16) -> BoundBackend:
     pooled = Offload(pool)
     in_pool = {*_BULK_CALLS, *getattr(backend, "pool_calls", ())}
     capabilities = capabilities_of(backend)
-    names = [*REQUIRED_METHODS, *(name for cap in capabilities for name in cap.methods)]
+    # Once each: exclusive writes name open_writer too.
+    names = dict.fromkeys([*REQUIRED_METHODS, *(n for cap in capabilities for n in cap.methods)])
     methods: dict[str, Any] = {}
     for name in names:
         func = getattr(backend, name)

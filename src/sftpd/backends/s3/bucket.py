@@ -366,14 +366,16 @@ class Bucket:
         await self.call("CompleteMultipartUpload", Key=key, UploadId=upload_id,
                         MultipartUpload={"Parts": parts}, **args)  # fmt: skip
 
-    async def abort_multipart(self, key: str, upload_id: str) -> None:
-        """Abort a multipart upload; one gone already is no error."""
+    async def abort_multipart(self, key: str, upload_id: str) -> bool:
+        """Abort a multipart upload; False if it was gone already (no error)."""
         client = await self.client()
         try:
             await client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
         except self.exceptions.ClientError as exc:
             if error_code(exc) != "NoSuchUpload":  # a peer aborted it just now
                 raise
+            return False
+        return True
 
     async def copy_part(
         self, key: str, upload_id: str, number: int, source_key: str, start: int, end: int
@@ -401,15 +403,8 @@ class Bucket:
                 started = upload.get("Initiated")
                 if started is None or started > cutoff:
                     continue
-                try:
-                    await client.abort_multipart_upload(
-                        Bucket=self.name, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
-                except self.exceptions.ClientError as exc:
-                    if error_code(exc) != "NoSuchUpload":  # a peer aborted it just now
-                        raise
-                    continue
-                aborted.append(upload["Key"])
+                if await self.abort_multipart(upload["Key"], upload["UploadId"]):
+                    aborted.append(upload["Key"])
         return aborted
 
     # ------------------------------------------------------------------ copies
