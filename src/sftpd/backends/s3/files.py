@@ -255,6 +255,13 @@ class S3Backend:
             return FileType.DIRECTORY, {}
         return None
 
+    async def _existing(self, path: str, session: Session) -> tuple[FileType, dict[str, Any]]:
+        """What ``path`` is (and its HeadObject for a file); NoSuchFile if nothing."""
+        kind = await self._kind(path, session)
+        if kind is None:
+            raise NoSuchFile()
+        return kind
+
     async def _require_parent(self, path: str, session: Session) -> None:
         parent = paths.parent(path)
         if parent == "/":
@@ -269,9 +276,7 @@ class S3Backend:
 
     async def stat(self, path: str, session: Session) -> FileAttrs:
         """A file from HEAD, or a directory (marker or keys below it)."""
-        kind = await self._kind(path, session)
-        if kind is None:
-            raise NoSuchFile()
+        kind = await self._existing(path, session)
         if kind[0] is FileType.DIRECTORY:
             return FileAttrs(type=FileType.DIRECTORY, mtime=time.time(), permissions=0o755)
         head = kind[1]
@@ -333,9 +338,7 @@ class S3Backend:
                     ),
                 )
         if not seen_any and path != "/":
-            kind = await self._kind(path, session)
-            if kind is None:
-                raise NoSuchFile()
+            kind = await self._existing(path, session)
             if kind[0] is FileType.FILE:
                 raise NotADirectory()
 
@@ -348,9 +351,7 @@ class S3Backend:
 
     async def remove_dir(self, path: str, session: Session) -> None:
         """Delete an empty directory's marker; fail if anything else is below it."""
-        kind = await self._kind(path, session)
-        if kind is None:
-            raise NoSuchFile()
+        kind = await self._existing(path, session)
         if kind[0] is FileType.FILE:
             raise NotADirectory()
         prefix = self.dir_prefix(path, session)
@@ -361,18 +362,14 @@ class S3Backend:
 
     async def remove_file(self, path: str, session: Session) -> None:
         """Delete an object (after checking it exists: S3 deletes are silent)."""
-        kind = await self._kind(path, session)
-        if kind is None:
-            raise NoSuchFile()
+        kind = await self._existing(path, session)
         if kind[0] is FileType.DIRECTORY:
             raise IsADirectory()
         await self.store.delete(self.key(path, session))
 
     async def rename(self, src: str, dst: str, session: Session, *, overwrite: bool) -> None:
         """Server-side copy then delete; directories move every key below them."""
-        kind = await self._kind(src, session)
-        if kind is None:
-            raise NoSuchFile()
+        kind = await self._existing(src, session)
         if src == dst:
             return
         if dst.startswith(src + "/"):
